@@ -1,0 +1,1 @@
+"""Shared vocabulary with no I/O: tiers, variants, labels, CRD models and conditions."""

@@ -1,0 +1,88 @@
+"""The model family's catalogue: which variants exist and what each one costs.
+
+Training reads it to know which encoder and how many layers make a variant; the operator's
+placement reads it to pick the largest variant that fits a pool; the router reads the tokenizer
+family to decide whether pruned inputs can travel as ids. One table, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class TierClass(StrEnum):
+    """The three network tiers of the cascade, lowest first."""
+
+    DEVICE = "Device"
+    EDGE = "Edge"
+    CLOUD = "Cloud"
+
+
+TIER_ORDER: tuple[TierClass, ...] = (TierClass.DEVICE, TierClass.EDGE, TierClass.CLOUD)
+
+#: Class index -> label; index 1 is the positive ("fresh") review.
+LABELS: tuple[str, ...] = ("negative", "positive")
+
+
+@dataclass(frozen=True)
+class VariantProfile:
+    """One servable size of the model family.
+
+    ``memory_mib`` is what one Triton instance of the variant needs resident (weights, the
+    Python-backend stub and torch), measured on CPU; placement compares it with a node's
+    allocatable memory. ``latency_ms`` is the measured CPU latency of a full (no early exit)
+    batch-1 forward on one thread, the placement's tie-breaker and the router's prior.
+    """
+
+    name: str
+    encoder: str  # which packaged encoder it starts from: "minilm-l6" or "mpnet-base"
+    tokenizer: str  # tokenizer family; pruned ids travel only between equal families
+    num_layers: int
+    hidden_size: int
+    params_m: float
+    memory_mib: int
+    latency_ms: float
+    default_tier: TierClass
+
+
+VARIANTS: dict[str, VariantProfile] = {
+    v.name: v
+    for v in (
+        VariantProfile(
+            name="minilm-l2",
+            encoder="minilm-l6",
+            tokenizer="bert-uncased",
+            num_layers=2,
+            hidden_size=384,
+            params_m=12.8,
+            memory_mib=420,
+            latency_ms=2.0,
+            default_tier=TierClass.DEVICE,
+        ),
+        VariantProfile(
+            name="minilm-l6",
+            encoder="minilm-l6",
+            tokenizer="bert-uncased",
+            num_layers=6,
+            hidden_size=384,
+            params_m=22.7,
+            memory_mib=460,
+            latency_ms=5.0,
+            default_tier=TierClass.EDGE,
+        ),
+        VariantProfile(
+            name="mpnet-base",
+            encoder="mpnet-base",
+            tokenizer="mpnet",
+            num_layers=12,
+            hidden_size=768,
+            params_m=109.5,
+            memory_mib=900,
+            latency_ms=30.0,
+            default_tier=TierClass.CLOUD,
+        ),
+    )
+}
+
+DEFAULT_PLACEMENT: dict[TierClass, str] = {v.default_tier: v.name for v in VARIANTS.values()}

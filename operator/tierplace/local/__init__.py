@@ -1,0 +1,1 @@
+"""The embedded stack: tritonserver, Prometheus and the router as local processes."""

@@ -1,0 +1,212 @@
+"""Run a real ``tritonserver`` (the one inside the nvidia-pytriton wheel) as a local process.
+
+The wheel ships the server and the Python backend but expects pytriton to drive it; running it
+on our own model repository needs three things the environment notes found by hand: a
+writable copy of the server tree with the 3.11 stub beside the backend, the interpreter's own
+LIBDIR first on ``LD_LIBRARY_PATH`` (else the stub links Debian's libpython), and this venv's
+``bin`` first on ``PATH`` (the stub finds its packages through ``python3``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from tierplace import paths
+
+log = logging.getLogger(__name__)
+
+_PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("nvidia-pytriton==0.7.0 is not installed (make setup installs it)")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def server_tree() -> Path:
+    """A writable tritonserver tree with the Python backend stub in place (made once)."""
+    source = _pytriton_root()
+    target = paths.home() / "tritonserver-2.51"
+    stub = target / "backends" / "python" / "triton_python_backend_stub"
+    if stub.exists():
+        return target
+    tmp = target.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("python_backend_stubs"))
+    stub_src = source / "python_backend_stubs" / _PY / "triton_python_backend_stub"
+    shutil.copy2(stub_src, tmp / "backends" / "python" / "triton_python_backend_stub")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libs = [str(sysconfig.get_config_var("LIBDIR"))]
+    wheel_libs = _pytriton_root().parent.parent / "nvidia_pytriton.libs"
+    if wheel_libs.is_dir():
+        libs.append(str(wheel_libs))
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(libs)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver on loopback, serving ``models`` from ``model_repository``.
+
+    ``model_home`` is the ``TIERPLACE_HOME`` whose ``models/<variant>`` hold the weights;
+    ``threads`` caps torch's intra-op threads per model instance (the tier's CPU class).
+    """
+
+    model_repository: Path
+    models: Sequence[str]
+    model_home: Path | None = None
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    threads: int = 1
+    log_file: Path | None = None
+    exit_timeout_s: int = 5
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        tree = server_tree()
+        cmd = [
+            str(tree / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={tree / 'backends'}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in self.models],
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--metrics-config=summary_latencies=true",
+            "--metrics-interval-ms=1000",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            "--pinned-memory-pool-byte-size=0",
+            "--cuda-memory-pool-byte-size=0:0",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+        ]
+        return cmd
+
+    def start(self) -> TritonServer:
+        env = server_env()
+        if self.model_home is not None:
+            env["TIERPLACE_HOME"] = str(self.model_home)
+        env["TIERPLACE_THREADS"] = str(self.threads)
+        env["OMP_NUM_THREADS"] = str(self.threads)
+        env.update(self.extra_env)
+        out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
+        log.info("starting tritonserver %s (models %s)", self.http_url, ", ".join(self.models))
+        self.process = subprocess.Popen(
+            self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
+                return int(r.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> TritonServer:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with code {self.process.returncode} before it was ready"
+                    + (f"; see {self.log_file}" if self.log_file else "")
+                )
+            if self.ready():
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"tritonserver on {self.http_url} not ready after {timeout:.0f} s")
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, then SIGKILL after the exit timeout: a clean stop unloads the models."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout or self.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.process = None
+        return proc.returncode
+
+    def kill(self) -> None:
+        """An abrupt crash (SIGKILL of the whole process group): for fault tests."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start().wait_ready()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def serving(
+    models: Sequence[str], model_home: Path | None = None, **kwargs: object
+) -> Iterator[TritonServer]:
+    """A ready server on the checkout's model repository, stopped on exit."""
+    server = TritonServer(paths.model_repository(), models, model_home, **kwargs)  # type: ignore[arg-type]
+    with server:
+        yield server

@@ -1,0 +1,1 @@
+"""The early-exit model family: backbones, exits, training and export."""

@@ -1,0 +1,264 @@
+"""Fine-tune one variant of the early-exit family on the review sentences.
+
+The default schedule is DeeBERT's two stages: fine-tune the backbone with the final exit, then
+freeze it and train the earlier exits on cached pooled features (cheap: one forward pass over
+the data instead of one per exit and epoch). ``joint`` trains every exit with the backbone at
+once, which lifts early exits at a small cost to the final one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from tierplace.api.variants import LABELS, VARIANTS
+from tierplace.model import artifacts, encoders
+from tierplace.model.data import Example, load_reviews
+from tierplace.model.early_exit import EarlyExitClassifier
+
+log = logging.getLogger(__name__)
+
+Schedule = Literal["two-stage", "joint"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    head_epochs: int = 30
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 13
+    schedule: Schedule = "two-stage"
+    limit: int | None = None  # first N training rows only (smoke runs, tests)
+
+
+#: Per-variant defaults, chosen to fit 2 CPU cores: the cloud variant gets fewer epochs.
+DEFAULTS: dict[str, TrainConfig] = {
+    "minilm-l2": TrainConfig(epochs=4, lr=8e-5),
+    "minilm-l6": TrainConfig(epochs=3, lr=5e-5),
+    "mpnet-base": TrainConfig(epochs=2, lr=3e-5),
+}
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]
+    labels: list[int]
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], max_length: int) -> Encoded:
+    out = tokenizer([r.text for r in rows], truncation=True, max_length=max_length)
+    return Encoded(list(out["input_ids"]), [r.label for r in rows])
+
+
+def batches(
+    data: Encoded, size: int, pad_id: int, rng: random.Random | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Length-bucketed batches: on a CPU, padding is most of the wasted work."""
+    order = list(range(len(data.ids)))
+    if rng is not None:
+        rng.shuffle(order)
+    chunk = size * 50
+    groups: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: len(data.ids[i]))
+        groups += [part[i : i + size] for i in range(0, len(part), size)]
+    if rng is not None:
+        rng.shuffle(groups)
+    for group in groups:
+        width = max(len(data.ids[i]) for i in group)
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, i in enumerate(group):
+            seq = data.ids[i]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        yield ids, mask, torch.tensor([data.labels[i] for i in group])
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _n_batches(data: Encoded, size: int) -> int:
+    return (len(data.ids) + size - 1) // size
+
+
+def finetune(
+    model: EarlyExitClassifier,
+    data: Encoded,
+    cfg: TrainConfig,
+    pad_id: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    """Stage 1 (or the whole joint schedule): backbone and exits under one optimiser."""
+    rng = random.Random(cfg.seed)
+    final = model.num_layers - 1
+    params = list(model.backbone.parameters())
+    heads = model.exits if cfg.schedule == "joint" else [model.exits[final]]
+    for head in heads:
+        params += list(head.parameters())
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    total = cfg.epochs * _n_batches(data, cfg.batch_size)
+    warmup = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
+    # Joint: later exits weigh more (their layers serve every earlier exit's gradient too).
+    weights = [float(i + 1) for i in range(model.num_layers)]
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    bar = tqdm(total=total, desc="fine-tune", unit="batch", disable=not progress)
+    for epoch in range(cfg.epochs):
+        for ids, mask, labels in batches(data, cfg.batch_size, pad_id, rng):
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            logits = model(ids, mask)
+            if cfg.schedule == "joint":
+                loss = sum(w * loss_fn(lg, labels) for w, lg in zip(weights, logits, strict=True))
+                loss = loss / sum(weights)
+            else:
+                loss = loss_fn(logits[final], labels)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.detach().item():.3f}")
+    bar.close()
+    model.eval()
+
+
+@torch.inference_mode()
+def pooled(
+    model: EarlyExitClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, device: torch.device
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    feats: list[list[torch.Tensor]] = [[] for _ in range(model.num_layers)]
+    labels: list[torch.Tensor] = []
+    for ids, mask, y in batches(data, cfg.batch_size * 2, pad_id, None):
+        for layer, f in enumerate(model.pooled_features(ids.to(device), mask.to(device))):
+            feats[layer].append(f.float().cpu())
+        labels.append(y)
+    return [torch.cat(f) for f in feats], torch.cat(labels)
+
+
+def train_exit_heads(
+    model: EarlyExitClassifier,
+    feats: list[torch.Tensor],
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    progress: bool,
+) -> None:
+    """Stage 2: the earlier exits, on features of the frozen fine-tuned backbone."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loss_fn = nn.CrossEntropyLoss()
+    todo = range(model.num_layers - 1)
+    for layer in tqdm(todo, desc="exit heads", unit="exit", disable=not progress):
+        head = model.exits[layer]
+        # The head pools internally; feed pooled features through its MLP directly.
+        net = head.net.cpu()
+        optim = torch.optim.AdamW(net.parameters(), lr=cfg.head_lr, weight_decay=0.01)
+        x = feats[layer]
+        net.train()
+        for _ in range(cfg.head_epochs):
+            perm = torch.randperm(len(x), generator=gen)
+            for start in range(0, len(x), 256):
+                idx = perm[start : start + 256]
+                loss = loss_fn(net(x[idx]), labels[idx])
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+        net.eval()
+
+
+@torch.inference_mode()
+def exit_accuracy(
+    model: EarlyExitClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, device: torch.device
+) -> list[float]:
+    correct = [0] * model.num_layers
+    for ids, mask, labels in batches(data, cfg.batch_size * 2, pad_id, None):
+        for layer, logits in enumerate(model(ids.to(device), mask.to(device))):
+            correct[layer] += int((logits.argmax(-1).cpu() == labels).sum())
+    return [round(c / len(data.labels), 4) for c in correct]
+
+
+def train_variant(
+    variant: str,
+    out_dir: Path,
+    cfg: TrainConfig | None = None,
+    encoder: str | None = None,
+    progress: bool = True,
+) -> artifacts.VariantMetadata:
+    """Train ``variant`` (a catalogue name) and write its artifacts to ``out_dir``.
+
+    ``encoder`` replaces the catalogue's packaged encoder with any BERT-family checkpoint
+    directory, for users who bring their own (bert-base, a model fine-tuned on IMDB, ...).
+    """
+    profile = VARIANTS[variant]
+    cfg = cfg or DEFAULTS[variant]
+    seed_everything(cfg.seed)
+    device = pick_device()
+    source = encoder or profile.encoder
+    num_layers = None if encoder else profile.num_layers
+    model, tokenizer = artifacts.build(encoders.resolve(source), num_layers, len(LABELS))
+    model.to(device)
+    pad_id = int(tokenizer.pad_token_id or 0)
+
+    train_rows = load_reviews("train")
+    if cfg.limit:
+        train_rows = train_rows[: cfg.limit]
+    train = encode(tokenizer, train_rows, cfg.max_length)
+    val = encode(tokenizer, load_reviews("validation"), cfg.max_length)
+    log.info("%s: %d train / %d validation rows on %s", variant, len(train.ids), len(val.ids), device)
+
+    started = time.perf_counter()
+    finetune(model, train, cfg, pad_id, device, progress)
+    if cfg.schedule == "two-stage" and model.num_layers > 1:
+        feats, labels = pooled(model, train, cfg, pad_id, device)
+        train_exit_heads(model, feats, labels, cfg, progress)
+        model.exits.to(device)
+    seconds = time.perf_counter() - started
+    accuracy = exit_accuracy(model, val, cfg, pad_id, device)
+
+    meta = artifacts.VariantMetadata(
+        variant=variant,
+        encoder=source,
+        model_type=str(model.backbone.encoder.config.model_type),
+        tokenizer=profile.tokenizer,
+        num_layers=model.num_layers,
+        hidden_size=model.backbone.hidden_size,
+        labels=list(LABELS),
+        max_length=cfg.max_length,
+        params=artifacts.count_params(model),
+        exit_accuracy=accuracy,
+        training={
+            **{k: v for k, v in vars(replace(cfg)).items()},
+            "device": str(device),
+            "seconds": round(seconds, 1),
+            "train_rows": len(train.ids),
+        },
+    )
+    model.cpu()
+    artifacts.save(out_dir, model, tokenizer, meta)
+    log.info("%s: validation accuracy per exit %s (%.0f s)", variant, accuracy, seconds)
+    return meta

@@ -1,0 +1,138 @@
+"""The Python-backend model every tier serves; each ``model-repo/<variant>/1/model.py`` imports it.
+
+Triton's ``initialize / execute / finalize`` contract: tensors in and out, errors per request.
+The work itself is in ``tierplace.model.serving``. Only importable inside a Triton Python
+backend stub, where ``triton_python_backend_utils`` exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from tierplace import paths
+from tierplace.model import artifacts
+from tierplace.model.serving import (
+    MODEL_MAX_TOKENS,
+    RequestError,
+    TierRequest,
+    TierResponse,
+    VariantRunner,
+    parse_parameters,
+)
+
+_LATENCY_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+_OUTPUTS = (
+    "PROBS",
+    "EXIT_LAYER",
+    "CONFIDENCE",
+    "NUM_TOKENS",
+    "TRUNCATED",
+    "IMPORTANCE",
+    "TOKEN_IDS",
+    "TOKENS",
+)
+
+
+def _param(config: dict[str, Any], key: str, default: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    return str(value) if value != "" else default
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        variant = _param(config, "variant", self.name)
+        weights = Path(_param(config, "weights_dir", str(paths.models_dir() / variant)))
+        threads = int(os.environ.get("TIERPLACE_THREADS", _param(config, "threads", "0")))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        device = torch.device("cpu")
+        if args.get("model_instance_kind") == "GPU":
+            device = torch.device(f"cuda:{args['model_instance_device_id']}")
+        loaded = artifacts.load(weights)
+        self.runner = VariantRunner(
+            loaded,
+            default_threshold=float(_param(config, "default_exit_threshold", "2.0")),
+            max_tokens=int(_param(config, "max_tokens", str(MODEL_MAX_TOKENS))),
+            device=device,
+        )
+        exits = pb_utils.MetricFamily(
+            name="tierplace_model_exits_total",
+            description="Rows answered at each early-exit layer",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.exit_counters = {
+            layer: exits.Metric(labels={"model": self.name, "exit_layer": str(layer)})
+            for layer in range(1, self.runner.model.num_layers + 1)
+        }
+        latency = pb_utils.MetricFamily(
+            name="tierplace_model_execute_seconds",
+            description="Wall time of one execute() call (a dynamic batch), in seconds",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        self.latency = latency.Metric(labels={"model": self.name}, buckets=_LATENCY_BUCKETS)
+        # A Metric dies with its family: keep the families alive as long as the model.
+        self._families = (exits, latency)
+        logging.getLogger(__name__).info(
+            "%s: %s, %d layers, threads=%d, on %s",
+            self.name,
+            weights,
+            loaded.meta.num_layers,
+            torch.get_num_threads(),
+            device,
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        started = time.perf_counter()
+        converted: list[TierRequest | RequestError] = []
+        for request in requests:
+            try:
+                converted.append(self._convert(request))
+            except RequestError as exc:
+                converted.append(exc)
+        valid = [r for r in converted if isinstance(r, TierRequest)]
+        served = iter(self.runner.execute(valid))
+        responses = []
+        for item in converted:
+            result = item if isinstance(item, RequestError) else next(served)
+            if isinstance(result, RequestError):
+                error = pb_utils.TritonError(str(result), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+            else:
+                responses.append(self._response(result))
+        self.latency.observe(time.perf_counter() - started)
+        return responses
+
+    def _convert(self, request: Any) -> TierRequest:
+        text = pb_utils.get_input_tensor_by_name(request, "TEXT")
+        ids = pb_utils.get_input_tensor_by_name(request, "INPUT_IDS")
+        mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK")
+        try:
+            params = parse_parameters(request.parameters())
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise RequestError(f"unreadable request parameters: {exc}") from None
+        return TierRequest(
+            text=None if text is None else [v for v in text.as_numpy().reshape(-1)],
+            input_ids=None if ids is None else ids.as_numpy().astype(np.int64),
+            attention_mask=None if mask is None else mask.as_numpy().astype(np.int64),
+            parameters=params,
+        )
+
+    def _response(self, result: TierResponse) -> Any:
+        for layer in result.exit_layers:
+            self.exit_counters[layer].increment(1)
+        tensors = [pb_utils.Tensor(name, result.outputs[name]) for name in _OUTPUTS]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def finalize(self) -> None:
+        self.runner.model.cpu()
