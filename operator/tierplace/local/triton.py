@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from tierplace import paths
 
@@ -68,6 +69,8 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(libs)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    # Several servers share the cores: idle OpenMP workers must sleep, not spin.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
@@ -140,11 +143,18 @@ class TritonServer:
         env["TIERPLACE_THREADS"] = str(self.threads)
         env["OMP_NUM_THREADS"] = str(self.threads)
         env.update(self.extra_env)
-        out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         log.info("starting tritonserver %s (models %s)", self.http_url, ", ".join(self.models))
-        self.process = subprocess.Popen(
-            self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with contextlib.ExitStack() as stack:
+            out: int | IO[bytes] = subprocess.DEVNULL
+            if self.log_file is not None:
+                out = stack.enter_context(self.log_file.open("ab"))  # the child keeps its own fd
+            self.process = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def ready(self) -> bool:

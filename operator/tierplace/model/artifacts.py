@@ -99,5 +99,5 @@ def _quiet_transformers() -> None:
     # weights and draws progress bars; expected here, and noise in every server log.
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

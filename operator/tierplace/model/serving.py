@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from tierplace.model.artifacts import LoadedVariant
@@ -30,14 +31,14 @@ class RequestError(ValueError):
 @dataclass
 class TierRequest:
     text: list[bytes] | None = None  # one UTF-8 string per row
-    input_ids: np.ndarray | None = None  # [rows, length] int64, special tokens included
-    attention_mask: np.ndarray | None = None  # [rows, length], 0 marks padding
+    input_ids: npt.NDArray[Any] | None = None  # [rows, length] int64, special tokens included
+    attention_mask: npt.NDArray[Any] | None = None  # [rows, length], 0 marks padding
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TierResponse:
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, npt.NDArray[Any]]
     exit_layers: list[int]
 
 
@@ -48,6 +49,7 @@ class _Prepared:
     threshold: float
     metric: ExitMetric
     importance: bool
+    max_exit: int
 
 
 def parse_parameters(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -87,7 +89,9 @@ class VariantRunner:
         except (TypeError, ValueError):
             raise RequestError(f"exit_threshold must be a number, got {raw!r}") from None
         if math.isnan(value) or value < 0:
-            raise RequestError(f"exit_threshold must be >= 0 (0 exits at the first head), got {raw!r}")
+            raise RequestError(
+                f"exit_threshold must be >= 0 (0 exits at the first head), got {raw!r}"
+            )
         return value
 
     def _metric(self, params: Mapping[str, Any]) -> ExitMetric:
@@ -126,12 +130,12 @@ class VariantRunner:
         ids, truncated = [], []
         for seq in full:
             cut = len(seq) > self.max_tokens
-            ids.append(list(seq[: self.max_tokens - 1]) + [seq[-1]] if cut else list(seq))
+            ids.append([*seq[: self.max_tokens - 1], seq[-1]] if cut else list(seq))
             truncated.append(cut)
         return ids, truncated
 
     def _from_ids(
-        self, input_ids: np.ndarray, mask: np.ndarray | None
+        self, input_ids: npt.NDArray[Any], mask: npt.NDArray[Any] | None
     ) -> tuple[list[list[int]], list[bool]]:
         if input_ids.ndim != 2:
             raise RequestError(f"INPUT_IDS must be [batch, tokens], got shape {input_ids.shape}")
@@ -150,7 +154,7 @@ class VariantRunner:
                 )
             values = [int(v) for v in seq]
             cut = len(values) > self.max_tokens
-            ids.append(values[: self.max_tokens - 1] + [values[-1]] if cut else values)
+            ids.append([*values[: self.max_tokens - 1], values[-1]] if cut else values)
             truncated.append(cut)
         return ids, truncated
 
@@ -170,7 +174,21 @@ class VariantRunner:
             self._threshold(params),
             self._metric(params),
             self._flag(params, "return_importance"),
+            self._max_exit(params),
         )
+
+    def _max_exit(self, params: Mapping[str, Any]) -> int:
+        layers = self.model.num_layers
+        raw = params.get("max_exit_layer", layers)
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise RequestError(f"max_exit_layer must be an integer, got {raw!r}") from None
+        if not value >= 1:
+            raise RequestError(
+                f"max_exit_layer must be >= 1 (this model has {layers}), got {raw!r}"
+            )
+        return min(value, layers)
 
     # -- execution -------------------------------------------------------------------------
     def execute(self, requests: Sequence[TierRequest]) -> list[TierResponse | RequestError]:
@@ -183,8 +201,9 @@ class VariantRunner:
                 results.append(RequestError("unreachable"))
             except RequestError as exc:
                 results.append(exc)
-        for metric in ("confidence", "entropy"):
-            group = [i for i, p in prepared.items() if p.metric == metric]
+        # One forward pass per (metric, depth cap): in practice one for the whole batch.
+        for key in sorted({(p.metric, p.max_exit) for p in prepared.values()}):
+            group = [i for i, p in prepared.items() if (p.metric, p.max_exit) == key]
             if group:
                 for i, response in zip(group, self._run([prepared[i] for i in group]), strict=True):
                     results[i] = response
@@ -202,7 +221,12 @@ class VariantRunner:
         thresholds = torch.tensor([p.threshold for p in group for _ in p.ids])
         want = any(p.importance for p in group)
         result = self.model.infer(
-            ids.to(self.device), mask.to(self.device), thresholds, group[0].metric, want
+            ids.to(self.device),
+            mask.to(self.device),
+            thresholds,
+            group[0].metric,
+            want,
+            group[0].max_exit,
         )
         out: list[TierResponse] = []
         start = 0
@@ -226,7 +250,10 @@ class VariantRunner:
                     outputs={
                         "PROBS": result.probs[sl].numpy().astype(np.float32),
                         "EXIT_LAYER": layers.numpy().astype(np.int32).reshape(n, 1),
-                        "CONFIDENCE": result.confidence[sl].numpy().astype(np.float32).reshape(n, 1),
+                        "CONFIDENCE": result.confidence[sl]
+                        .numpy()
+                        .astype(np.float32)
+                        .reshape(n, 1),
                         "NUM_TOKENS": np.array([[len(s)] for s in p.ids], dtype=np.int32),
                         "TRUNCATED": np.array([[t] for t in p.truncated], dtype=bool),
                         "IMPORTANCE": importance,

@@ -11,14 +11,15 @@ import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from transformers import (
     BertConfig,
     BertModel,
-    BertTokenizerFast,
+    BertTokenizer,
     MPNetConfig,
     MPNetModel,
-    MPNetTokenizerFast,
+    MPNetTokenizer,
 )
 
 from tierplace.api.variants import VARIANTS
@@ -42,7 +43,7 @@ def build_encoder(directory: Path, family: str, layers: int, hidden: int, vocab:
     directory.mkdir(parents=True, exist_ok=True)
     special = _MPNET_SPECIAL if family == "mpnet" else _BERT_SPECIAL
     tokens = special + [w for w in vocab if w not in special]
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=len(tokens),
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -50,12 +51,13 @@ def build_encoder(directory: Path, family: str, layers: int, hidden: int, vocab:
         intermediate_size=hidden * 2,
         max_position_embeddings=514,
     )
+    tok: BertTokenizer | MPNetTokenizer
     table = {t: i for i, t in enumerate(tokens)}
     if family == "mpnet":
-        tok = MPNetTokenizerFast(vocab=table)
+        tok = MPNetTokenizer(vocab=table)
         MPNetModel(MPNetConfig(pad_token_id=tok.pad_token_id, **common)).save_pretrained(directory)
     else:
-        tok = BertTokenizerFast(vocab=table, do_lower_case=True)
+        tok = BertTokenizer(vocab=table, do_lower_case=True)
         BertModel(BertConfig(pad_token_id=tok.pad_token_id, **common)).save_pretrained(directory)
     tok.model_max_length = 512
     tok.save_pretrained(directory)
@@ -70,5 +72,7 @@ def make_tiny_home(home: Path, train_rows: int = 4000, progress: bool = False) -
         cfg = replace(
             DEFAULTS[name], epochs=2, lr=2e-3, head_epochs=5, limit=train_rows, max_length=48
         )
-        train_variant(name, home / "models" / name, cfg, encoder=str(encoder_dir), progress=progress)
+        train_variant(
+            name, home / "models" / name, cfg, encoder=str(encoder_dir), progress=progress
+        )
     return home
