@@ -1,0 +1,76 @@
+"""The model tier's commands as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tierplace.local.triton import free_port
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "TIERPLACE_HOME": str(home)}
+
+
+def test_triton_command_refuses_to_start_without_weights(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tierplace.cli", "triton", "--model", "minilm-l2"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "no trained weights for minilm-l2" in done.stdout
+
+
+@pytest.mark.triton
+def test_triton_command_serves_until_terminated(tiny_model_home: Path) -> None:
+    port = free_port()
+    ports = ["--http-port", str(port), "--grpc-port", str(free_port())]
+    ports += ["--metrics-port", str(free_port())]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tierplace.cli", "triton", "--model", "minilm-l2", *ports],
+        env=_env(tiny_model_home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            try:
+                url = f"http://127.0.0.1:{port}/v2/models/minilm-l2/ready"
+                ready = urllib.request.urlopen(url, timeout=1).status == 200
+            except OSError:
+                time.sleep(0.3)
+        assert ready, "tierplace triton never became ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=1)
+
+
+def test_model_repo_check_passes_on_the_committed_repository() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tierplace.cli", "model-repo", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
