@@ -1,0 +1,304 @@
+"""The whole cascade on one machine: three tritonservers, emulated links, the router, Prometheus.
+
+Topology (the router stands where the device is; its calls cross the emulated links):
+
+    router ── device triton
+           └─ link device→edge ── edge triton
+           └─ link device→edge ── link edge→cloud ── cloud triton
+
+Children are separate processes (a crash in one is seen and reported, never hidden); the links
+live in this process's event loop. ``Stack`` stops everything it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tierplace import paths
+from tierplace.api.variants import VARIANTS
+from tierplace.local.links import Link, LinkSpec, parse_rate
+from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
+from tierplace.local.triton import TritonServer, free_port
+
+log = logging.getLogger(__name__)
+
+CASCADE = "sentiment"
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """One local tier: its variant, CPU threads (its class), and the link that reaches it."""
+
+    name: str
+    model: str
+    threads: int
+    link: LinkSpec | None  # from the tier below; None for the device
+    offload_threshold: float = 0.85
+    exit_threshold: float = 0.9
+    keep_ratio: float = 0.7
+
+
+#: Documented defaults: device→edge 10 ms RTT at 100 Mbit/s, edge→cloud 40 ms RTT at 50 Mbit/s.
+DEFAULT_TIERS: tuple[TierSpec, ...] = (
+    TierSpec("device", "minilm-l2", threads=1, link=None),
+    TierSpec("edge", "minilm-l6", threads=1, link=LinkSpec(0.010, parse_rate("100mbit"))),
+    TierSpec(
+        "cloud", "mpnet-base", threads=2, link=LinkSpec(0.040, parse_rate("50mbit")), keep_ratio=1
+    ),
+)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """What ``tierplace up`` runs; every port 0 means 'pick a free one'."""
+
+    tiers: tuple[TierSpec, ...] = DEFAULT_TIERS
+    router_port: int = 8080
+    prometheus_port: int = 9090
+    budget: str = "500ms"
+    run_dir: Path = field(default_factory=lambda: paths.home() / "run")
+
+
+def router_config(spec: StackSpec, endpoints: list[str], prometheus_url: str) -> dict[str, Any]:
+    """The router's YAML document for this stack: endpoints through the links, priors from the
+    catalogue's CPU latency plus the links' round trips (the live feed corrects both)."""
+    tiers = []
+    rtt = 0.0
+    for tier, endpoint in zip(spec.tiers, endpoints, strict=True):
+        rtt += tier.link.rtt_s if tier.link else 0.0
+        prior_ms = rtt * 1000 + 4 * VARIANTS[tier.model].latency_ms
+        tiers.append(
+            {
+                "name": tier.name,
+                "endpoint": endpoint,
+                "model": tier.model,
+                "offload_threshold": tier.offload_threshold,
+                "threshold_bounds": [0.5, 0.99],
+                "latency_sensitivity": 0.1,
+                "exit_threshold": tier.exit_threshold,
+                "keep_ratio": tier.keep_ratio,
+                "expected_latency": f"{prior_ms:.0f}ms",
+            }
+        )
+    return {
+        "cascades": [{"name": CASCADE, "tiers": tiers, "budget": spec.budget}],
+        "prometheus": {"url": prometheus_url, "interval": "2s", "window": "15s"},
+    }
+
+
+def trained(home: Path, models: list[str]) -> list[str]:
+    """The variants in ``models`` that still lack weights under ``home``."""
+    return [m for m in models if not (home / "models" / m / "tierplace.json").exists()]
+
+
+def ensure_weights(home: Path, models: list[str], tiny: bool) -> None:
+    """Train what is missing, in a child process (torch stays out of this one), progress shown."""
+    missing = trained(home, models)
+    if not missing:
+        return
+    env = {**os.environ, "TIERPLACE_HOME": str(home)}
+    if tiny:
+        print(f"building tiny variants in {home} (seconds) ...", flush=True)
+        code = (
+            "from pathlib import Path; from tierplace.model.tiny import make_tiny_home; "
+            f"make_tiny_home(Path({str(home)!r}), progress=True)"
+        )
+        cmd = [sys.executable, "-c", code]
+    else:
+        print(f"no trained weights for {', '.join(missing)}: training first ...", flush=True)
+        cmd = [sys.executable, "-m", "tierplace.cli", "train", "--variant", "all"]
+    subprocess.run(cmd, env=env, check=True)
+
+
+class ChildCrashed(RuntimeError):
+    """A child process exited while the stack was up."""
+
+
+@dataclass
+class _Router:
+    config_path: Path
+    port: int
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, home: Path) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "tierplace.cli",
+            "route",
+            "--config",
+            str(self.config_path),
+            "--port",
+            str(self.port),
+        ]
+        env = {**os.environ, "TIERPLACE_HOME": str(home)}
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ChildCrashed(f"router exited with code {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"router not ready after {timeout:.0f} s; see {self.log_file}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Stack:
+    """Start with ``await start()``, watch with ``await supervise()``, end with ``stop()``."""
+
+    def __init__(self, spec: StackSpec, home: Path) -> None:
+        self.spec = spec
+        self.home = home
+        self.logs = spec.run_dir / "logs"
+        self.tritons: list[TritonServer] = []
+        self.links: list[Link] = []
+        self.prometheus: PrometheusServer | None = None
+        self.router: _Router | None = None
+
+    @property
+    def state_file(self) -> Path:
+        return self.spec.run_dir / "stack.json"
+
+    async def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        repo = paths.model_repository()
+        for tier in self.spec.tiers:
+            self.tritons.append(
+                TritonServer(
+                    repo,
+                    [tier.model],
+                    self.home,
+                    threads=tier.threads,
+                    log_file=self.logs / f"triton-{tier.name}.log",
+                ).start()
+            )
+        endpoints = await self._start_links()
+        router_port = self.spec.router_port or free_port()
+        prom_port = self.spec.prometheus_port or free_port()
+        prom_url = f"http://127.0.0.1:{prom_port}"
+        config_path = self.spec.run_dir / "router.yaml"
+        config_path.write_text(yaml.safe_dump(router_config(self.spec, endpoints, prom_url)))
+        for server in self.tritons:
+            await asyncio.to_thread(server.wait_ready)
+        targets = [
+            ScrapeTarget("triton", f"127.0.0.1:{t.metrics_port}", {"tier": tier.name})
+            for t, tier in zip(self.tritons, self.spec.tiers, strict=True)
+        ]
+        targets.append(ScrapeTarget("router", f"127.0.0.1:{router_port}"))
+        self.prometheus = PrometheusServer(
+            targets,
+            port=prom_port,
+            data_dir=self.spec.run_dir / "prometheus",
+            log_file=self.logs / "prometheus.log",
+        )
+        await asyncio.to_thread(self.prometheus.__enter__)
+        self.router = _Router(config_path, router_port, self.logs / "router.log")
+        self.router.start(self.home)
+        await asyncio.to_thread(self.router.wait_ready)
+        self.state_file.write_text(
+            json.dumps(
+                {
+                    "router": self.router.url,
+                    "cascade": CASCADE,
+                    "prometheus": prom_url,
+                    "config": str(config_path),
+                    "tiers": {
+                        tier.name: {"model": tier.model, "triton": t.http_url, "via": endpoint}
+                        for tier, t, endpoint in zip(
+                            self.spec.tiers, self.tritons, endpoints, strict=True
+                        )
+                    },
+                },
+                indent=2,
+            )
+        )
+
+    async def _start_links(self) -> list[str]:
+        """Endpoints as the router sees them: each tier behind every link below it."""
+        endpoints: list[str] = []
+        for i, (tier, server) in enumerate(zip(self.spec.tiers, self.tritons, strict=True)):
+            host, port = "127.0.0.1", server.http_port
+            # Walk down from this tier: each link on the path wraps the previous hop.
+            for j in range(i, 0, -1):
+                spec = self.spec.tiers[j].link
+                if spec is None:
+                    continue
+                hop = f"{self.spec.tiers[j - 1].name}->{self.spec.tiers[j].name}"
+                link = await Link(spec, host, port, name=f"{hop} (to {tier.name})").start()
+                self.links.append(link)
+                port = link.port
+            endpoints.append(f"{host}:{port}")
+        return endpoints
+
+    def children(self) -> dict[str, subprocess.Popen[bytes] | None]:
+        out: dict[str, subprocess.Popen[bytes] | None] = {
+            f"tritonserver ({tier.name})": t.process
+            for t, tier in zip(self.tritons, self.spec.tiers, strict=True)
+        }
+        out["prometheus"] = self.prometheus.process if self.prometheus else None
+        out["router"] = self.router.process if self.router else None
+        return out
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Return when ``stop`` is set; raise ``ChildCrashed`` naming a child that exited."""
+        while not stop.is_set():
+            for name, proc in self.children().items():
+                if proc is not None and proc.poll() is not None:
+                    raise ChildCrashed(
+                        f"{name} exited with code {proc.returncode}; logs in {self.logs}"
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def stop(self) -> None:
+        if self.router is not None:
+            await asyncio.to_thread(self.router.stop)
+        if self.prometheus is not None:
+            await asyncio.to_thread(self.prometheus.stop)
+        for link in reversed(self.links):
+            await link.stop()
+        await asyncio.gather(*(asyncio.to_thread(t.stop) for t in self.tritons))
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()

@@ -1,0 +1,1 @@
+"""The cascade router: one endpoint that answers on the lowest confident tier."""

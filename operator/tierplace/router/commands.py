@@ -1,0 +1,62 @@
+"""``tierplace route``: run the cascade router from a YAML config."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    route = sub.add_parser("route", help="serve the cascade router (KServe v2 REST)")
+    route.add_argument(
+        "--config", type=Path, required=True, help="router YAML (reloaded on change)"
+    )
+    route.add_argument("--host", default="127.0.0.1")
+    route.add_argument("--port", type=int, default=8080)
+    route.set_defaults(func=_route)
+
+    bench = sub.add_parser("bench-router", help="router overhead vs calling Triton directly")
+    bench.add_argument("--home", type=Path, default=None, help="weights (default TIERPLACE_HOME)")
+    bench.add_argument("--tiny", action="store_true", help="build tiny variants if none exist")
+    bench.add_argument("--model", default="minilm-l2")
+    bench.add_argument("--rate", type=float, default=200.0, help="req/s for the overhead phases")
+    bench.add_argument("--seconds", type=float, default=15.0, help="per overhead phase")
+    bench.add_argument("--ladder", default="100,200,300,400,600", help="req/s steps")
+    bench.add_argument("--soak", type=float, default=60.0, help="seconds of load for memory")
+    bench.add_argument("--out", type=Path, default=Path("bench-results/router-overhead.json"))
+    bench.set_defaults(func=_bench)
+
+
+def _route(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from tierplace.router.app import serve
+    from tierplace.router.config import ConfigError
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.config, args.host, args.port, stop)
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        print(f"invalid router config: {exc}")
+        return 2
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tierplace import paths
+    from tierplace.local.stack import ensure_weights
+    from tierplace.router.bench import run
+
+    home = (args.home or paths.home()).resolve()
+    ensure_weights(home, [args.model], tiny=args.tiny)
+    ladder = [float(x) for x in args.ladder.split(",") if x]
+    run(home, args.model, args.rate, args.seconds, ladder, args.soak, args.out)
+    print(f"wrote {args.out}")
+    return 0

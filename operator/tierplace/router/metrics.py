@@ -1,0 +1,135 @@
+"""The router's own Prometheus metrics: every routing decision, in base units.
+
+One registry per router instance, so tests and benchmarks can run several routers in one
+process. Label values for ``reason`` are the policy's CamelCase reasons.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "tierplace_router"
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+class RouterMetrics:
+    """The metric families; names follow Prometheus conventions (seconds, bytes, _total)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            f"{PREFIX}_request_seconds",
+            "End-to-end latency of a cascade request, by the tier that answered.",
+            ["cascade", "tier"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tier_call_seconds = Histogram(
+            f"{PREFIX}_tier_call_seconds",
+            "Latency of one call from the router to a tier (link, queue and compute).",
+            ["cascade", "tier", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.answers = Counter(
+            f"{PREFIX}_answers_total",
+            "Requests answered, by tier and reason.",
+            ["cascade", "tier", "reason"],
+            registry=r,
+        )
+        self.offloads = Counter(
+            f"{PREFIX}_offloads_total",
+            "Requests sent up a tier, by from, to and reason.",
+            ["cascade", "from_tier", "to_tier", "reason"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            f"{PREFIX}_degraded_total",
+            "Answers given by a lower tier because an upper tier failed.",
+            ["cascade", "tier", "reason"],
+            registry=r,
+        )
+        self.exit_layer = Histogram(
+            f"{PREFIX}_exit_layer",
+            "Early-exit layer (1-based) at which a tier's model answered.",
+            ["cascade", "tier"],
+            buckets=tuple(float(i) for i in range(1, 13)),
+            registry=r,
+        )
+        self.confidence = Histogram(
+            f"{PREFIX}_confidence",
+            "Confidence a tier reported.",
+            ["cascade", "tier"],
+            buckets=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0),
+            registry=r,
+        )
+        self.offload_bytes = Histogram(
+            f"{PREFIX}_offload_bytes",
+            "Input tensor bytes sent to the next tier per offload (after pruning).",
+            ["cascade", "from_tier", "to_tier"],
+            buckets=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+            registry=r,
+        )
+        self.offload_kept_ratio = Histogram(
+            f"{PREFIX}_offload_kept_ratio",
+            "Fraction of words kept by pruning per offload.",
+            ["cascade", "from_tier", "to_tier"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.rejections = Counter(
+            f"{PREFIX}_rejections_total",
+            "Requests refused before any tier saw them (4xx, 429), by reason.",
+            ["cascade", "reason"],
+            registry=r,
+        )
+        self.failures = Counter(
+            f"{PREFIX}_failures_total",
+            "Requests no tier could answer (5xx), by reason.",
+            ["cascade", "reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_in_flight", "Requests in flight.", ["cascade"], registry=r
+        )
+        self.effective_threshold = Gauge(
+            f"{PREFIX}_effective_threshold",
+            "Offload threshold in force after live-latency adaptation.",
+            ["cascade", "tier"],
+            registry=r,
+        )
+        self.expected_latency = Gauge(
+            f"{PREFIX}_expected_latency_seconds",
+            "Latency the policy expects from a call to the tier.",
+            ["cascade", "tier"],
+            registry=r,
+        )
+        self.metrics_stale = Gauge(
+            f"{PREFIX}_metrics_stale",
+            "1 when Prometheus is unreachable or its data too old: static thresholds apply.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads_total",
+            "Config reloads, by result (applied, refused).",
+            ["result"],
+            registry=r,
+        )

@@ -1,0 +1,171 @@
+"""`tierplace up`: the whole cascade on this machine, driven the way a user drives it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_api_client import PrometheusConnect
+
+from tierplace.local.commands import infer, rows
+from tierplace.local.links import LinkSpec
+from tierplace.local.stack import (
+    DEFAULT_TIERS,
+    ChildCrashed,
+    Stack,
+    StackSpec,
+    router_config,
+    trained,
+)
+from tierplace.local.triton import free_port
+from tierplace.router.config import load, parse
+from tierplace.router.latency import tier_queries
+
+
+def test_router_config_reaches_each_tier_through_its_links() -> None:
+    spec = StackSpec()
+    doc = router_config(spec, ["a:1", "b:2", "c:3"], "http://127.0.0.1:9090")
+    cfg = parse(doc)  # what `up` writes is a valid router config
+    tiers = cfg.cascades[0].tiers
+    assert [t.endpoint for t in tiers] == ["a:1", "b:2", "c:3"]
+    # priors grow with the links crossed: 0, 10 ms, 10 + 40 ms of round trips
+    assert tiers[0].expected_latency < tiers[1].expected_latency < tiers[2].expected_latency
+    assert tiers[2].expected_latency >= 0.05
+    assert DEFAULT_TIERS[1].link == LinkSpec(0.010, 12_500_000)
+
+
+def test_missing_weights_are_detected_per_variant(tmp_path: Path) -> None:
+    (tmp_path / "models" / "minilm-l2").mkdir(parents=True)
+    (tmp_path / "models" / "minilm-l2" / "tierplace.json").write_text("{}")
+    assert trained(tmp_path, ["minilm-l2", "minilm-l6"]) == ["minilm-l6"]
+
+
+def test_the_router_never_imports_torch() -> None:
+    code = (
+        "import sys, tierplace.cli, tierplace.router.app, tierplace.local.stack;"
+        "tierplace.cli.build_parser();"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _get(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        result: dict[str, object] = json.loads(r.read())
+        return result
+
+
+@pytest.mark.triton
+@pytest.mark.prometheus
+@pytest.mark.slow
+async def test_stack_answers_is_scraped_and_reports_a_crashed_child(
+    tiny_model_home: Path, tmp_path: Path
+) -> None:
+    spec = StackSpec(router_port=0, prometheus_port=0, run_dir=tmp_path / "run")
+    stack = Stack(spec, tiny_model_home)
+    try:
+        await stack.start()
+        state = json.loads(stack.state_file.read_text())
+        answer = rows(await asyncio.to_thread(infer, state["router"], "sentiment", ["fine"], None))
+        assert answer[0]["tier"] in ("device", "edge", "cloud")
+        # Prometheus scrapes all three tiers and the router.
+        deadline = time.monotonic() + 15
+        up: list[object] = []
+        while time.monotonic() < deadline:
+            result = _get(f"{state['prometheus']}/api/v1/query?query=up%3D%3D1")
+            up = result["data"]["result"]  # type: ignore[index]
+            if len(up) == 4:
+                break
+            await asyncio.sleep(0.5)
+        assert len(up) == 4
+        # The router's latency queries work on what the real Triton servers export.
+        for _ in range(20):
+            await asyncio.to_thread(infer, state["router"], "sentiment", ["a fine film"], None)
+            await asyncio.sleep(0.1)
+        cfg = load(Path(state["config"]))
+        prom = PrometheusConnect(state["prometheus"], disable_ssl=True)
+        queries = tier_queries("sentiment", cfg.cascades[0].tiers[0], cfg.prometheus)
+        values: dict[str, object] = {}
+        for _ in range(20):
+            values = {k: await asyncio.to_thread(prom.custom_query, q) for k, q in queries.items()}
+            if all(values.values()):
+                break
+            await asyncio.sleep(0.5)
+        request_s = float(values["request_s"][0]["value"][1])  # type: ignore[index]
+        call_s = float(values["call_s"][0]["value"][1])  # type: ignore[index]
+        assert 0 < request_s < 1 and 0 < call_s < 1
+        stack.tritons[1].kill()
+        with pytest.raises(ChildCrashed, match=r"tritonserver \(edge\) exited"):
+            await asyncio.wait_for(stack.supervise(asyncio.Event()), 5)
+    finally:
+        await stack.stop()
+    assert all(p is None or p.poll() is not None for p in stack.children().values())
+    assert not stack.state_file.exists()
+
+
+@pytest.mark.triton
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_tierplace_up_serves_classify_and_stops_cleanly_on_ctrl_c(tiny_model_home: Path) -> None:
+    router_port = free_port()
+    env = {**os.environ, "TIERPLACE_HOME": str(tiny_model_home)}
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tierplace.cli",
+            "up",
+            "--router-port",
+            str(router_port),
+            "--prometheus-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert up.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in up.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        assert any("cascade 'sentiment' is up" in ln for ln in lines), "".join(lines)
+        out = subprocess.run(
+            [sys.executable, "-m", "tierplace.cli", "classify", "a", "gorgeous", "movie"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "exit" in out.stdout and ("positive" in out.stdout or "negative" in out.stdout)
+        demo = subprocess.run(
+            [sys.executable, "-m", "tierplace.cli", "demo"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "answered by:" in demo.stdout
+        up.send_signal(signal.SIGINT)
+        rest, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 0, "".join(lines) + rest
+    assert "stopped" in rest
+    assert not (tiny_model_home / "run" / "stack.json").exists()

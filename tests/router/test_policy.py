@@ -1,0 +1,209 @@
+"""The pure routing policy: decisions, threshold adaptation, pruning and fusion."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tierplace.router.policy import (
+    STATIC,
+    MetricsSnapshot,
+    Reason,
+    TierLatency,
+    TierPolicy,
+    decide,
+    effective_thresholds,
+    fuse,
+    keep_count,
+    prune,
+    words,
+)
+
+DEVICE = TierPolicy(
+    "device",
+    "bert-uncased",
+    offload_threshold=0.8,
+    threshold_bounds=(0.5, 0.95),
+    latency_sensitivity=0.2,
+    expected_latency_s=0.005,
+    keep_ratio=0.5,
+)
+EDGE = TierPolicy(
+    "edge",
+    "bert-uncased",
+    offload_threshold=0.85,
+    threshold_bounds=(0.6, 0.95),
+    latency_sensitivity=0.2,
+    expected_latency_s=0.02,
+)
+CLOUD = TierPolicy("cloud", "mpnet", offload_threshold=0.9, expected_latency_s=0.08)
+LADDER = (DEVICE, EDGE, CLOUD)
+
+
+def live(**tiers: float) -> MetricsSnapshot:
+    return MetricsSnapshot({k: TierLatency(call_s=v) for k, v in tiers.items()}, stale=False)
+
+
+def test_low_confidence_offloads_and_high_confidence_answers() -> None:
+    assert decide(LADDER, 0, 0.6, 1.0, STATIC).offload
+    assert decide(LADDER, 0, 0.6, 1.0, STATIC).reason is Reason.LOW_CONFIDENCE
+    answer = decide(LADDER, 0, 0.9, 1.0, STATIC)
+    assert not answer.offload and answer.reason is Reason.CONFIDENT
+
+
+def test_top_tier_answers_even_at_chance() -> None:
+    d = decide(LADDER, 2, 0.5, 0.0, STATIC)
+    assert not d.offload and d.reason is Reason.TOP_TIER
+
+
+def test_budget_too_small_for_the_next_tier_answers_here() -> None:
+    d = decide(LADDER, 1, 0.6, remaining_s=0.05, snapshot=STATIC)  # cloud expects 80 ms
+    assert not d.offload and d.reason is Reason.BUDGET_EXHAUSTED
+    assert d.next_expected_s == pytest.approx(0.08)
+    assert decide(LADDER, 1, 0.6, remaining_s=0.2, snapshot=STATIC).offload
+
+
+def test_budget_check_uses_live_latency_when_fresh() -> None:
+    slow_cloud = live(cloud=0.5)  # also lowers the edge threshold to its bound, 0.6
+    assert decide(LADDER, 1, 0.55, 0.2, slow_cloud).reason is Reason.BUDGET_EXHAUSTED
+    stale = MetricsSnapshot(slow_cloud.tiers, stale=True)
+    assert decide(LADDER, 1, 0.55, 0.2, stale).offload
+
+
+def test_slow_upper_tier_lowers_the_threshold_below_it_within_bounds() -> None:
+    static = effective_thresholds(LADDER, STATIC)
+    assert static == (0.8, 0.85, 0.9)
+    slow_edge = effective_thresholds(LADDER, live(edge=0.04))  # twice the prior
+    assert slow_edge[0] == pytest.approx(0.8 - 0.2)
+    very_slow = effective_thresholds(LADDER, live(edge=10.0))
+    assert very_slow[0] == 0.5  # the lower bound
+    fast_edge = effective_thresholds(LADDER, live(edge=0.0))
+    assert fast_edge[0] == pytest.approx(0.95)  # raised, capped by the upper bound
+
+
+def test_stale_snapshot_gives_static_thresholds() -> None:
+    stale = MetricsSnapshot({"edge": TierLatency(call_s=10.0)}, stale=True)
+    assert effective_thresholds(LADDER, stale) == effective_thresholds(LADDER, STATIC)
+
+
+def test_server_side_latency_alone_never_beats_the_prior() -> None:
+    # Triton's own latency excludes the link; it may raise, not lower, the expectation.
+    snap = MetricsSnapshot({"cloud": TierLatency(request_s=0.001, queue_s=0.0)}, stale=False)
+    assert decide(LADDER, 1, 0.6, 0.05, snap).reason is Reason.BUDGET_EXHAUSTED
+
+
+latencies = st.dictionaries(
+    st.sampled_from(["device", "edge", "cloud"]),
+    st.builds(
+        TierLatency,
+        call_s=st.none() | st.floats(0, 5),
+        request_s=st.none() | st.floats(0, 5),
+        queue_s=st.none() | st.floats(0, 5),
+        pending=st.none() | st.floats(0, 100),
+    ),
+)
+snapshots = st.builds(MetricsSnapshot, tiers=latencies, stale=st.booleans())
+unit = st.floats(0, 1)
+
+
+@given(index=st.integers(0, 2), c1=unit, c2=unit, remaining=st.floats(0, 2), snap=snapshots)
+def test_decision_is_monotone_in_confidence(
+    index: int, c1: float, c2: float, remaining: float, snap: MetricsSnapshot
+) -> None:
+    low, high = sorted((c1, c2))
+    if not decide(LADDER, index, low, remaining, snap).offload:
+        assert not decide(LADDER, index, high, remaining, snap).offload
+
+
+@given(conf=unit, remaining=st.floats(-1, 10), snap=snapshots)
+def test_top_tier_never_offloads(conf: float, remaining: float, snap: MetricsSnapshot) -> None:
+    assert not decide(LADDER, len(LADDER) - 1, conf, remaining, snap).offload
+
+
+@given(index=st.integers(0, 2), conf=unit, remaining=st.floats(0, 2), snap=snapshots)
+def test_decision_is_deterministic_for_a_snapshot(
+    index: int, conf: float, remaining: float, snap: MetricsSnapshot
+) -> None:
+    assert decide(LADDER, index, conf, remaining, snap) == decide(
+        LADDER, index, conf, remaining, snap
+    )
+
+
+@given(snap=snapshots)
+def test_thresholds_stay_within_bounds(snap: MetricsSnapshot) -> None:
+    for tier, value in zip(LADDER, effective_thresholds(LADDER, snap), strict=True):
+        low, high = tier.threshold_bounds
+        assert low <= value <= high
+
+
+@given(a=st.floats(0, 5), b=st.floats(0, 5))
+def test_slower_upper_tier_never_raises_offloading(a: float, b: float) -> None:
+    fast, slow = sorted((a, b))
+    assert (
+        effective_thresholds(LADDER, live(edge=slow))[0]
+        <= (effective_thresholds(LADDER, live(edge=fast))[0])
+    )
+
+
+# --- pruning ------------------------------------------------------------------------------
+
+TOKENS = ["[CLS]", "the", "film", "is", "un", "##watch", "##able", "!", "[SEP]"]
+IDS = [101, 1996, 2143, 2003, 4895, 18866, 3085, 999, 102]
+SCORES = [0.9, 0.01, 0.2, 0.02, 0.05, 0.6, 0.1, 0.03, 0.5]
+
+
+def test_wordpieces_join_into_words_scored_by_their_best_piece() -> None:
+    ws = words(TOKENS, IDS, SCORES)
+    assert [w.text for w in ws] == ["the", "film", "is", "unwatchable", "!"]
+    assert ws[3].score == 0.6 and ws[3].ids == (4895, 18866, 3085)
+
+
+def test_pruning_keeps_whole_important_words_in_order_as_ids() -> None:
+    p = prune(TOKENS, IDS, SCORES, keep_ratio=0.4, same_family=True)
+    assert p.kept_words == 2 and p.total_words == 5
+    assert p.input_ids == (101, 2143, 4895, 18866, 3085, 102)  # [CLS] film unwatchable [SEP]
+    assert p.text is None
+
+
+def test_pruning_across_tokenizer_families_rebuilds_text() -> None:
+    p = prune(TOKENS, IDS, SCORES, keep_ratio=0.4, same_family=False)
+    assert p.text == "film unwatchable" and p.input_ids is None
+
+
+def test_ties_keep_the_earlier_word() -> None:
+    p = prune(["a", "b", "c"], [1, 2, 3], [0.5, 0.5, 0.5], 0.34, same_family=False)
+    assert p.text == "a b"
+
+
+@given(
+    n=st.integers(0, 40),
+    ratio=st.floats(0, 1),
+    seed_scores=st.lists(st.floats(0, 1), min_size=40, max_size=40),
+)
+def test_pruning_never_sends_more_and_keeps_order(
+    n: int, ratio: float, seed_scores: list[float]
+) -> None:
+    toks = [f"w{i}" for i in range(n)]
+    p = prune(toks, list(range(n)), seed_scores[:n], ratio, same_family=True)
+    assert p.input_ids is not None
+    assert len(p.input_ids) == keep_count(n, ratio) <= n
+    assert list(p.input_ids) == sorted(p.input_ids)
+
+
+def test_keep_count_keeps_at_least_one_word() -> None:
+    assert keep_count(10, 0.0) == 1
+    assert keep_count(10, 0.55) == 6
+    assert keep_count(0, 0.5) == 0
+
+
+# --- fusion -------------------------------------------------------------------------------
+
+
+def test_fusion_is_the_weighted_average_of_tier_probabilities() -> None:
+    fused = fuse([(0.4, 0.6), (0.1, 0.9)], [1.0, 3.0])
+    assert fused == pytest.approx((0.175, 0.825))
+
+
+def test_fusion_with_zero_weights_uses_the_last_tier() -> None:
+    assert fuse([(0.4, 0.6), (0.1, 0.9)], [0.0, 0.0]) == (0.1, 0.9)
