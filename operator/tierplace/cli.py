@@ -19,6 +19,7 @@ _AREAS = (
     "tierplace.local.commands",
     "tierplace.router.commands",
     "tierplace.controller.commands",
+    "tierplace.evaluation.commands",
 )
 
 
