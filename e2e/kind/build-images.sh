@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds the three images and loads them into the kind cluster's nodes (no registry needed).
+# shellcheck source=e2e/kind/lib.sh
+source "$(dirname "$0")/lib.sh"
+need docker kind
+
+cd "$REPO"
+log "building $IMAGE_TIERPLACE"
+docker build -f images/tierplace.Dockerfile -t "$IMAGE_TIERPLACE" .
+log "building $IMAGE_TRITON"
+docker build -f images/triton-cpu.Dockerfile --target triton -t "$IMAGE_TRITON" .
+if [[ ${TIERPLACE_E2E_TRAINER:-0} == 1 ]]; then
+  log "building $IMAGE_TRAINER"
+  docker build -f images/triton-cpu.Dockerfile --target trainer -t "$IMAGE_TRAINER" .
+fi
+docker tag "$IMAGE_TIERPLACE" "$ALIAS_ROUTER"
+docker tag "$IMAGE_TRITON" "$ALIAS_TRITON"
+for image in "$IMAGE_TIERPLACE" "$ALIAS_ROUTER" "$IMAGE_TRITON" "$ALIAS_TRITON"; do
+  log "loading $image into kind/$CLUSTER"
+  kind load docker-image --name "$CLUSTER" "$image"
+done

@@ -1,0 +1,37 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # the variables are for the scripts that source this file
+# Shared settings of the kind e2e scripts (sourced, not run).
+set -euo pipefail
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$E2E_DIR/../.." && pwd)
+CLUSTER=${TIERPLACE_KIND_CLUSTER:-tierplace-e2e}
+ARTIFACTS=${TIERPLACE_E2E_ARTIFACTS:-$REPO/.artifacts/e2e-kind}
+KUBECONFIG_FILE=$ARTIFACTS/kubeconfig
+MODELS_DIR=$ARTIFACTS/models
+NAMESPACE=${TIERPLACE_E2E_NAMESPACE:-tierplace}
+VERSION=0.1.0
+IMAGE_TIERPLACE=tierplace/tierplace:$VERSION
+IMAGE_TRITON=tierplace/triton-cpu:$VERSION
+IMAGE_TRAINER=tierplace/trainer:$VERSION
+# The defaults the CRDs give (spec.router.image, spec.triton.image): tiers and routers that a
+# cascade creates use them, so kind gets our images under these names too (see README).
+ALIAS_ROUTER=tierplace/router:$VERSION
+ALIAS_TRITON=nvcr.io/nvidia/tritonserver:24.10-py3
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+
+log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+need() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || {
+      log "missing '$tool' (see e2e/README.md)"
+      exit 1
+    }
+  done
+}
+
+helm_bin() { bash "$REPO/scripts/install-helm.sh" | tail -n 1; }
+
+kube() { kubectl --kubeconfig "$KUBECONFIG_FILE" "$@"; }

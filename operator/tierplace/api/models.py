@@ -1,0 +1,194 @@
+"""Typed views of the InferenceTier and InferenceCascade specs.
+
+The CRD schema (crds/) is what the API server enforces and where defaults are applied; these
+models are what the controller reads after that, so nothing past the boundary handles raw dicts.
+Field names are snake_case in Python and camelCase on the wire, exactly as in the CRDs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from tierplace.api import quantities
+from tierplace.api.names import POOL_LABEL, pool_name
+from tierplace.api.variants import VARIANTS, TierClass
+
+AUTO: Literal["auto"] = "auto"
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+DEFAULT_ROUTER_IMAGE = "tierplace/router:0.1.0"
+DEFAULT_MODEL = "tierplace-sentiment"
+
+
+class _Wire(BaseModel):
+    """camelCase on the wire, immutable in Python; unknown fields from newer CRDs are ignored."""
+
+    model_config = ConfigDict(
+        frozen=True, populate_by_name=True, alias_generator=to_camel, extra="ignore"
+    )
+
+
+class ModelRef(_Wire):
+    """Which model family and which size of it; ``auto`` lets placement pick the size."""
+
+    name: str = DEFAULT_MODEL
+    variant: str = AUTO
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        if value != AUTO and value not in VARIANTS:
+            known = ", ".join([AUTO, *VARIANTS])
+            raise ValueError(f"unknown variant {value!r}; use one of {known}")
+        return value
+
+
+class ModelRepository(_Wire):
+    """Where Triton finds the model repository: any Kubernetes volume source."""
+
+    volume: dict[str, Any] = Field(default_factory=lambda: {"emptyDir": {}})
+    mount_path: str = "/models"
+
+
+class Pool(_Wire):
+    """The nodes a tier may run on. An empty selector means the class's default pool label."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] | None = None
+
+    def effective_selector(self, tier_class: TierClass) -> dict[str, str]:
+        """The selector placement and the Deployment use: the default pool label if unset."""
+        return dict(self.node_selector) or {POOL_LABEL: pool_name(tier_class)}
+
+
+class Resources(_Wire):
+    """Per-replica requests; memory defaults to the placed variant's measured footprint."""
+
+    cpu: str = "1"
+    memory: str | None = None
+    gpu: int = Field(default=0, ge=0)
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None:
+            quantities.parse_quantity(value)
+        return value
+
+
+class Triton(_Wire):
+    """The Triton server image and any extra command-line arguments."""
+
+    image: str = DEFAULT_TRITON_IMAGE
+    args: tuple[str, ...] = ()
+
+
+class PlacementRequest(_Wire):
+    """Constraints automatic placement must meet besides memory."""
+
+    max_latency: str | None = None
+
+    @field_validator("max_latency")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            quantities.parse_duration_ms(value)
+        return value
+
+    @property
+    def max_latency_ms(self) -> float | None:
+        return None if self.max_latency is None else quantities.parse_duration_ms(self.max_latency)
+
+
+class InferenceTierSpec(_Wire):
+    """One tier of a cascade: a Triton server of one model size on one pool."""
+
+    tier_class: TierClass
+    model: ModelRef = Field(default_factory=ModelRef)
+    model_repository: ModelRepository = Field(default_factory=ModelRepository)
+    pool: Pool = Field(default_factory=Pool)
+    replicas: int = Field(default=1, ge=0)
+    resources: Resources = Field(default_factory=Resources)
+    triton: Triton = Field(default_factory=Triton)
+    exit_threshold: str = "0.9"
+    placement: PlacementRequest = Field(default_factory=PlacementRequest)
+
+    @field_validator("exit_threshold")
+    @classmethod
+    def _unit(cls, value: str) -> str:
+        quantities.parse_unit_decimal(value)
+        return value
+
+
+class TierRef(_Wire):
+    """A reference to an existing InferenceTier; the namespace must be the cascade's own."""
+
+    name: str
+    namespace: str | None = None
+
+
+class CascadeTier(_Wire):
+    """One rung of the cascade: a reference to an InferenceTier, or a placement request that
+    the operator turns into an owned InferenceTier named ``<cascade>-<class>``."""
+
+    tier_class: TierClass
+    tier_ref: TierRef | None = None
+    variant: str = AUTO
+    replicas: int = Field(default=1, ge=0)
+    offload_threshold: str = "0.8"
+
+    @field_validator("offload_threshold")
+    @classmethod
+    def _unit(cls, value: str) -> str:
+        quantities.parse_unit_decimal(value)
+        return value
+
+
+class Admission(_Wire):
+    """Router-side admission control."""
+
+    max_in_flight: int = Field(default=64, ge=1)
+
+
+class Router(_Wire):
+    """The router Deployment in front of the tiers."""
+
+    replicas: int = Field(default=1, ge=0)
+    image: str = DEFAULT_ROUTER_IMAGE
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class InferenceCascadeSpec(_Wire):
+    """The ordered device -> edge -> cloud ladder for one model, and how requests climb it."""
+
+    tiers: tuple[CascadeTier, ...]
+    model: str = DEFAULT_MODEL
+    model_repository: ModelRepository = Field(default_factory=ModelRepository)
+    keep_ratio: str = "0.5"
+    fusion_weights: tuple[str, ...] = ()
+    latency_budget: str = "150ms"
+    prometheus_url: str | None = None
+    admission: Admission = Field(default_factory=Admission)
+    router: Router = Field(default_factory=Router)
+
+    @field_validator("keep_ratio")
+    @classmethod
+    def _ratio(cls, value: str) -> str:
+        quantities.parse_unit_decimal(value)
+        return value
+
+    @field_validator("fusion_weights")
+    @classmethod
+    def _weights(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for weight in value:
+            quantities.parse_unit_decimal(weight)
+        return value
+
+    @field_validator("latency_budget")
+    @classmethod
+    def _budget(cls, value: str) -> str:
+        quantities.parse_duration_ms(value)
+        return value

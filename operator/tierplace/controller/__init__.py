@@ -1,0 +1,1 @@
+"""The operator: pure cores (placement, manifests, reconcile) and the kopf layer (handlers)."""

@@ -1,0 +1,109 @@
+"""``tierplace operator``: run the kopf operator (imports kopf only when invoked)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "operator",
+        help="run the operator (reconciles InferenceTier and InferenceCascade)",
+        description="Reconcile InferenceTiers and InferenceCascades in the cluster of "
+        "$KUBECONFIG (or the pod's service account).",
+    )
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    p.add_argument(
+        "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    p.add_argument(
+        "--resync-seconds", type=float, default=None, help="drift timer interval (default 30)"
+    )
+    hooks = p.add_argument_group(
+        "admission webhooks",
+        "served only with --webhook-port; the API server must trust --webhook-ca",
+    )
+    hooks.add_argument("--webhook-port", type=int, default=None)
+    hooks.add_argument("--webhook-addr", default=None, help="listen address (default 127.0.0.1)")
+    hooks.add_argument("--webhook-host", default=None, help="host the API server calls")
+    hooks.add_argument("--webhook-cert", default=None, help="serving certificate (PEM)")
+    hooks.add_argument("--webhook-key", default=None, help="its private key (PEM)")
+    hooks.add_argument("--webhook-ca", default=None, help="CA bundle put in caBundle (PEM)")
+    p.add_argument(
+        "--print-rbac",
+        metavar="NAMESPACE/SERVICEACCOUNT",
+        help="print the least-privilege ClusterRole and its binding as YAML, and exit",
+    )
+    p.set_defaults(func=_run)
+
+    b = sub.add_parser(
+        "bench-operator",
+        help="time the operator converging many InferenceTiers on a local control plane",
+    )
+    b.add_argument("--tiers", type=int, default=200)
+    b.add_argument("--repeat", type=int, default=1, help="runs (fresh namespace each); median")
+    b.add_argument("--out", default=None, help="JSON path (default bench-results/...)")
+    b.set_defaults(func=_bench)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.print_rbac:
+        return _print_rbac(args.print_rbac)
+    # handlers.py reads its settings from the environment at import: flags win over it.
+    for flag, var in (
+        ("resync_seconds", "TIERPLACE_RESYNC_SECONDS"),
+        ("webhook_port", "TIERPLACE_WEBHOOK_PORT"),
+        ("webhook_addr", "TIERPLACE_WEBHOOK_ADDR"),
+        ("webhook_host", "TIERPLACE_WEBHOOK_HOST"),
+        ("webhook_cert", "TIERPLACE_WEBHOOK_CERT"),
+        ("webhook_key", "TIERPLACE_WEBHOOK_KEY"),
+        ("webhook_ca", "TIERPLACE_WEBHOOK_CA"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[var] = str(value)
+    if os.environ.get("TIERPLACE_WEBHOOK_PORT") and not (
+        os.environ.get("TIERPLACE_WEBHOOK_CERT") and os.environ.get("TIERPLACE_WEBHOOK_KEY")
+    ):
+        raise SystemExit("--webhook-port needs --webhook-cert and --webhook-key")
+    import kopf
+
+    import tierplace.controller.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _print_rbac(account: str) -> int:
+    import yaml
+
+    from tierplace.controller import rbac
+
+    namespace, _, name = account.partition("/")
+    if not namespace or not name:
+        raise SystemExit("--print-rbac wants NAMESPACE/SERVICEACCOUNT, e.g. tierplace/operator")
+    subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+    docs = [rbac.cluster_role(), rbac.cluster_role_binding(subject)]
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tierplace.testing import reconcile_bench
+
+    out = Path(args.out) if args.out else None
+    return reconcile_bench.main(tiers=args.tiers, repeat=args.repeat, out=out)

@@ -1,0 +1,345 @@
+"""The one module that talks to the Kubernetes API server (aiohttp, JSON in and out).
+
+Everything else in the controller works on plain manifests; this module turns "this child should
+look like that" into the fewest API calls: get, then create or replace only when the desired
+state changed (its spec hash) or the live object drifted from it. Server-side apply is not
+available on Kubernetes 1.20 (beta there), so convergence is a read-compare-replace guarded by
+``resourceVersion``; a lost race surfaces as :class:`Conflict` and the caller retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import ssl
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tierplace.api import names
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+#: kind -> plural for every kind the operator touches.
+PLURALS: dict[str, str] = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "Pod": "pods",
+    "Node": "nodes",
+    names.TIER_KIND: names.TIER_PLURAL,
+    names.CASCADE_KIND: names.CASCADE_PLURAL,
+}
+CLUSTER_SCOPED = {"Node"}
+
+
+class ApiError(Exception):
+    """A non-2xx answer; ``message`` is the API server's own explanation."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class Conflict(ApiError):
+    """409: someone else wrote first (stale resourceVersion) or the object already exists."""
+
+
+class OwnedElsewhere(Exception):
+    """A child with the wanted name exists but another controller owns it."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach the API server; built from kopf's login or the service-account mount."""
+
+    server: str
+    token: str | None = None
+    ca_path: str | None = None
+    ca_data: bytes | None = None  # PEM
+    cert_path: str | None = None
+    key_path: str | None = None
+    insecure: bool = False
+
+    @classmethod
+    def from_connection_info(cls, info: Any) -> Credentials:
+        """From a ``kopf.ConnectionInfo``; ``*_data`` fields there are base64 as in kubeconfig."""
+
+        def pem(data: str | bytes | None) -> bytes | None:
+            return None if data is None else base64.b64decode(data)
+
+        def to_file(data: str | bytes | None, path: Any) -> str | None:
+            if path:
+                return str(path)
+            raw = pem(data)
+            if raw is None:
+                return None
+            with tempfile.NamedTemporaryFile(prefix="tierplace-", delete=False) as handle:
+                handle.write(raw)
+            return handle.name
+
+        return cls(
+            server=str(info.server).rstrip("/"),
+            token=info.token,
+            ca_path=str(info.ca_path) if info.ca_path else None,
+            ca_data=pem(info.ca_data),
+            cert_path=to_file(info.certificate_data, info.certificate_path),
+            key_path=to_file(info.private_key_data, info.private_key_path),
+            insecure=bool(info.insecure),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if self.insecure:
+            return False
+        ctx = ssl.create_default_context(
+            cafile=self.ca_path,
+            cadata=self.ca_data.decode() if self.ca_data else None,
+        )
+        if self.cert_path and self.key_path:
+            ctx.load_cert_chain(self.cert_path, self.key_path)
+        return ctx
+
+
+def resource_path(
+    api_version: str, kind: str, namespace: str | None = None, name: str | None = None
+) -> str:
+    """/api/v1/namespaces/ns/services/name and friends."""
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    plural = PLURALS[kind]
+    scope = "" if kind in CLUSTER_SCOPED or namespace is None else f"/namespaces/{namespace}"
+    return f"{base}{scope}/{plural}" + (f"/{name}" if name else "")
+
+
+def manifest_path(manifest: Mapping[str, Any], with_name: bool = True) -> str:
+    meta = manifest["metadata"]
+    return resource_path(
+        manifest["apiVersion"],
+        manifest["kind"],
+        meta.get("namespace"),
+        meta["name"] if with_name else None,
+    )
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """Every value in ``desired`` is present and equal in ``live``; lists match element-wise.
+    Server-side defaults (extra keys in live) are not drift."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            is_subset(v, live.get(k)) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(is_subset(d, x) for d, x in zip(desired, live, strict=True))
+        )
+    return bool(desired == live)
+
+
+def up_to_date(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """No write needed: same spec hash, our labels and owners present, no drift in the body."""
+    d_meta, l_meta = desired["metadata"], live.get("metadata", {})
+    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata")}
+    return (
+        is_subset(d_meta.get("annotations", {}), l_meta.get("annotations", {}))
+        and is_subset(d_meta.get("labels", {}), l_meta.get("labels", {}))
+        and is_subset(d_meta.get("ownerReferences", []), l_meta.get("ownerReferences", []))
+        and is_subset(body, live)
+    )
+
+
+# Service fields the API server allocates and refuses to see changed on update.
+_SERVICE_ALLOCATED = ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy")
+
+
+def merged(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    """The object to PUT: live metadata plus ours, and our body over the live one."""
+    out = copy.deepcopy(dict(live))
+    meta = out.setdefault("metadata", {})
+    d_meta = desired["metadata"]
+    meta["labels"] = {**meta.get("labels", {}), **d_meta.get("labels", {})}
+    meta["annotations"] = {**meta.get("annotations", {}), **d_meta.get("annotations", {})}
+    meta["ownerReferences"] = copy.deepcopy(d_meta.get("ownerReferences", []))
+    for key, value in desired.items():
+        if key not in ("apiVersion", "kind", "metadata", "status"):
+            out[key] = copy.deepcopy(value)
+    if desired["kind"] == "Service":
+        for key in _SERVICE_ALLOCATED:
+            if key in live.get("spec", {}) and key not in desired.get("spec", {}):
+                out["spec"][key] = live["spec"][key]
+    out.pop("status", None)
+    return out
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences", []) or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+class Kube:
+    """A small async client for the operator's needs; one aiohttp session per operator."""
+
+    def __init__(self, credentials: Credentials, timeout_s: float = 30.0) -> None:
+        self.credentials = credentials
+        headers = {"Accept": "application/json"}
+        if credentials.token:
+            headers["Authorization"] = f"Bearer {credentials.token}"
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            connector=aiohttp.TCPConnector(ssl=credentials.ssl_context(), limit=32),
+        )
+        self._pdb_version: str | None = None
+        #: API calls made, by HTTP method: the benchmark reports them.
+        self.calls: dict[str, int] = {}
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        self.calls[method] = self.calls.get(method, 0) + 1
+        data = None if body is None else json.dumps(body)
+        async with self._session.request(
+            method,
+            self.credentials.server + path,
+            data=data,
+            params=dict(params or {}),
+            headers={"Content-Type": content_type} if data is not None else None,
+        ) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                raise _error(resp.status, text)
+            return json.loads(text) if text else None
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        result = await self.request("GET", path, params=params)
+        return list(result.get("items", []))
+
+    async def delete(self, path: str) -> bool:
+        """Delete with background propagation; False if it was already gone."""
+        try:
+            await self.request("DELETE", path, {"propagationPolicy": "Background"})
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def pdb_api_version(self) -> str:
+        """policy/v1 from Kubernetes 1.21, policy/v1beta1 before (and removed after 1.25)."""
+        if self._pdb_version is None:
+            found = await self.get("/apis/policy/v1")
+            self._pdb_version = "policy/v1" if found else "policy/v1beta1"
+        return self._pdb_version
+
+    async def ensure(self, desired: Mapping[str, Any]) -> dict[str, Any]:
+        """Make the child look like ``desired``; returns the live object. Raises
+        :class:`Conflict` on a lost race and :class:`OwnedElsewhere` for a foreign object."""
+        path = manifest_path(desired)
+        live = await self.get(path)
+        if live is None:
+            try:
+                created: dict[str, Any] = await self.request(
+                    "POST", manifest_path(desired, with_name=False), desired
+                )
+                return created
+            except Conflict:
+                live = await self.get(path)
+                if live is None:
+                    raise
+        owner = controller_uid(desired)
+        current = controller_uid(live)
+        if current is not None and current != owner:
+            raise OwnedElsewhere(
+                f"{desired['kind']} {desired['metadata']['name']} exists and is controlled by "
+                f"another object (uid {current}); delete it or rename this resource"
+            )
+        if up_to_date(desired, live):
+            return live
+        body = merged(desired, live)
+        replaced: dict[str, Any] = await self.request("PUT", path, body)
+        return replaced
+
+    async def delete_owned(
+        self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
+    ) -> bool:
+        """Delete a child only if this owner controls it (never someone else's object)."""
+        path = resource_path(api_version, kind, namespace, name)
+        live = await self.get(path)
+        if live is None or controller_uid(live) != owner_uid:
+            return False
+        return await self.delete(path)
+
+    async def pod_nodes(self, namespace: str, selector: Mapping[str, str]) -> tuple[str, ...]:
+        """Nodes the scheduler bound the selected pods to (unscheduled pods are skipped)."""
+        text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        pods = await self.list(resource_path("v1", "Pod", namespace), text)
+        return tuple(
+            sorted(
+                str(p["spec"]["nodeName"])
+                for p in pods
+                if p.get("spec", {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")
+            )
+        )
+
+
+def _error(status: int, text: str) -> ApiError:
+    try:
+        body = json.loads(text)
+        reason, message = str(body.get("reason", "")), str(body.get("message", text))
+    except ValueError:
+        reason, message = "", text
+    cls = Conflict if status == 409 else ApiError
+    return cls(status, reason, message)
+
+
+def in_cluster_credentials() -> Credentials | None:
+    """The pod's service account, when running inside the cluster."""
+    host, port = (
+        os.environ.get("KUBERNETES_SERVICE_HOST"),
+        os.environ.get("KUBERNETES_SERVICE_PORT"),
+    )
+    token = SA_DIR / "token"
+    if not host or not port or not token.exists():
+        return None
+    return Credentials(
+        server=f"https://{host}:{port}",
+        token=token.read_text().strip(),
+        ca_path=str(SA_DIR / "ca.crt"),
+    )
+
+
+def selector_text(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def owned(items: Sequence[Mapping[str, Any]], owner_uid: str) -> list[Mapping[str, Any]]:
+    return [i for i in items if controller_uid(i) == owner_uid]

@@ -1,0 +1,382 @@
+"""Pure builders of the children the operator owns, as plain manifest dicts.
+
+InferenceTier -> Triton Deployment, Service (http, grpc, metrics) and, above one replica, a
+PodDisruptionBudget. InferenceCascade -> router ConfigMap, Deployment and Service. Every child
+carries an owner reference (garbage collection on delete) and a hash of its own desired state,
+so the reconcile can tell "spec moved" from "nothing to do" without diffing server defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from tierplace.api import names
+from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
+from tierplace.api.variants import VariantProfile
+from tierplace.controller.placement import GPU_RESOURCE, tier_tolerations
+
+Manifest = dict[str, Any]
+
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+_TRITON_PORTS = (("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT))
+ROUTER_CONFIG_KEY = "router.yaml"
+ROUTER_CONFIG_DIR = "/etc/tierplace"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource that owns a child (metadata needed for an ownerReference)."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    namespace: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def spec_hash(manifest: Mapping[str, Any]) -> str:
+    """A short stable digest of a manifest, ignoring the hash annotation itself."""
+    body = json.loads(json.dumps(manifest, sort_keys=True))
+    body.get("metadata", {}).get("annotations", {}).pop(names.SPEC_HASH_ANNOTATION, None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_spec_hash(manifest: Manifest) -> Manifest:
+    manifest["metadata"].setdefault("annotations", {})[names.SPEC_HASH_ANNOTATION] = spec_hash(
+        manifest
+    )
+    return manifest
+
+
+def _meta(owner: Owner, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": dict(labels),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def tier_selector(tier: str) -> dict[str, str]:
+    """The immutable Deployment selector of a tier's Triton pods."""
+    return {names.TIER_LABEL: tier, names.COMPONENT_LABEL: names.COMPONENT_TRITON}
+
+
+def tier_labels(owner: Owner, spec: InferenceTierSpec, variant: VariantProfile) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "triton",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": "inference-tier",
+        "app.kubernetes.io/part-of": "tierplace",
+        "app.kubernetes.io/managed-by": names.MANAGED_BY,
+        names.TIER_CLASS_LABEL: names.pool_name(spec.tier_class),
+        names.VARIANT_LABEL: variant.name,
+        **tier_selector(owner.name),
+    }
+
+
+def service_host(name: str, namespace: str) -> str:
+    return f"{name}.{namespace}.svc"
+
+
+def tier_endpoint(name: str, namespace: str) -> str:
+    """host:port of a tier's Triton HTTP endpoint, as the router config wants it."""
+    return f"{service_host(name, namespace)}:{HTTP_PORT}"
+
+
+def triton_args(spec: InferenceTierSpec, variant: VariantProfile) -> list[str]:
+    """tritonserver loads exactly the placed variant; its model name is the variant name."""
+    return [
+        "tritonserver",
+        f"--model-repository={spec.model_repository.mount_path}",
+        "--model-control-mode=explicit",
+        f"--load-model={variant.name}",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        "--metrics-config=summary_latencies=true",
+        *spec.triton.args,
+    ]
+
+
+def triton_deployment(
+    owner: Owner, spec: InferenceTierSpec, variant: VariantProfile, memory_mib: int
+) -> Manifest:
+    """The Triton Deployment of a placed tier."""
+    labels = tier_labels(owner, spec, variant)
+    requests: dict[str, str] = {"cpu": spec.resources.cpu, "memory": f"{memory_mib}Mi"}
+    limits: dict[str, str] = {"memory": f"{memory_mib}Mi"}
+    if spec.resources.gpu:
+        limits[GPU_RESOURCE] = str(spec.resources.gpu)
+    pod_spec: dict[str, Any] = {
+        "nodeSelector": spec.pool.effective_selector(spec.tier_class),
+        "tolerations": tier_tolerations(spec),
+        "containers": [
+            {
+                "name": "triton",
+                "image": spec.triton.image,
+                "args": triton_args(spec, variant),
+                # The exit threshold is not here: the router sends it with every request
+                # (router config), so changing it never restarts Triton.
+                "env": [{"name": "TIERPLACE_VARIANT", "value": variant.name}],
+                "ports": [
+                    {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                    {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                ],
+                "readinessProbe": {
+                    "httpGet": {"path": "/v2/health/ready", "port": "http"},
+                    "periodSeconds": 5,
+                },
+                "livenessProbe": {
+                    "httpGet": {"path": "/v2/health/live", "port": "http"},
+                    "periodSeconds": 10,
+                    "failureThreshold": 6,
+                },
+                "resources": {"requests": requests, "limits": limits},
+                "volumeMounts": [
+                    {
+                        "name": "model-repository",
+                        "mountPath": spec.model_repository.mount_path,
+                        "readOnly": True,
+                    }
+                ],
+            }
+        ],
+        "volumes": [{"name": "model-repository", **spec.model_repository.volume}],
+    }
+    if spec.pool.affinity:
+        pod_spec["affinity"] = dict(spec.pool.affinity)
+    return with_spec_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _meta(owner, owner.name, labels),
+            "spec": {
+                "replicas": spec.replicas,
+                "selector": {"matchLabels": tier_selector(owner.name)},
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": {
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": str(METRICS_PORT),
+                            "prometheus.io/path": "/metrics",
+                        },
+                    },
+                    "spec": pod_spec,
+                },
+            },
+        }
+    )
+
+
+def triton_service(owner: Owner, spec: InferenceTierSpec, variant: VariantProfile) -> Manifest:
+    """ClusterIP Service in front of a tier's Triton pods: http, grpc and metrics."""
+    return with_spec_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(owner, owner.name, tier_labels(owner, spec, variant)),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": tier_selector(owner.name),
+                "ports": [
+                    {"name": n, "port": p, "targetPort": n, "protocol": "TCP"}
+                    for n, p in (
+                        ("http", HTTP_PORT),
+                        ("grpc", GRPC_PORT),
+                        ("metrics", METRICS_PORT),
+                    )
+                ],
+            },
+        }
+    )
+
+
+def triton_pdb(
+    owner: Owner, spec: InferenceTierSpec, variant: VariantProfile, api_version: str
+) -> Manifest | None:
+    """At most one Triton replica down at a time during drains; none below two replicas
+    (a PDB on a single replica would block node drains forever)."""
+    if spec.replicas <= 1:
+        return None
+    return with_spec_hash(
+        {
+            "apiVersion": api_version,
+            "kind": "PodDisruptionBudget",
+            "metadata": _meta(owner, owner.name, tier_labels(owner, spec, variant)),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": tier_selector(owner.name)}},
+        }
+    )
+
+
+@dataclass(frozen=True)
+class PlacedTier:
+    """What the router needs of one tier, read from the InferenceTier's spec and status."""
+
+    name: str
+    namespace: str
+    variant: str
+    exit_threshold: str
+    offload_threshold: str
+
+
+def router_config(
+    cascade: str, spec: InferenceCascadeSpec, tiers: Sequence[PlacedTier]
+) -> dict[str, Any]:
+    """The router's config (tierplace.router.config.RouterConfig), lowest tier first."""
+    weights = list(spec.fusion_weights)
+    rendered = []
+    for i, tier in enumerate(tiers):
+        rendered.append(
+            {
+                "name": tier.name,
+                "endpoint": tier_endpoint(tier.name, tier.namespace),
+                "model": tier.variant,
+                "offload_threshold": float(tier.offload_threshold),
+                "exit_threshold": float(tier.exit_threshold),
+                "keep_ratio": float(spec.keep_ratio),
+                "fusion_weight": float(weights[i]) if i < len(weights) else 1.0,
+            }
+        )
+    config: dict[str, Any] = {
+        "cascades": [
+            {
+                "name": cascade,
+                "tiers": rendered,
+                "budget": spec.latency_budget,
+                "max_in_flight": spec.admission.max_in_flight,
+            }
+        ]
+    }
+    if spec.prometheus_url:
+        config["prometheus"] = {"url": spec.prometheus_url}
+    return config
+
+
+def router_name(cascade: str) -> str:
+    return f"{cascade}-router"
+
+
+def router_labels(owner: Owner) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tierplace-router",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": "router",
+        "app.kubernetes.io/part-of": "tierplace",
+        "app.kubernetes.io/managed-by": names.MANAGED_BY,
+        names.CASCADE_LABEL: owner.name,
+        names.COMPONENT_LABEL: names.COMPONENT_ROUTER,
+    }
+
+
+def router_configmap(owner: Owner, config: Mapping[str, Any]) -> Manifest:
+    text = yaml.safe_dump(dict(config), sort_keys=False)
+    return with_spec_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(owner, router_name(owner.name), router_labels(owner)),
+            "data": {ROUTER_CONFIG_KEY: text},
+        }
+    )
+
+
+def router_deployment(owner: Owner, spec: InferenceCascadeSpec, configmap: Manifest) -> Manifest:
+    """The router; its pod template carries the config's hash so a new config rolls it."""
+    labels = router_labels(owner)
+    selector = {names.CASCADE_LABEL: owner.name, names.COMPONENT_LABEL: names.COMPONENT_ROUTER}
+    config_hash = configmap["metadata"]["annotations"][names.SPEC_HASH_ANNOTATION]
+    port = spec.router.port
+    return with_spec_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _meta(owner, router_name(owner.name), labels),
+            "spec": {
+                "replicas": spec.router.replicas,
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": {
+                            f"{names.PREFIX}/config-hash": config_hash,
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": str(port),
+                            "prometheus.io/path": "/metrics",
+                        },
+                    },
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "router",
+                                "image": spec.router.image,
+                                "args": [
+                                    "tierplace",
+                                    "route",
+                                    f"--config={ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}",
+                                    "--host=0.0.0.0",
+                                    f"--port={port}",
+                                ],
+                                "ports": [{"name": "http", "containerPort": port}],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/v2/health/ready", "port": "http"},
+                                    "periodSeconds": 5,
+                                },
+                                "livenessProbe": {
+                                    "httpGet": {"path": "/v2/health/live", "port": "http"},
+                                    "periodSeconds": 10,
+                                },
+                                "volumeMounts": [
+                                    {"name": "config", "mountPath": ROUTER_CONFIG_DIR}
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": router_name(owner.name)}}
+                        ],
+                    },
+                },
+            },
+        }
+    )
+
+
+def router_service(owner: Owner, spec: InferenceCascadeSpec) -> Manifest:
+    selector = {names.CASCADE_LABEL: owner.name, names.COMPONENT_LABEL: names.COMPONENT_ROUTER}
+    return with_spec_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(owner, router_name(owner.name), router_labels(owner)),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector,
+                "ports": [{"name": "http", "port": spec.router.port, "targetPort": "http"}],
+            },
+        }
+    )
+
+
+def generated_tier_name(cascade: str, tier_class: str) -> str:
+    """The InferenceTier a cascade creates for a placement request: ``<cascade>-<class>``."""
+    return f"{cascade}-{tier_class.lower()}"

@@ -1,0 +1,366 @@
+"""The reconcile as pure functions: desired children and status from spec plus observations.
+
+Level-based: every function takes the whole current picture (spec, Nodes, live children) and
+returns the whole desired picture, so create, update, resume and the drift timer share one
+path and running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tierplace.api import conditions as cond
+from tierplace.api import names
+from tierplace.api.conditions import Condition
+from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
+from tierplace.api.variants import TIER_ORDER
+from tierplace.controller import manifests
+from tierplace.controller.manifests import Manifest, Owner, PlacedTier
+from tierplace.controller.placement import NodeInfo, Placement, place, selector_text
+
+
+@dataclass(frozen=True)
+class ChildKey:
+    """Identifies a child to delete: apiVersion, kind and name in the owner's namespace."""
+
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class TierPlan:
+    """What the tier's children should be. ``apply`` is empty when placement failed: existing
+    children are then left alone, so a brief gap in the Node index never stops serving."""
+
+    placement: Placement
+    apply: tuple[Manifest, ...]
+    delete: tuple[ChildKey, ...] = ()
+
+
+def plan_tier(
+    owner: Owner, spec: InferenceTierSpec, nodes: Sequence[NodeInfo], pdb_api_version: str
+) -> TierPlan:
+    placement = place(spec, nodes)
+    if placement.variant is None:
+        return TierPlan(placement, ())
+    variant = placement.variant
+    children: list[Manifest] = [
+        manifests.triton_deployment(owner, spec, variant, placement.memory_mib),
+        manifests.triton_service(owner, spec, variant),
+    ]
+    delete: tuple[ChildKey, ...] = ()
+    pdb = manifests.triton_pdb(owner, spec, variant, pdb_api_version)
+    if pdb is None:
+        delete = (ChildKey(pdb_api_version, "PodDisruptionBudget", owner.name),)
+    else:
+        children.append(pdb)
+    return TierPlan(placement, tuple(children), delete)
+
+
+@dataclass(frozen=True)
+class TierObservation:
+    """What the cluster shows of a tier's children after the plan was applied."""
+
+    deployment: Mapping[str, Any] | None
+    pod_nodes: tuple[str, ...] = ()
+    #: Why a child could not be written (a same-named object another controller owns).
+    conflict: str | None = None
+
+
+def _pool_condition(spec: InferenceTierSpec, placement: Placement) -> Condition:
+    where = selector_text(spec.pool.effective_selector(spec.tier_class))
+    if placement.reason == "NoNodesInPool":
+        return Condition(cond.POOL_AVAILABLE, "False", "NoNodesInPool", placement.message)
+    return Condition(
+        cond.POOL_AVAILABLE,
+        "True",
+        "NodesInPool",
+        f"{placement.pool_size} schedulable node(s) match {where}",
+    )
+
+
+def _placed_condition(placement: Placement) -> Condition:
+    if placement.variant is not None:
+        return Condition(cond.MODEL_PLACED, "True", placement.reason, placement.message)
+    if placement.reason == "NoNodesInPool":
+        return Condition(
+            cond.MODEL_PLACED, "False", "PoolUnavailable", "no pool node to place a variant on"
+        )
+    return Condition(cond.MODEL_PLACED, "False", placement.reason, placement.message)
+
+
+def _serving_condition(spec: InferenceTierSpec, obs: TierObservation) -> Condition:
+    if obs.conflict is not None:
+        return Condition(cond.SERVING_AVAILABLE, "False", "ChildOwnedElsewhere", obs.conflict)
+    if obs.deployment is None:
+        return Condition(
+            cond.SERVING_AVAILABLE, "False", "NoDeployment", "the Triton Deployment does not exist"
+        )
+    status = obs.deployment.get("status", {}) or {}
+    ready = int(status.get("readyReplicas", 0) or 0)
+    if spec.replicas == 0:
+        return Condition(
+            cond.SERVING_AVAILABLE, "False", "ScaledToZero", "spec.replicas is 0; set it above 0"
+        )
+    if ready == 0:
+        where = f"scheduled on {', '.join(obs.pod_nodes)}" if obs.pod_nodes else "not scheduled yet"
+        return Condition(
+            cond.SERVING_AVAILABLE,
+            "False",
+            "NoReadyReplicas",
+            f"0/{spec.replicas} Triton replicas ready on /v2/health/ready (pods {where})",
+        )
+    return Condition(
+        cond.SERVING_AVAILABLE, "True", "ReplicasReady", f"{ready}/{spec.replicas} replicas ready"
+    )
+
+
+def tier_status(
+    owner: Owner,
+    spec: InferenceTierSpec,
+    plan: TierPlan,
+    obs: TierObservation,
+    previous: Mapping[str, Any] | None,
+    generation: int | None,
+) -> dict[str, Any]:
+    """The InferenceTier status: conditions with Ready first, placement, replicas, nodes."""
+    parts = [
+        _pool_condition(spec, plan.placement),
+        _placed_condition(plan.placement),
+        _serving_condition(spec, obs),
+    ]
+    previous = previous or {}
+    dep_status = (obs.deployment or {}).get("status", {}) or {}
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": cond.render(
+            [cond.ready_summary(parts), *parts], previous.get("conditions"), generation
+        ),
+        "placementReason": plan.placement.message,
+        "replicas": int(dep_status.get("replicas", 0) or 0),
+        "readyReplicas": int(dep_status.get("readyReplicas", 0) or 0),
+        "endpoint": f"http://{manifests.tier_endpoint(owner.name, owner.namespace)}",
+        "nodes": sorted(set(obs.pod_nodes)),
+    }
+    if plan.placement.variant is not None:
+        status["variant"] = plan.placement.variant.name
+    elif "variant" in previous and obs.deployment is not None:
+        status["variant"] = previous["variant"]  # still serving what was placed before
+    return status
+
+
+# --- InferenceCascade -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TierView:
+    """One rung of a cascade as the cluster shows it (from the InferenceTier object)."""
+
+    name: str
+    tier_class: str
+    offload_threshold: str
+    exists: bool = False
+    ready: bool = False
+    variant: str | None = None
+    exit_threshold: str = "0.9"
+    reason: str = ""
+
+
+def tier_view(
+    name: str, tier_class: str, offload_threshold: str, tier: Mapping[str, Any] | None
+) -> TierView:
+    """Read an InferenceTier object (or its absence) into a TierView."""
+    if tier is None:
+        return TierView(name, tier_class, offload_threshold, reason="InferenceTier not found")
+    status = tier.get("status", {}) or {}
+    ready_cond = cond.find(status.get("conditions"), cond.READY) or {}
+    return TierView(
+        name=name,
+        tier_class=tier_class,
+        offload_threshold=offload_threshold,
+        exists=True,
+        ready=ready_cond.get("status") == "True",
+        variant=status.get("variant"),
+        exit_threshold=str((tier.get("spec", {}) or {}).get("exitThreshold", "0.9")),
+        reason=str(ready_cond.get("message", "not reconciled yet")),
+    )
+
+
+def cascade_tier_names(owner_name: str, spec: InferenceCascadeSpec) -> list[tuple[str, str, str]]:
+    """(InferenceTier name, class, offload threshold) per rung, lowest first."""
+    return [
+        (
+            t.tier_ref.name
+            if t.tier_ref
+            else manifests.generated_tier_name(owner_name, t.tier_class.value),
+            t.tier_class.value,
+            t.offload_threshold,
+        )
+        for t in spec.tiers
+    ]
+
+
+def generated_tiers(owner: Owner, spec: InferenceCascadeSpec) -> list[Manifest]:
+    """InferenceTiers the cascade creates for its placement requests (rungs with no tierRef)."""
+    out: list[Manifest] = []
+    for rung in spec.tiers:
+        if rung.tier_ref is not None:
+            continue
+        name = manifests.generated_tier_name(owner.name, rung.tier_class.value)
+        out.append(
+            {
+                "apiVersion": names.API_VERSION,
+                "kind": names.TIER_KIND,
+                "metadata": {
+                    "name": name,
+                    "namespace": owner.namespace,
+                    "labels": {
+                        names.CASCADE_LABEL: owner.name,
+                        "app.kubernetes.io/managed-by": names.MANAGED_BY,
+                        "app.kubernetes.io/part-of": "tierplace",
+                    },
+                    "ownerReferences": [owner.reference()],
+                },
+                "spec": {
+                    "tierClass": rung.tier_class.value,
+                    "model": {"name": spec.model, "variant": rung.variant},
+                    "modelRepository": {
+                        "volume": dict(spec.model_repository.volume),
+                        "mountPath": spec.model_repository.mount_path,
+                    },
+                    "replicas": rung.replicas,
+                },
+            }
+        )
+    return [manifests.with_spec_hash(m) for m in out]
+
+
+def order_problems(spec: InferenceCascadeSpec, namespace: str) -> list[str]:
+    """What is wrong with a cascade's ladder, each as an instruction (webhook and status)."""
+    problems: list[str] = []
+    classes = [t.tier_class for t in spec.tiers]
+    if len(set(classes)) != len(classes):
+        problems.append(
+            f"spec.tiers lists a tier class twice ({', '.join(c.value for c in classes)}); "
+            "give each of Device, Edge, Cloud at most once"
+        )
+    ranks = [TIER_ORDER.index(c) for c in classes]
+    if ranks != sorted(ranks):
+        problems.append(
+            f"spec.tiers must be ordered lowest first (Device, Edge, Cloud); got "
+            f"{', '.join(c.value for c in classes)}"
+        )
+    for i, t in enumerate(spec.tiers):
+        if t.tier_ref and t.tier_ref.namespace and t.tier_ref.namespace != namespace:
+            problems.append(
+                f"spec.tiers[{i}].tierRef.namespace is {t.tier_ref.namespace!r} but a cascade may "
+                f"only use tiers in its own namespace {namespace!r}; remove the namespace or move "
+                "the InferenceTier"
+            )
+    if spec.fusion_weights and len(spec.fusion_weights) != len(spec.tiers):
+        problems.append(
+            f"spec.fusionWeights has {len(spec.fusion_weights)} weight(s) for "
+            f"{len(spec.tiers)} tier(s); give one weight per tier, lowest first"
+        )
+    return problems
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    apply: tuple[Manifest, ...]
+    placed: tuple[PlacedTier, ...] = field(default=())
+
+
+def plan_router(owner: Owner, spec: InferenceCascadeSpec, views: Sequence[TierView]) -> CascadePlan:
+    """Router ConfigMap, Deployment and Service over the tiers that have a placed variant.
+    With none placed there is nothing to route to, so no router children are planned."""
+    placed = tuple(
+        PlacedTier(v.name, owner.namespace, v.variant, v.exit_threshold, v.offload_threshold)
+        for v in views
+        if v.variant
+    )
+    if not placed:
+        return CascadePlan((), ())
+    config = manifests.router_config(owner.name, spec, placed)
+    cm = manifests.router_configmap(owner, config)
+    return CascadePlan(
+        (
+            cm,
+            manifests.router_deployment(owner, spec, cm),
+            manifests.router_service(owner, spec),
+        ),
+        placed,
+    )
+
+
+def _tier_entry(view: TierView, namespace: str) -> dict[str, Any]:
+    # No key rather than an empty value for an unplaced tier: observed on 1.20, an empty
+    # string here reached the API server as null and the whole status patch was refused.
+    entry: dict[str, Any] = {
+        "name": view.name,
+        "tierClass": view.tier_class,
+        "ready": view.ready,
+        "endpoint": f"http://{manifests.tier_endpoint(view.name, namespace)}",
+        "offloadThreshold": view.offload_threshold,
+    }
+    if view.variant:
+        entry["variant"] = view.variant
+    return entry
+
+
+def cascade_status(
+    owner: Owner,
+    spec: InferenceCascadeSpec,
+    views: Sequence[TierView],
+    router: Mapping[str, Any] | None,
+    previous: Mapping[str, Any] | None,
+    generation: int | None,
+) -> dict[str, Any]:
+    """The cascade status: per-tier readiness, degraded tiers, router availability."""
+    previous = previous or {}
+    problems = order_problems(spec, owner.namespace)
+    not_ready = [v for v in views if not v.ready]
+    if problems:
+        tiers_ready = Condition(cond.TIERS_READY, "False", "InvalidLadder", "; ".join(problems))
+    elif not_ready:
+        tiers_ready = Condition(
+            cond.TIERS_READY,
+            "False",
+            "TiersNotReady",
+            "; ".join(f"{v.name}: {v.reason}" for v in not_ready),
+        )
+    else:
+        tiers_ready = Condition(
+            cond.TIERS_READY, "True", "AllTiersReady", f"{len(views)} tier(s) ready"
+        )
+    if router is None:
+        router_cond = Condition(
+            cond.ROUTER_AVAILABLE,
+            "False",
+            "NoRouter",
+            "no tier has a placed variant yet, so the router is not deployed",
+        )
+    else:
+        ready = int((router.get("status", {}) or {}).get("readyReplicas", 0) or 0)
+        router_cond = (
+            Condition(cond.ROUTER_AVAILABLE, "True", "RouterReady", f"{ready} router replica(s)")
+            if ready > 0
+            else Condition(
+                cond.ROUTER_AVAILABLE, "False", "NoReadyReplicas", "no router replica is ready"
+            )
+        )
+    parts = [tiers_ready, router_cond]
+    router_host = manifests.service_host(manifests.router_name(owner.name), owner.namespace)
+    return {
+        "observedGeneration": generation,
+        "conditions": cond.render(
+            [cond.ready_summary(parts), *parts], previous.get("conditions"), generation
+        ),
+        "readyTiers": f"{len(views) - len(not_ready)}/{len(views)}",
+        "degradedTiers": [v.name for v in not_ready],
+        "tiers": [_tier_entry(v, owner.namespace) for v in views],
+        "routerEndpoint": f"http://{router_host}:{spec.router.port}",
+    }

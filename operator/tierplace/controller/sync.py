@@ -1,0 +1,154 @@
+"""One reconcile pass per object: pure plan (reconcile.py) applied through the client (kube.py).
+
+Kept apart from handlers.py so it runs without kopf (tests, the benchmark) and apart from
+reconcile.py so the planning stays pure. Each function returns the status to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from tierplace.api import conditions as cond
+from tierplace.api import names
+from tierplace.api.conditions import Condition
+from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
+from tierplace.controller import manifests, prometheus, reconcile
+from tierplace.controller.kube import Kube, OwnedElsewhere, resource_path, selector_text
+from tierplace.controller.manifests import Owner
+from tierplace.controller.placement import NodeInfo
+
+
+def owner_of(body: Mapping[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(
+        api_version=str(body["apiVersion"]),
+        kind=str(body["kind"]),
+        name=str(meta["name"]),
+        uid=str(meta["uid"]),
+        namespace=str(meta["namespace"]),
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def invalid_status(body: Mapping[str, Any], message: str) -> dict[str, Any]:
+    """Status of an object whose spec the operator cannot act on; children are left alone."""
+    generation = body["metadata"].get("generation")
+    bad = Condition(cond.READY, "False", "InvalidSpec", message)
+    previous = (body.get("status") or {}).get("conditions")
+    return {
+        "observedGeneration": generation,
+        "conditions": cond.render([bad], previous, generation),
+    }
+
+
+async def sync_tier(
+    kube: Kube, body: Mapping[str, Any], nodes: Iterable[NodeInfo]
+) -> dict[str, Any]:
+    """Converge one InferenceTier's children and compute its status."""
+    owner = owner_of(body)
+    try:
+        spec = InferenceTierSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return invalid_status(body, _describe(exc))
+    pdb_version = await kube.pdb_api_version()
+    plan = reconcile.plan_tier(owner, spec, list(nodes), pdb_version)
+    deployment: Mapping[str, Any] | None = None
+    conflict: str | None = None
+    for child in plan.apply:
+        try:
+            live = await kube.ensure(child)
+        except OwnedElsewhere as exc:
+            conflict = str(exc)  # reported in status; the other children still converge
+            continue
+        if child["kind"] == "Deployment":
+            deployment = live
+    for key in plan.delete:
+        await kube.delete_owned(key.api_version, key.kind, owner.namespace, key.name, owner.uid)
+    if not plan.apply:
+        deployment = await kube.get(
+            resource_path("apps/v1", "Deployment", owner.namespace, owner.name)
+        )
+    pod_nodes: tuple[str, ...] = ()
+    if deployment is not None:
+        pod_nodes = await kube.pod_nodes(owner.namespace, manifests.tier_selector(owner.name))
+    obs = reconcile.TierObservation(deployment, pod_nodes, conflict)
+    return reconcile.tier_status(
+        owner, spec, plan, obs, body.get("status"), body["metadata"].get("generation")
+    )
+
+
+async def sync_cascade(kube: Kube, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Converge one InferenceCascade: its generated tiers, then the router over placed tiers."""
+    owner = owner_of(body)
+    try:
+        spec = InferenceCascadeSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return invalid_status(body, _describe(exc))
+    generation = body["metadata"].get("generation")
+    if reconcile.order_problems(spec, owner.namespace):
+        return reconcile.cascade_status(owner, spec, [], None, body.get("status"), generation)
+
+    wanted = reconcile.generated_tiers(owner, spec)
+    for tier in wanted:
+        await kube.ensure(tier)
+    # Tiers this cascade created for rungs that are gone now.
+    keep = {t["metadata"]["name"] for t in wanted}
+    tier_list = resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace)
+    for tier in await kube.list(tier_list, selector_text({names.CASCADE_LABEL: owner.name})):
+        name = tier["metadata"]["name"]
+        if name not in keep:
+            await kube.delete_owned(
+                names.API_VERSION, names.TIER_KIND, owner.namespace, name, owner.uid
+            )
+
+    views = []
+    for name, tier_class, threshold in reconcile.cascade_tier_names(owner.name, spec):
+        live = await kube.get(
+            resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace, name)
+        )
+        views.append(reconcile.tier_view(name, tier_class, threshold, live))
+    plan = reconcile.plan_router(owner, spec, views)
+    router: Mapping[str, Any] | None = None
+    for child in plan.apply:
+        live = await kube.ensure(child)
+        if child["kind"] == "Deployment":
+            router = live
+    status = reconcile.cascade_status(owner, spec, views, router, body.get("status"), generation)
+    if spec.prometheus_url:
+        status.update(await _router_metrics(spec.prometheus_url, owner.name))
+        # Each tier shows its own latency too (the tier has no Prometheus URL of its own).
+        for view in views:
+            latency = status.get("observedLatency", {}).get(view.name)
+            if view.exists and latency:
+                await kube.request(
+                    "PATCH",
+                    resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace, view.name)
+                    + "/status",
+                    {"status": {"observedLatency": latency}},
+                    content_type="application/merge-patch+json",
+                )
+    return status
+
+
+async def _router_metrics(url: str, cascade: str) -> dict[str, Any]:
+    """Offload ratios, effective thresholds and latency from Prometheus. When it cannot be
+    read, only the message changes: the last values stay (a merge patch keeps them)."""
+    try:
+        samples = await prometheus.read(url, cascade)
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+        return {
+            "metricsMessage": f"could not query Prometheus at {url}: {exc or type(exc).__name__}"
+        }
+    return {
+        **prometheus.metrics_status(samples),
+        "metricsMessage": f"read from {url} at {cond.now_rfc3339()}",
+    }

@@ -1,0 +1,1 @@
+"""Test infrastructure that e2e scripts reuse: a real local control plane and its PKI."""

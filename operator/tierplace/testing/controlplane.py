@@ -1,0 +1,334 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, controller-manager and
+scheduler, each a child process in a temporary directory.
+
+This is what the controller tests and the local e2e run against: real schema validation,
+resourceVersions, conflicts, garbage collection and scheduling onto hand-made Nodes, none of
+which a mock gives. The binaries come from ``scripts/build-control-plane.sh`` (Kubernetes 1.20
+built from Debian's source package). There is no kubelet, so:
+
+* the ``TaintNodesByCondition`` admission plugin and the node-lifecycle controller are off,
+  otherwise every hand-made Node would be tainted not-ready / unreachable and nothing would
+  schedule;
+* pods are scheduled (``spec.nodeName`` is set) but never run.
+
+Use :func:`control_plane` as a context manager; it always stops every process it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from tierplace.testing import pki
+
+DEFAULT_BIN = Path(os.environ.get("TIERPLACE_CACHE", str(Path.home() / ".cache" / "tierplace"))) / (
+    "kube-1.20/bin"
+)
+BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+#: A static user with no groups, for running the operator under its own RBAC only.
+OPERATOR_USER = "tierplace-operator"
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not start; the message carries the failing process's log."""
+
+
+def bin_dir() -> Path:
+    """Where the built binaries are: ``$TIERPLACE_KUBE_BIN`` or the build script's cache."""
+    return Path(os.environ.get("TIERPLACE_KUBE_BIN", str(DEFAULT_BIN)))
+
+
+def missing_binaries(directory: Path | None = None) -> list[str]:
+    """Names of required executables that are absent (etcd comes from Debian's etcd-server)."""
+    directory = directory or bin_dir()
+    missing = [b for b in BINARIES if not os.access(directory / b, os.X_OK)]
+    if shutil.which("etcd") is None:
+        missing.append("etcd")
+    return missing
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    handle: IO[bytes]
+
+    def tail(self, lines: int = 40) -> str:
+        self.handle.flush()
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class ControlPlane:
+    """A running control plane; ``kubeconfig`` authenticates as a cluster admin."""
+
+    workdir: Path
+    server: str
+    token: str
+    ca: pki.KeyPair
+    kubeconfig: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+    _procs: list[_Proc] = field(default_factory=list)
+    _ssl: ssl.SSLContext | None = None
+
+    def kubeconfig_for(self, user: str) -> Path:
+        """A kubeconfig that authenticates as one of the static users (see ``tokens``)."""
+        path = self.workdir / f"kubeconfig-{user}"
+        _kubeconfig(path, self.server, self.ca.cert, self.tokens[user])
+        return path
+
+    def env(self) -> dict[str, str]:
+        """The environment for a child process (kopf, kubectl) pointed at this cluster."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Built once: loading the CA for every request costs more than the request."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=str(self.ca.cert))
+        return self._ssl
+
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
+        """A raw API call for tests and fixtures: (HTTP status, decoded JSON body)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.server + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
+        )
+        try:
+            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=30) as resp:
+                return resp.status, _decode(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _decode(exc.read())
+
+    def logs(self, lines: int = 40) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.tail(lines)}" for p in self._procs)
+
+    def stop(self) -> None:
+        """Stop every process, newest first: SIGTERM, then SIGKILL after 10 s."""
+        for proc in reversed(self._procs):
+            if proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in reversed(self._procs):
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(timeout=5)
+            proc.handle.close()
+        self._procs.clear()
+
+
+def _decode(raw: bytes) -> Any:
+    """JSON when the body is JSON (API objects), text otherwise (/readyz says "ok")."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+def _kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}
+        ],
+        "users": [{"name": "admin", "user": {"token": token}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
+        "current-context": "local",
+    }
+    path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+
+
+def _start(cp: ControlPlane, name: str, args: list[str], env: Mapping[str, str]) -> _Proc:
+    log = cp.workdir / f"{name}.log"
+    handle = log.open("wb")
+    popen = subprocess.Popen(
+        args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=dict(env)
+    )
+    proc = _Proc(name, popen, log, handle)
+    cp._procs.append(proc)
+    return proc
+
+
+def _wait(cp: ControlPlane, what: str, check: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in cp._procs:
+            if proc.popen.poll() is not None:
+                raise ControlPlaneError(
+                    f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n"
+                    f"{proc.tail()}"
+                )
+        with contextlib.suppress(OSError, ValueError):
+            if check():
+                return
+        time.sleep(0.2)
+    raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}\n{cp.logs()}")
+
+
+def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) -> ControlPlane:
+    """Start the control plane in ``workdir``; the caller must call ``stop()``."""
+    binaries = binaries or bin_dir()
+    missing = missing_binaries(binaries)
+    if missing:
+        raise ControlPlaneError(
+            f"missing {', '.join(missing)} (looked in {binaries}); run "
+            "scripts/build-control-plane.sh first"
+        )
+    pkidir = workdir / "pki"
+    ca = pki.make_ca(pkidir)
+    serving = pki.make_serving_cert(
+        pkidir, ca, "apiserver", ["127.0.0.1", "localhost", "kubernetes.default.svc"]
+    )
+    sa_key, sa_pub = pki.make_rsa_key(pkidir, "service-account")
+    token = secrets.token_hex(16)
+    users = {"admin": token, OPERATOR_USER: secrets.token_hex(16)}
+    tokens = pkidir / "tokens.csv"
+    tokens.write_text(
+        f'{token},admin,admin,"system:masters"\n'
+        # No groups: only what an RBAC binding grants (the least-privilege test uses it).
+        f"{users[OPERATOR_USER]},{OPERATOR_USER},{OPERATOR_USER}\n"
+    )
+
+    etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
+    server = f"https://127.0.0.1:{api_port}"
+    kubeconfig = workdir / "kubeconfig"
+    _kubeconfig(kubeconfig, server, ca.cert, token)
+    cp = ControlPlane(workdir, server, token, ca, kubeconfig, users)
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
+    try:
+        # etcd on tmpfs when there is one: fsync there is free, and nothing must survive.
+        shm = Path("/dev/shm")
+        data = Path(tempfile.mkdtemp(prefix="tierplace-etcd-", dir=shm if shm.is_dir() else None))
+        (workdir / "etcd-data").symlink_to(data)
+        _start(
+            cp,
+            "etcd",
+            [
+                "etcd", "--name=default", f"--data-dir={data}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                "--logger=zap", "--log-level=warn",
+            ],
+            env,
+        )  # fmt: skip
+        _start(
+            cp,
+            "kube-apiserver",
+            [
+                str(binaries / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}", "--insecure-port=0",
+                f"--cert-dir={workdir / 'certs'}",
+                f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={ca.cert}",
+                f"--token-auth-file={tokens}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                # The default reconciler refuses a loopback address and logs it every 10 s.
+                "--endpoint-reconciler-type=none",
+                # No kubelet: nothing would ever lift the not-ready taint this plugin adds.
+                "--disable-admission-plugins=TaintNodesByCondition",
+                "--profiling=false", "--v=0",
+            ],
+            env,
+        )  # fmt: skip
+        _wait(cp, "kube-apiserver /readyz", lambda: cp.request("GET", "/readyz")[0] == 200, timeout)
+        kc = str(kubeconfig)
+        _start(
+            cp,
+            "kube-controller-manager",
+            [
+                str(binaries / "kube-controller-manager"), f"--kubeconfig={kc}",
+                # No kubelet heartbeats: node-lifecycle would taint every Node unreachable.
+                "--controllers=*,-csrsigning,-nodelifecycle",
+                f"--service-account-private-key-file={sa_key}", f"--root-ca-file={ca.cert}",
+                "--use-service-account-credentials=false", "--leader-elect=false",
+                "--port=0", "--secure-port=0", "--profiling=false",
+            ],
+            env,
+        )  # fmt: skip
+        _start(
+            cp,
+            "kube-scheduler",
+            [
+                str(binaries / "kube-scheduler"), f"--kubeconfig={kc}", "--leader-elect=false",
+                "--port=0", "--secure-port=0", "--profiling=false",
+            ],
+            env,
+        )  # fmt: skip
+        # The service-account controller runs once the controller-manager is up: pods need it.
+        _wait(
+            cp,
+            "the default ServiceAccount (controller-manager up)",
+            lambda: (
+                cp.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+            ),
+            timeout,
+        )
+    except BaseException:
+        cp.stop()
+        raise
+    return cp
+
+
+@contextlib.contextmanager
+def control_plane(
+    binaries: Path | None = None, workdir: Path | None = None, timeout: float = 90.0
+) -> Iterator[ControlPlane]:
+    """Start a control plane, yield it, and always tear it down and remove its files."""
+    owned = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="tierplace-cp-")) if workdir is None else workdir
+    cp: ControlPlane | None = None
+    try:
+        cp = start(root, binaries, timeout)
+        yield cp
+    finally:
+        if cp is not None:
+            cp.stop()
+        link = root / "etcd-data"
+        if link.is_symlink():
+            shutil.rmtree(link.resolve(), ignore_errors=True)
+        if owned:
+            shutil.rmtree(root, ignore_errors=True)

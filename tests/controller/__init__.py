@@ -1,0 +1,1 @@
+"""Operator tests: pure cores, and the control-plane tier (marker ``controlplane``)."""

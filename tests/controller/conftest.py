@@ -1,0 +1,92 @@
+"""Fixtures for the control-plane tier: one real control plane per session (etcd, apiserver,
+controller-manager, scheduler from scripts/build-control-plane.sh), the CRDs, Nodes acting as
+device / edge / cloud pools, and the operator as a subprocess with a short resync.
+
+Only tests marked ``controlplane`` request these; the unit tests never start anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tierplace.testing import cluster, pki
+from tierplace.testing.cluster import Api
+from tierplace.testing.controlplane import (
+    ControlPlane,
+    control_plane,
+    free_port,
+    missing_binaries,
+)
+from tierplace.testing.operator import OperatorProcess
+
+REPO = Path(__file__).resolve().parents[2]
+RESYNC_SECONDS = 2
+
+#: name -> (pool, allocatable memory). Device holds only minilm-l2 (420Mi), edge minilm-l6
+#: (460Mi) but not mpnet-base (900Mi), cloud everything.
+POOL_NODES = {
+    "device-0": ("device", "450Mi"),
+    "edge-0": ("edge", "700Mi"),
+    "edge-1": ("edge", "700Mi"),
+    "cloud-0": ("cloud", "8Gi"),
+}
+
+
+@pytest.fixture(scope="session")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run scripts/build-control-plane.sh first")
+    with control_plane(workdir=tmp_path_factory.mktemp("controlplane")) as plane:
+        cluster.apply_crds(plane, REPO / "crds")
+        for name, (pool, memory) in POOL_NODES.items():
+            cluster.create_node(plane, cluster.pool_node(name, pool, memory))
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator with a 2 s drift timer and its admission webhooks on loopback, behind a
+    self-signed CA the API server trusts through the webhook configurations' caBundle."""
+    workdir = tmp_path_factory.mktemp("operator")
+    ca = pki.make_ca(workdir / "pki", "tierplace-webhook-ca")
+    serving = pki.make_serving_cert(workdir / "pki", ca, "webhook", ["127.0.0.1"])
+    args = [
+        f"--resync-seconds={RESYNC_SECONDS}",
+        f"--webhook-port={free_port()}",
+        f"--webhook-cert={serving.cert}",
+        f"--webhook-key={serving.key}",
+        f"--webhook-ca={ca.cert}",
+    ]
+    proc = OperatorProcess(cp.env(), workdir / "operator.log", args)
+    proc.start()
+    try:
+        for kind in ("validating", "mutating"):
+            path = f"/apis/admissionregistration.k8s.io/v1/{kind}webhookconfigurations/tierplace.io"
+            cluster.wait_for(
+                lambda p=path: (cp.request("GET", p)[1] or {}).get("webhooks"),
+                30,
+                f"the operator's {kind} webhook configuration",
+            )
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def ns(cp: ControlPlane) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(cp, name)
+    yield name
+    cluster.delete_namespace(cp, name)
+
+
+@pytest.fixture
+def api(cp: ControlPlane, operator: OperatorProcess) -> Api:
+    return Api(cp, operator, RESYNC_SECONDS)

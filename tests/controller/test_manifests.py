@@ -1,0 +1,133 @@
+"""The children an InferenceTier and an InferenceCascade become, as a user would inspect them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
+from tierplace.api.variants import VARIANTS
+from tierplace.controller import manifests
+from tierplace.controller.manifests import Owner, PlacedTier
+from tierplace.router import commands as router_commands
+from tierplace.router import config as router_config
+
+OWNER = Owner("tierplace.io/v1alpha1", "InferenceTier", "edge", "uid-1", "ns")
+CASCADE_OWNER = Owner("tierplace.io/v1alpha1", "InferenceCascade", "sentiment", "uid-2", "ns")
+
+
+def tier(**spec: Any) -> InferenceTierSpec:
+    return InferenceTierSpec.model_validate({"tierClass": "Edge", **spec})
+
+
+def test_deployment_serves_the_placed_variant_on_the_pool() -> None:
+    dep = manifests.triton_deployment(OWNER, tier(exitThreshold="0.8"), VARIANTS["minilm-l6"], 460)
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--load-model=minilm-l6" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["resources"]["requests"]["memory"] == "460Mi"
+    assert all(e["name"] != "TIERPLACE_EXIT_THRESHOLD" for e in container["env"])
+    assert pod["nodeSelector"] == {"tierplace.io/pool": "edge"}
+    # Edge tiers ride out a lost control plane for a day instead of being evicted in 5 min.
+    unreachable = [t for t in pod["tolerations"] if t["key"] == "node.kubernetes.io/unreachable"]
+    assert unreachable[0]["tolerationSeconds"] == 86400
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "8002"
+    ref = dep["metadata"]["ownerReferences"][0]
+    assert (ref["uid"], ref["controller"]) == ("uid-1", True)
+
+
+def test_cloud_tier_is_evicted_normally_and_gets_gpu_limit() -> None:
+    spec = InferenceTierSpec.model_validate({"tierClass": "Cloud", "resources": {"gpu": 1}})
+    dep = manifests.triton_deployment(OWNER, spec, VARIANTS["mpnet-base"], 900)
+    pod = dep["spec"]["template"]["spec"]
+    assert all(t["key"] != "node.kubernetes.io/unreachable" for t in pod["tolerations"])
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_spec_hash_changes_with_the_spec_only() -> None:
+    a = manifests.triton_deployment(OWNER, tier(), VARIANTS["minilm-l6"], 460)
+    b = manifests.triton_deployment(OWNER, tier(), VARIANTS["minilm-l6"], 460)
+    c = manifests.triton_deployment(OWNER, tier(replicas=3), VARIANTS["minilm-l6"], 460)
+    key = "tierplace.io/spec-hash"
+    assert a["metadata"]["annotations"][key] == b["metadata"]["annotations"][key]
+    assert a["metadata"]["annotations"][key] != c["metadata"]["annotations"][key]
+
+
+def test_service_exposes_http_grpc_and_metrics() -> None:
+    svc = manifests.triton_service(OWNER, tier(), VARIANTS["minilm-l6"])
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
+        "http": 8000,
+        "grpc": 8001,
+        "metrics": 8002,
+    }
+    assert svc["spec"]["selector"] == manifests.tier_selector("edge")
+
+
+def test_pdb_only_above_one_replica() -> None:
+    assert manifests.triton_pdb(OWNER, tier(replicas=1), VARIANTS["minilm-l6"], "policy/v1") is None
+    pdb = manifests.triton_pdb(OWNER, tier(replicas=3), VARIANTS["minilm-l6"], "policy/v1beta1")
+    assert pdb is not None
+    assert pdb["apiVersion"] == "policy/v1beta1"
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def cascade_spec() -> InferenceCascadeSpec:
+    return InferenceCascadeSpec.model_validate(
+        {
+            "tiers": [
+                {"tierClass": "Device", "offloadThreshold": "0.7"},
+                {"tierClass": "Cloud"},
+            ],
+            "fusionWeights": ["0.3", "0.7"],
+            "latencyBudget": "120ms",
+            "prometheusUrl": "http://prometheus:9090",
+            "admission": {"maxInFlight": 16},
+        }
+    )
+
+
+def test_router_config_is_what_the_router_loads() -> None:
+    placed = [
+        PlacedTier("sentiment-device", "ns", "minilm-l2", "0.9", "0.7"),
+        PlacedTier("sentiment-cloud", "ns", "mpnet-base", "0.95", "0.8"),
+    ]
+    rendered = manifests.router_config("sentiment", cascade_spec(), placed)
+    loaded = router_config.parse(rendered)
+    cascade = loaded.cascade("sentiment")
+    assert cascade is not None
+    assert [t.model for t in cascade.tiers] == ["minilm-l2", "mpnet-base"]
+    assert cascade.tiers[0].endpoint == "sentiment-device.ns.svc:8000"
+    assert cascade.tiers[0].offload_threshold == 0.7
+    assert cascade.tiers[1].fusion_weight == 0.7
+    assert cascade.budget == 0.12
+    assert cascade.max_in_flight == 16
+    assert loaded.prometheus.url == "http://prometheus:9090"
+
+
+def test_router_rolls_when_its_config_changes() -> None:
+    spec = cascade_spec()
+    one = [PlacedTier("a", "ns", "minilm-l2", "0.9", "0.7")]
+    two = [PlacedTier("a", "ns", "minilm-l6", "0.9", "0.7")]
+    cm1 = manifests.router_configmap(CASCADE_OWNER, manifests.router_config("s", spec, one))
+    cm2 = manifests.router_configmap(CASCADE_OWNER, manifests.router_config("s", spec, two))
+    d1 = manifests.router_deployment(CASCADE_OWNER, spec, cm1)
+    d2 = manifests.router_deployment(CASCADE_OWNER, spec, cm2)
+    t1, t2 = (d["spec"]["template"]["metadata"]["annotations"] for d in (d1, d2))
+    assert t1["tierplace.io/config-hash"] != t2["tierplace.io/config-hash"]
+    vol = d1["spec"]["template"]["spec"]["volumes"][0]
+    assert vol["configMap"]["name"] == "sentiment-router"
+
+
+def test_router_container_runs_the_real_route_command() -> None:
+    cm = manifests.router_configmap(CASCADE_OWNER, {"cascades": []})
+    dep = manifests.router_deployment(CASCADE_OWNER, cascade_spec(), cm)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "tierplace"
+    parser = argparse.ArgumentParser()
+    router_commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(container["args"][1:])
+    assert args.command == "route"
+    assert str(args.config) == "/etc/tierplace/router.yaml"
+    assert (args.host, args.port) == ("0.0.0.0", 8080)  # reachable from outside the pod
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
