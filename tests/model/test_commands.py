@@ -74,3 +74,28 @@ def test_model_repo_check_passes_on_the_committed_repository() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout
+
+
+@pytest.mark.triton
+def test_bench_models_writes_json_table_and_plot(tiny_model_home: Path, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "bench"
+    args = ["--repeats", "3", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "tierplace.cli", "bench-models", "--variant", "minilm-l2", *args],
+        env=_env(tiny_model_home),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "models.json").read_text())
+    entry = result["variants"]["minilm-l2"]
+    for source in ("in_process", "triton"):
+        for batch in ("1", "8"):
+            assert set(entry[source][batch]) == {"1", "2"}
+            assert all(v > 0 for v in entry[source][batch].values())
+    assert "| minilm-l2 | 2 |" in (out / "models.md").read_text()
+    assert (out / "models.png").stat().st_size > 1000

@@ -28,14 +28,20 @@ BATCHES = (1, 8)
 THREADS = 1  # one intra-op thread per tier, as the embedded cascade gives each tier
 
 
-def _median_ms(fn: Callable[[int], object], repeats: int) -> float:
-    fn(0)  # warm-up
-    samples = []
+def _interleaved_medians(
+    calls: dict[int, Callable[[int], object]], repeats: int
+) -> dict[int, float]:
+    """Median ms per key, timing the keys round-robin so that load from other processes on a
+    shared machine lands on every exit alike instead of on whichever ran during a burst."""
+    for fn in calls.values():
+        fn(0)  # warm-up
+    samples: dict[int, list[float]] = {k: [] for k in calls}
     for i in range(repeats):
-        start = time.perf_counter()
-        fn(i)
-        samples.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(samples), 3)
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            fn(i)
+            samples[key].append((time.perf_counter() - start) * 1000)
+    return {k: round(statistics.median(v), 3) for k, v in samples.items()}
 
 
 def _texts(n: int) -> list[str]:
@@ -51,7 +57,7 @@ def bench_in_process(variant: str, repeats: int) -> dict[int, dict[int, float]]:
             loaded.tokenizer(texts[i : i + batch], padding=True, return_tensors="pt")
             for i in range(0, len(texts), batch)
         ]
-        out[batch] = {}
+        calls: dict[int, Callable[[int], object]] = {}
         for layer in range(1, loaded.model.num_layers + 1):
 
             def call(i: int, layer: int = layer, encoded: list[Any] = encoded) -> object:
@@ -60,7 +66,8 @@ def bench_in_process(variant: str, repeats: int) -> dict[int, dict[int, float]]:
                     enc["input_ids"], enc["attention_mask"], 2.0, max_exit=layer
                 )
 
-            out[batch][layer] = _median_ms(call, repeats)
+            calls[layer] = call
+        out[batch] = _interleaved_medians(calls, repeats)
     return out
 
 
@@ -81,7 +88,7 @@ def bench_triton(variant: str, repeats: int, log_dir: Path) -> dict[int, dict[in
                 inp = httpclient.InferInput("TEXT", [len(rows), 1], "BYTES")
                 inp.set_data_from_numpy(rows.reshape(-1, 1))
                 inputs.append(inp)
-            out[batch] = {}
+            calls: dict[int, Callable[[int], object]] = {}
             for layer in range(1, layers + 1):
                 params = {"exit_threshold": 2.0, "max_exit_layer": layer}
 
@@ -90,7 +97,8 @@ def bench_triton(variant: str, repeats: int, log_dir: Path) -> dict[int, dict[in
                 ) -> object:
                     return client.infer(variant, [inputs[i % len(inputs)]], parameters=params)
 
-                out[batch][layer] = _median_ms(call, repeats)
+                calls[layer] = call
+            out[batch] = _interleaved_medians(calls, repeats)
     return out
 
 
