@@ -14,10 +14,6 @@ VERSION=0.1.0
 IMAGE_TIERPLACE=tierplace/tierplace:$VERSION
 IMAGE_TRITON=tierplace/triton-cpu:$VERSION
 IMAGE_TRAINER=tierplace/trainer:$VERSION
-# The defaults the CRDs give (spec.router.image, spec.triton.image): tiers and routers that a
-# cascade creates use them, so kind gets our images under these names too (see README).
-ALIAS_ROUTER=tierplace/router:$VERSION
-ALIAS_TRITON=nvcr.io/nvidia/tritonserver:24.10-py3
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 
 log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }

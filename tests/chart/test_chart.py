@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.chart.helmkit import CHART, CRDS, VALUES_FILES, Helm
-from tierplace.controller import rbac
+from tests.chart.helmkit import CHART, CRDS, REPO, VALUES_FILES, Helm
+from tierplace.controller import config, rbac
 
 #: The oldest and newest schemas kubernetes-validate ships (the chart also installs on the
 #: 1.20 control plane: tests/chart/test_install.py).
@@ -79,7 +80,9 @@ def test_chart_crds_are_byte_identical_to_the_top_level_crds() -> None:
 def test_cluster_role_is_exactly_the_operators_least_privilege_rules(helm: Helm) -> None:
     docs = helm.template()
     (role,) = [r for r in _kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("operator")]
-    assert role["rules"] == rbac.rules()
+    assert role["rules"] == rbac.rules(manage_webhooks=False)  # the chart owns the webhooks
+    granted = {r for rule in role["rules"] for r in rule["resources"]}
+    assert "validatingwebhookconfigurations" not in granted
     (binding,) = _kind(docs, "ClusterRoleBinding")
     (account,) = _kind(docs, "ServiceAccount")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -199,6 +202,8 @@ def test_bundled_prometheus_is_optional_and_scrapes_annotated_pods(helm: Helm) -
         ("webhook.failurePolicy", "Sometimes", "/webhook/failurePolicy"),
         ("prometheus.externalUrl", "prom:9090", "/prometheus/externalUrl"),
         ("operator.replica", "1", "replica"),
+        ("defaultImages.triton.repository", "", "/defaultImages/triton/repository"),
+        ("defaultImages.router.registry", "r", "registry"),
     ],
 )
 def test_values_schema_rejects_bad_values_with_the_key(
@@ -207,3 +212,63 @@ def test_values_schema_rejects_bad_values_with_the_key(
     out = helm.run("template", "t", str(CHART), "--set", f"{key}={value}", check=False)
     assert out.returncode != 0
     assert message in out.stderr
+
+
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (operator,) = [
+        d for d in _kind(docs, "Deployment") if d["metadata"]["name"].endswith("operator")
+    ]
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_operator_serves_the_webhooks_the_chart_owns_and_gets_its_defaults(helm: Helm) -> None:
+    """What the chart sets is what the operator reads (tierplace.controller.config): it
+    leaves the chart's webhook configurations alone and fills unset images and Prometheus."""
+    docs = helm.template(sets={"prometheus.bundled.enabled": "true"})
+    (operator,) = [
+        d for d in _kind(docs, "Deployment") if d["metadata"]["name"].endswith("operator")
+    ]
+    operator_image = operator["spec"]["template"]["spec"]["containers"][0]["image"]
+    settings = config.from_env(_operator_env(docs))
+    assert settings.webhook is not None and settings.webhook.managed is False
+    assert settings.webhook.port == 9443
+    assert settings.defaults == config.SpecDefaults(
+        triton_image="tierplace/triton-cpu:0.1.0",
+        router_image=operator_image,  # one image runs the operator and `tierplace route`
+        prometheus_url="http://tierplace-prometheus.tierplace.svc:9090",
+    )
+    custom = helm.template(
+        sets={
+            "image.tag": "2.0.0",
+            "defaultImages.triton.repository": "registry.example/triton-gpu",
+            "defaultImages.triton.tag": "2.0.0-cu128",
+            "webhook.enabled": "false",
+        }
+    )
+    settings = config.from_env(_operator_env(custom))
+    assert settings.webhook is None
+    assert settings.defaults == config.SpecDefaults(
+        triton_image="registry.example/triton-gpu:2.0.0-cu128",
+        router_image="tierplace/tierplace:2.0.0",
+        prometheus_url=None,
+    )
+    router = helm.template(sets={"defaultImages.router.repository": "registry.example/router"})
+    assert config.from_env(_operator_env(router)).defaults.router_image == (
+        "registry.example/router:0.1.0"
+    )
+
+
+def test_kind_values_give_created_tiers_and_routers_the_images_kind_loads(helm: Helm) -> None:
+    """e2e/kind loads its images under their own names only: the chart must hand exactly
+    those to the operator, or created Triton and router pods never start."""
+    lib = (REPO / "e2e" / "kind" / "lib.sh").read_text()
+    assigned = dict(re.findall(r"^([A-Z_]+)=(\S+)$", lib, re.MULTILINE))
+
+    def image(var: str) -> str:
+        return assigned[var].replace("$VERSION", assigned["VERSION"])
+
+    docs = helm.template([CHART / "ci" / "kind-values.yaml"])
+    defaults = config.from_env(_operator_env(docs)).defaults
+    assert defaults.triton_image == image("IMAGE_TRITON")
+    assert defaults.router_image == image("IMAGE_TIERPLACE")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tierplace.controller import config
+from tierplace.controller.config import SpecDefaults
 from tierplace.testing import cluster, pki
 from tierplace.testing.cluster import Api
 from tierplace.testing.controlplane import (
@@ -34,6 +36,13 @@ POOL_NODES = {
     "edge-1": ("edge", "700Mi"),
     "cloud-0": ("cloud", "8Gi"),
 }
+#: The operator's defaults for what specs leave unset, set as the Helm chart sets them. Nothing
+#: listens at the Prometheus URL: a cascade without its own URL reports that it cannot read it.
+OPERATOR_ENV = {
+    "TIERPLACE_TRITON_IMAGE": "registry.test/triton-cpu:1.0",
+    "TIERPLACE_ROUTER_IMAGE": "registry.test/tierplace:1.0",
+    "TIERPLACE_PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}",
+}
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +61,9 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 def operator(
     cp: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """The operator with a 2 s drift timer and its admission webhooks on loopback, behind a
-    self-signed CA the API server trusts through the webhook configurations' caBundle."""
+    """The operator with a 2 s drift timer, the defaults of OPERATOR_ENV, and its admission
+    webhooks on loopback behind a self-signed CA the API server trusts through the webhook
+    configurations' caBundle; it manages those configurations (kopf's default)."""
     workdir = tmp_path_factory.mktemp("operator")
     ca = pki.make_ca(workdir / "pki", "tierplace-webhook-ca")
     serving = pki.make_serving_cert(workdir / "pki", ca, "webhook", ["127.0.0.1"])
@@ -64,7 +74,7 @@ def operator(
         f"--webhook-key={serving.key}",
         f"--webhook-ca={ca.cert}",
     ]
-    proc = OperatorProcess(cp.env(), workdir / "operator.log", args)
+    proc = OperatorProcess({**cp.env(), **OPERATOR_ENV}, workdir / "operator.log", args)
     proc.start()
     try:
         for kind in ("validating", "mutating"):
@@ -77,6 +87,12 @@ def operator(
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def operator_defaults() -> SpecDefaults:
+    """The defaults the session's operator fills in (its OPERATOR_ENV)."""
+    return config.from_env(OPERATOR_ENV).defaults
 
 
 @pytest.fixture

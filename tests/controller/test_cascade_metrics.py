@@ -126,7 +126,12 @@ def test_cascade_status_shows_offload_ratio_threshold_and_latency(
         ),
         "offload ratios in the cascade status",
     )
-    assert status["offloadRatios"] == {DEVICE: "0.250", CLOUD: "0.000"}
+    ratios = status["offloadRatios"]
+    assert set(ratios) == {DEVICE, CLOUD}
+    assert all(len(r.split(".")[1]) == 3 for r in ratios.values())  # decimal strings
+    # A scrape can fall between the traffic's two counter increments: 0.249 or 0.251 then.
+    assert float(ratios[DEVICE]) == pytest.approx(0.25, abs=0.002)
+    assert ratios[CLOUD] == "0.000"
     assert status["effectiveThresholds"] == {DEVICE: "0.750"}
     device_ms = float(status["observedLatency"][DEVICE].removesuffix("ms"))
     cloud_ms = float(status["observedLatency"][CLOUD].removesuffix("ms"))

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
+from tierplace.api.models import (
+    DEFAULT_ROUTER_IMAGE,
+    DEFAULT_TRITON_IMAGE,
+    InferenceCascadeSpec,
+    InferenceTierSpec,
+)
 from tierplace.api.variants import VARIANTS
 from tierplace.controller import manifests
+from tierplace.controller.config import SpecDefaults
 from tierplace.controller.manifests import Owner, PlacedTier
 from tierplace.router import commands as router_commands
 from tierplace.router import config as router_config
@@ -131,3 +137,92 @@ def test_router_container_runs_the_real_route_command() -> None:
     assert str(args.config) == "/etc/tierplace/router.yaml"
     assert (args.host, args.port) == ("0.0.0.0", 8080)  # reachable from outside the pod
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+DEFAULTS = SpecDefaults(
+    triton_image="registry.example/triton-cpu:1.2",
+    router_image="registry.example/tierplace:1.2",
+    prometheus_url="http://prometheus.monitoring.svc:9090",
+)
+
+
+def _image(deployment: dict[str, Any]) -> str:
+    return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def test_triton_image_from_the_spec_else_the_operator_default_else_builtin() -> None:
+    variant = VARIANTS["minilm-l6"]
+    named = tier(triton={"image": "mine/triton:7"})
+    assert _image(manifests.triton_deployment(OWNER, named, variant, 460, DEFAULTS)) == (
+        "mine/triton:7"
+    )
+    for unset in (tier(), tier(triton={"image": ""}), tier(triton={"args": ["--log-verbose=1"]})):
+        dep = manifests.triton_deployment(OWNER, unset, variant, 460, DEFAULTS)
+        assert _image(dep) == "registry.example/triton-cpu:1.2"
+    assert _image(manifests.triton_deployment(OWNER, tier(), variant, 460)) == (
+        DEFAULT_TRITON_IMAGE
+    )
+    # A new operator default is a new desired state: the tier's Deployment rolls to it.
+    other = SpecDefaults(triton_image="registry.example/triton-cpu:1.3")
+    key = "tierplace.io/spec-hash"
+    before = manifests.triton_deployment(OWNER, tier(), variant, 460, DEFAULTS)
+    after = manifests.triton_deployment(OWNER, tier(), variant, 460, other)
+    assert before["metadata"]["annotations"][key] != after["metadata"]["annotations"][key]
+
+
+def test_router_image_and_prometheus_from_the_spec_else_the_operator_defaults() -> None:
+    placed = [PlacedTier("a", "ns", "minilm-l2", "0.9", "0.7")]
+    bare = InferenceCascadeSpec.model_validate({"tiers": [{"tierClass": "Device"}]})
+    config = manifests.router_config("s", bare, placed, DEFAULTS)
+    assert router_config.parse(config).prometheus.url == "http://prometheus.monitoring.svc:9090"
+    assert "prometheus" not in manifests.router_config("s", bare, placed)  # no default: none
+    cm = manifests.router_configmap(CASCADE_OWNER, config)
+    assert _image(manifests.router_deployment(CASCADE_OWNER, bare, cm, DEFAULTS)) == (
+        "registry.example/tierplace:1.2"
+    )
+    assert _image(manifests.router_deployment(CASCADE_OWNER, bare, cm)) == DEFAULT_ROUTER_IMAGE
+    own = InferenceCascadeSpec.model_validate(
+        {
+            "tiers": [{"tierClass": "Device"}],
+            "router": {"image": "mine/router:3"},
+            "prometheusUrl": "http://own-prometheus:9090",
+        }
+    )
+    config = manifests.router_config("s", own, placed, DEFAULTS)
+    assert router_config.parse(config).prometheus.url == "http://own-prometheus:9090"
+    assert _image(manifests.router_deployment(CASCADE_OWNER, own, cm, DEFAULTS)) == (
+        "mine/router:3"
+    )
+
+
+def _assert_hardened(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for container in pod["containers"]:
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        # /tmp (HOME in the images: torch and Python caches) is a writable emptyDir.
+        assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {}}
+        writable = [
+            m["mountPath"]
+            for m in mounts.values()
+            if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
+        ]
+        assert writable == ["/tmp"]
+
+
+def test_triton_and_router_pods_run_non_root_on_a_read_only_root_filesystem() -> None:
+    pvc = {"volume": {"persistentVolumeClaim": {"claimName": "tierplace-models"}}}
+    dep = manifests.triton_deployment(OWNER, tier(modelRepository=pvc), VARIANTS["minilm-l6"], 460)
+    _assert_hardened(dep)
+    (triton,) = dep["spec"]["template"]["spec"]["containers"]
+    weights = [m for m in triton["volumeMounts"] if m["mountPath"] == "/models"]
+    assert weights == [{"name": "model-repository", "mountPath": "/models", "readOnly": True}]
+    cm = manifests.router_configmap(CASCADE_OWNER, {"cascades": []})
+    _assert_hardened(manifests.router_deployment(CASCADE_OWNER, cascade_spec(), cm))

@@ -14,6 +14,7 @@ import yaml
 
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.controller import reconcile, sync
+from tierplace.controller.config import SpecDefaults
 from tierplace.controller.kube import manifest_path, up_to_date
 from tierplace.controller.placement import node_info
 from tierplace.router import config as router_config
@@ -40,7 +41,9 @@ def pods_of(api: Api, ns: str, tier: str) -> list[dict[str, Any]]:
     return list(body["items"])
 
 
-def test_each_tier_lands_on_its_pool_with_the_largest_fitting_variant(api: Api, ns: str) -> None:
+def test_each_tier_lands_on_its_pool_with_the_largest_fitting_variant(
+    api: Api, ns: str, operator_defaults: SpecDefaults
+) -> None:
     for cls in ("Device", "Edge", "Cloud"):
         api.create(api.tiers(ns), tier_body(cls.lower(), cls))
     expected = {"device": "minilm-l2", "edge": "minilm-l6", "cloud": "mpnet-base"}
@@ -66,8 +69,17 @@ def test_each_tier_lands_on_its_pool_with_the_largest_fitting_variant(api: Api, 
         dep = api.get(deployment_path(ns, name))
         assert dep is not None
         assert dep["metadata"]["ownerReferences"][0]["uid"] == tier["metadata"]["uid"]
-        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert f"--load-model={variant}" in args
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        assert f"--load-model={variant}" in container["args"]
+        # No image in the spec and none defaulted by the CRD: the operator's default.
+        assert container["image"] == operator_defaults.triton_image
+        # The API server keeps the hardening, down to the pods the ReplicaSet made.
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        for pod in pods_of(api, ns, name):
+            assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+            assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            (pod_container,) = pod["spec"]["containers"]
+            assert pod_container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_empty_pool_is_reported_then_placed_when_a_node_joins(
@@ -224,7 +236,9 @@ def test_conflicting_writes_are_refused_and_drift_is_reverted(api: Api, ns: str)
     )
 
 
-def test_cascade_creates_its_tiers_and_the_router(api: Api, ns: str) -> None:
+def test_cascade_creates_its_tiers_and_the_router(
+    api: Api, ns: str, operator_defaults: SpecDefaults
+) -> None:
     body = {
         "apiVersion": "tierplace.io/v1alpha1",
         "kind": "InferenceCascade",
@@ -256,7 +270,13 @@ def test_cascade_creates_its_tiers_and_the_router(api: Api, ns: str) -> None:
     assert [t.model for t in tiers] == ["minilm-l2", "minilm-l6", "mpnet-base"]
     assert tiers[0].endpoint == f"sentiment-device.{ns}.svc:8000"
     assert tiers[0].offload_threshold == 0.7
-    assert api.get(deployment_path(ns, "sentiment-router")) is not None
+    # No spec.prometheusUrl: the router reads the operator's default Prometheus.
+    assert loaded.prometheus.url == operator_defaults.prometheus_url
+    router = api.get(deployment_path(ns, "sentiment-router"))
+    assert router is not None
+    (container,) = router["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == operator_defaults.router_image
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
     status = api.wait(
         lambda: (
             (c := api.get(api.cascades(ns, "sentiment")))
@@ -267,9 +287,13 @@ def test_cascade_creates_its_tiers_and_the_router(api: Api, ns: str) -> None:
     )
     assert status["degradedTiers"] == ["sentiment-device", "sentiment-edge", "sentiment-cloud"]
     assert [t["variant"] for t in status["tiers"]] == ["minilm-l2", "minilm-l6", "mpnet-base"]
+    # ...and so does the operator, for the status (nothing listens there in this test).
+    assert status["metricsMessage"].startswith(
+        f"could not query Prometheus at {operator_defaults.prometheus_url}"
+    )
 
 
-def test_steady_state_needs_no_writes(api: Api, ns: str) -> None:
+def test_steady_state_needs_no_writes(api: Api, ns: str, operator_defaults: SpecDefaults) -> None:
     """After convergence every child already matches what the operator would write, despite
     the API server's defaulting and normalisation: the drift timer then costs reads only."""
     api.create(api.tiers(ns), tier_body("calm", "Edge", replicas=2, resources={"cpu": "500m"}))
@@ -282,7 +306,7 @@ def test_steady_state_needs_no_writes(api: Api, ns: str) -> None:
     owner = sync.owner_of(tier)
     spec = InferenceTierSpec.model_validate(tier["spec"])
     plan = reconcile.plan_tier(
-        owner, spec, [node_info(n) for n in nodes["items"]], "policy/v1beta1"
+        owner, spec, [node_info(n) for n in nodes["items"]], "policy/v1beta1", operator_defaults
     )
     assert [c["kind"] for c in plan.apply] == ["Deployment", "Service", "PodDisruptionBudget"]
     for desired in plan.apply:
@@ -291,7 +315,9 @@ def test_steady_state_needs_no_writes(api: Api, ns: str) -> None:
         assert up_to_date(desired, live), f"{desired['kind']} would be rewritten every resync"
 
 
-def test_cascade_children_in_steady_state_need_no_writes(api: Api, ns: str) -> None:
+def test_cascade_children_in_steady_state_need_no_writes(
+    api: Api, ns: str, operator_defaults: SpecDefaults
+) -> None:
     body = {
         "apiVersion": "tierplace.io/v1alpha1",
         "kind": "InferenceCascade",
@@ -316,7 +342,7 @@ def test_cascade_children_in_steady_state_need_no_writes(api: Api, ns: str) -> N
     ]
     desired = [
         *reconcile.generated_tiers(owner, spec),
-        *reconcile.plan_router(owner, spec, views).apply,
+        *reconcile.plan_router(owner, spec, views, operator_defaults).apply,
     ]
     assert len(desired) == 5
     for child in desired:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import pytest
 
 from tierplace.controller import rbac
+from tierplace.testing import pki
 from tierplace.testing.cluster import Api, condition, tier_body
-from tierplace.testing.controlplane import OPERATOR_USER
+from tierplace.testing.controlplane import OPERATOR_USER, free_port
 from tierplace.testing.operator import OperatorProcess
 
 pytestmark = pytest.mark.controlplane
 
 
 def test_operator_reconciles_with_only_its_cluster_role(api: Api, ns: str) -> None:
-    role = rbac.cluster_role("tierplace-operator-test")
+    """As the Helm chart runs it: webhooks served but not managed, so the role grants no
+    access to webhook configurations at all."""
+    role = rbac.cluster_role("tierplace-operator-test", manage_webhooks=False)
     binding = rbac.cluster_role_binding(
         {"kind": "User", "name": OPERATOR_USER, "apiGroup": "rbac.authorization.k8s.io"},
         "tierplace-operator-test",
@@ -29,8 +32,17 @@ def test_operator_reconciles_with_only_its_cluster_role(api: Api, ns: str) -> No
         **api.cp.env(),
         "KUBECONFIG": str(api.cp.kubeconfig_for(OPERATOR_USER)),
         "TIERPLACE_RESYNC_SECONDS": str(api.resync_seconds),
+        "TIERPLACE_WEBHOOK_MANAGED": "false",
     }
-    restricted = OperatorProcess(env, api.cp.workdir / "operator-rbac.log")
+    certs = api.cp.workdir / "operator-rbac-pki"
+    ca = pki.make_ca(certs, "rbac-webhook-ca")
+    serving = pki.make_serving_cert(certs, ca, "webhook", ["127.0.0.1"])
+    webhook = [
+        f"--webhook-port={free_port()}",
+        f"--webhook-cert={serving.cert}",
+        f"--webhook-key={serving.key}",
+    ]
+    restricted = OperatorProcess(env, api.cp.workdir / "operator-rbac.log", webhook)
     api.operator.stop()
     try:
         restricted.start()

@@ -10,6 +10,7 @@ import yaml
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.controller import admission, reconcile
 from tierplace.controller.__main__ import main as controller_main
+from tierplace.controller.config import SpecDefaults
 from tierplace.controller.kube import is_subset, merged, resource_path, up_to_date
 from tierplace.controller.manifests import Owner
 from tierplace.controller.placement import NodeInfo, Taint
@@ -196,3 +197,17 @@ def test_print_rbac_gives_a_role_and_a_binding_for_the_service_account(
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "operator", "namespace": "tierplace"}
     ]
+
+
+def test_tiers_a_cascade_creates_run_the_operators_default_triton_image() -> None:
+    """A rung has no image field: its generated InferenceTier leaves the image unset, and the
+    tier's Deployment gets whatever TIERPLACE_TRITON_IMAGE says at reconcile time."""
+    (generated,) = reconcile.generated_tiers(CASCADE, cascade(tiers=[{"tierClass": "Edge"}]))
+    assert "triton" not in generated["spec"]
+    spec = InferenceTierSpec.model_validate(generated["spec"])
+    defaults = SpecDefaults(triton_image="registry.example/triton-cpu:1.2")
+    plan = reconcile.plan_tier(OWNER, spec, [EDGE], "policy/v1", defaults)
+    deployment = plan.apply[0]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/triton-cpu:1.2"
+    )

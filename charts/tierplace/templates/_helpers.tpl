@@ -82,6 +82,25 @@ The tierplace image (operator and router are one image).
 {{- end }}
 
 {{/*
+Default images of the tiers and routers the operator creates (TIERPLACE_TRITON_IMAGE,
+TIERPLACE_ROUTER_IMAGE); the router's falls back to the tierplace image.
+*/}}
+{{- define "tierplace.tritonImage" -}}
+{{- with .Values.defaultImages.triton }}
+{{- printf "%s:%s" .repository (default $.Chart.AppVersion .tag) }}
+{{- end }}
+{{- end }}
+{{- define "tierplace.routerImage" -}}
+{{- with .Values.defaultImages.router }}
+{{- if .repository }}
+{{- printf "%s:%s" .repository (default $.Chart.AppVersion .tag) }}
+{{- else }}
+{{- printf "%s:%s" $.Values.image.repository (default $.Chart.AppVersion (default $.Values.image.tag .tag)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 The webhook Service, and the DNS name its certificate is issued for.
 */}}
 {{- define "tierplace.webhookService" -}}

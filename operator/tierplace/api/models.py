@@ -17,6 +17,8 @@ from tierplace.api.names import POOL_LABEL, pool_name
 from tierplace.api.variants import VARIANTS, TierClass
 
 AUTO: Literal["auto"] = "auto"
+#: Built-in images for specs that name none, when the operator's TIERPLACE_TRITON_IMAGE /
+#: TIERPLACE_ROUTER_IMAGE are unset too (tierplace.controller.config: precedence).
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 DEFAULT_ROUTER_IMAGE = "tierplace/router:0.1.0"
 DEFAULT_MODEL = "tierplace-sentiment"
@@ -79,11 +81,18 @@ class Resources(_Wire):
         return value
 
 
-class Triton(_Wire):
-    """The Triton server image and any extra command-line arguments."""
+def _unset_if_empty(value: object) -> object:
+    return None if value == "" else value
 
-    image: str = DEFAULT_TRITON_IMAGE
+
+class Triton(_Wire):
+    """The Triton server image and any extra command-line arguments. No image (unset or
+    empty) means the operator's default (TIERPLACE_TRITON_IMAGE)."""
+
+    image: str | None = None
     args: tuple[str, ...] = ()
+
+    _image = field_validator("image", mode="before")(_unset_if_empty)
 
 
 class PlacementRequest(_Wire):
@@ -154,11 +163,14 @@ class Admission(_Wire):
 
 
 class Router(_Wire):
-    """The router Deployment in front of the tiers."""
+    """The router Deployment in front of the tiers. No image (unset or empty) means the
+    operator's default (TIERPLACE_ROUTER_IMAGE)."""
 
     replicas: int = Field(default=1, ge=0)
-    image: str = DEFAULT_ROUTER_IMAGE
+    image: str | None = None
     port: int = Field(default=8080, ge=1, le=65535)
+
+    _image = field_validator("image", mode="before")(_unset_if_empty)
 
 
 class InferenceCascadeSpec(_Wire):
@@ -173,6 +185,8 @@ class InferenceCascadeSpec(_Wire):
     prometheus_url: str | None = None
     admission: Admission = Field(default_factory=Admission)
     router: Router = Field(default_factory=Router)
+
+    _prometheus_url = field_validator("prometheus_url", mode="before")(_unset_if_empty)
 
     @field_validator("keep_ratio")
     @classmethod

@@ -36,10 +36,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hooks.add_argument("--webhook-cert", default=None, help="serving certificate (PEM)")
     hooks.add_argument("--webhook-key", default=None, help="its private key (PEM)")
     hooks.add_argument("--webhook-ca", default=None, help="CA bundle put in caBundle (PEM)")
+    hooks.add_argument(
+        "--webhook-managed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let kopf create and patch the ValidatingWebhookConfiguration and "
+        "MutatingWebhookConfiguration named tierplace.io (default; "
+        "TIERPLACE_WEBHOOK_MANAGED=false or --no-webhook-managed when the installer owns them)",
+    )
     p.add_argument(
         "--print-rbac",
         metavar="NAMESPACE/SERVICEACCOUNT",
-        help="print the least-privilege ClusterRole and its binding as YAML, and exit",
+        help="print the least-privilege ClusterRole and its binding as YAML, and exit "
+        "(with --no-webhook-managed: without access to webhook configurations)",
     )
     p.set_defaults(func=_run)
 
@@ -55,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.print_rbac:
-        return _print_rbac(args.print_rbac)
+        return _print_rbac(args.print_rbac, manage_webhooks=args.webhook_managed is not False)
     # handlers.py reads its settings from the environment at import: flags win over it.
     for flag, var in (
         ("resync_seconds", "TIERPLACE_RESYNC_SECONDS"),
@@ -65,14 +74,17 @@ def _run(args: argparse.Namespace) -> int:
         ("webhook_cert", "TIERPLACE_WEBHOOK_CERT"),
         ("webhook_key", "TIERPLACE_WEBHOOK_KEY"),
         ("webhook_ca", "TIERPLACE_WEBHOOK_CA"),
+        ("webhook_managed", "TIERPLACE_WEBHOOK_MANAGED"),
     ):
         value = getattr(args, flag)
         if value is not None:
-            os.environ[var] = str(value)
-    if os.environ.get("TIERPLACE_WEBHOOK_PORT") and not (
-        os.environ.get("TIERPLACE_WEBHOOK_CERT") and os.environ.get("TIERPLACE_WEBHOOK_KEY")
-    ):
-        raise SystemExit("--webhook-port needs --webhook-cert and --webhook-key")
+            os.environ[var] = str(value).lower() if isinstance(value, bool) else str(value)
+    from tierplace.controller import config
+
+    try:
+        config.from_env(os.environ)  # what handlers.py reads: refuse bad values before kopf
+    except ValueError as exc:
+        raise SystemExit(f"tierplace operator: {exc}") from exc
     import kopf
 
     import tierplace.controller.handlers  # noqa: F401  (registers the handlers)
@@ -86,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_rbac(account: str) -> int:
+def _print_rbac(account: str, manage_webhooks: bool) -> int:
     import yaml
 
     from tierplace.controller import rbac
@@ -95,7 +107,7 @@ def _print_rbac(account: str) -> int:
     if not namespace or not name:
         raise SystemExit("--print-rbac wants NAMESPACE/SERVICEACCOUNT, e.g. tierplace/operator")
     subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
-    docs = [rbac.cluster_role(), rbac.cluster_role_binding(subject)]
+    docs = [rbac.cluster_role(manage_webhooks=manage_webhooks), rbac.cluster_role_binding(subject)]
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
     return 0
 

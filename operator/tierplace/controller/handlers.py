@@ -5,10 +5,9 @@ Create, update, resume and a drift timer share one level-based reconcile per kin
 its own bookkeeping in ``tierplace.io/*`` annotations (never in our status), and status is
 written explicitly as conditions, because kopf has none.
 
-Environment (read at import, so a test can run the operator with a short resync):
-  TIERPLACE_RESYNC_SECONDS  drift timer interval (default 30)
-  TIERPLACE_WEBHOOK_PORT    when set, serve admission webhooks on this port with
-  TIERPLACE_WEBHOOK_CERT / _KEY / _CA / _HOST  a certificate the API server trusts (caBundle)
+Settings come from the environment, read once at import (config.py lists the variables):
+the drift timer, the admission webhook server and whether kopf manages its configurations,
+and the defaults for images and Prometheus that specs leave unset.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any, Literal
 import kopf
 
 from tierplace.api import names
-from tierplace.controller import admission, sync
+from tierplace.controller import admission, config, sync
 from tierplace.controller.kube import (
     Conflict,
     Credentials,
@@ -30,8 +29,10 @@ from tierplace.controller.kube import (
 )
 from tierplace.controller.placement import NodeInfo, node_info
 
-RESYNC_SECONDS = float(os.environ.get("TIERPLACE_RESYNC_SECONDS", "30"))
-WEBHOOK_PORT = os.environ.get("TIERPLACE_WEBHOOK_PORT")
+CONFIG = config.from_env(os.environ)
+RESYNC_SECONDS = CONFIG.resync_seconds
+WEBHOOK = CONFIG.webhook
+DEFAULTS = CONFIG.defaults
 TIER = (names.GROUP, names.VERSION, names.TIER_PLURAL)
 CASCADE = (names.GROUP, names.VERSION, names.CASCADE_PLURAL)
 
@@ -47,16 +48,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.standalone = True
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    if WEBHOOK_PORT:
+    if WEBHOOK is not None:
         settings.admission.server = kopf.WebhookServer(
-            addr=os.environ.get("TIERPLACE_WEBHOOK_ADDR", "127.0.0.1"),
-            port=int(WEBHOOK_PORT),
-            host=os.environ.get("TIERPLACE_WEBHOOK_HOST", "127.0.0.1"),
-            certfile=os.environ["TIERPLACE_WEBHOOK_CERT"],
-            pkeyfile=os.environ["TIERPLACE_WEBHOOK_KEY"],
-            cafile=os.environ.get("TIERPLACE_WEBHOOK_CA"),
+            addr=WEBHOOK.addr,
+            port=WEBHOOK.port,
+            host=WEBHOOK.host,
+            certfile=WEBHOOK.certfile,
+            pkeyfile=WEBHOOK.pkeyfile,
+            cafile=WEBHOOK.cafile,
         )
-        settings.admission.managed = names.GROUP
+        # Managed: kopf creates the configurations named tierplace.io, patches them with every
+        # handler, and empties them when it exits. Unmanaged (the Helm chart): it only serves.
+        settings.admission.managed = names.GROUP if WEBHOOK.managed else None
     creds = in_cluster_credentials()
     if creds is None:
         info = kopf.login_with_kubeconfig(settings=settings)
@@ -103,7 +106,7 @@ async def _guarded(coro: Any) -> dict[str, Any]:
 @kopf.timer(*TIER, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def reconcile_tier(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     pool = _all_nodes(kw["nodes"])  # the index above, passed by name
-    patch.status.update(await _guarded(sync.sync_tier(memo.kube, body, pool)))
+    patch.status.update(await _guarded(sync.sync_tier(memo.kube, body, pool, DEFAULTS)))
 
 
 @kopf.on.resume(*CASCADE)
@@ -111,7 +114,7 @@ async def reconcile_tier(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **
 @kopf.on.update(*CASCADE)
 @kopf.timer(*CASCADE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def reconcile_cascade(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    patch.status.update(await _guarded(sync.sync_cascade(memo.kube, body)))
+    patch.status.update(await _guarded(sync.sync_cascade(memo.kube, body, DEFAULTS)))
 
 
 # Admission webhooks only when a webhook server is configured: kopf refuses to start with
@@ -119,7 +122,7 @@ async def reconcile_cascade(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
 # Failures are ignored (failurePolicy Ignore) so that an operator outage never blocks edits or
 # deletes; the schema still guards every value and the status reports an invalid ladder.
 ON_WRITE: list[Literal["CREATE", "UPDATE"]] = ["CREATE", "UPDATE"]
-if WEBHOOK_PORT:
+if WEBHOOK is not None:
 
     @kopf.on.validate(*TIER, id="validate-tier", operations=ON_WRITE, ignore_failures=True)
     def validate_tier(spec: kopf.Spec, **_: Any) -> None:

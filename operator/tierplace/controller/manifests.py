@@ -4,6 +4,15 @@ InferenceTier -> Triton Deployment, Service (http, grpc, metrics) and, above one
 PodDisruptionBudget. InferenceCascade -> router ConfigMap, Deployment and Service. Every child
 carries an owner reference (garbage collection on delete) and a hash of its own desired state,
 so the reconcile can tell "spec moved" from "nothing to do" without diffing server defaults.
+
+Where a spec leaves the image or the Prometheus URL unset, the operator's
+:class:`~tierplace.controller.config.SpecDefaults` decide. Both Deployments run hardened: non-root,
+read-only root filesystem, no privilege escalation, no capabilities, the runtime's default
+seccomp profile, and an emptyDir on /tmp. Traced on the Triton image's wrapper: tritonserver
+and its Python backend write only /tmp (HOME, torch's and the backend's scratch files) and
+/dev/shm (the backend's shared-memory regions, a tmpfs the runtime mounts whatever the root
+filesystem); the tritonserver tree is prepared at image build time, never copied under
+$TIERPLACE_HOME, and the weights volume is mounted read-only.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import yaml
 from tierplace.api import names
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.api.variants import VariantProfile
+from tierplace.controller.config import SpecDefaults
 from tierplace.controller.placement import GPU_RESOURCE, tier_tolerations
 
 Manifest = dict[str, Any]
@@ -29,6 +39,39 @@ METRICS_PORT = 8002
 _TRITON_PORTS = (("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT))
 ROUTER_CONFIG_KEY = "router.yaml"
 ROUTER_CONFIG_DIR = "/etc/tierplace"
+#: The uid and gid the tierplace images run as (images/*.Dockerfile); set explicitly so that an
+#: image whose USER is root (e.g. NVIDIA's Triton image) still starts under runAsNonRoot.
+RUN_AS = 65532
+SCRATCH_VOLUME = "tmp"
+SCRATCH_PATH = "/tmp"
+BUILTIN_DEFAULTS = SpecDefaults()
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level hardening of every Deployment the operator creates."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Container-level hardening: nothing is writable but the mounted scratch emptyDir."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _scratch_mount() -> dict[str, Any]:
+    return {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}
+
+
+def _scratch_volume() -> dict[str, Any]:
+    return {"name": SCRATCH_VOLUME, "emptyDir": {}}
 
 
 @dataclass(frozen=True)
@@ -118,7 +161,11 @@ def triton_args(spec: InferenceTierSpec, variant: VariantProfile) -> list[str]:
 
 
 def triton_deployment(
-    owner: Owner, spec: InferenceTierSpec, variant: VariantProfile, memory_mib: int
+    owner: Owner,
+    spec: InferenceTierSpec,
+    variant: VariantProfile,
+    memory_mib: int,
+    defaults: SpecDefaults = BUILTIN_DEFAULTS,
 ) -> Manifest:
     """The Triton Deployment of a placed tier."""
     labels = tier_labels(owner, spec, variant)
@@ -129,10 +176,11 @@ def triton_deployment(
     pod_spec: dict[str, Any] = {
         "nodeSelector": spec.pool.effective_selector(spec.tier_class),
         "tolerations": tier_tolerations(spec),
+        "securityContext": pod_security_context(),
         "containers": [
             {
                 "name": "triton",
-                "image": spec.triton.image,
+                "image": defaults.tier_image(spec),
                 "args": triton_args(spec, variant),
                 # The exit threshold is not here: the router sends it with every request
                 # (router config), so changing it never restarts Triton.
@@ -152,16 +200,21 @@ def triton_deployment(
                     "failureThreshold": 6,
                 },
                 "resources": {"requests": requests, "limits": limits},
+                "securityContext": container_security_context(),
                 "volumeMounts": [
                     {
                         "name": "model-repository",
                         "mountPath": spec.model_repository.mount_path,
                         "readOnly": True,
-                    }
+                    },
+                    _scratch_mount(),
                 ],
             }
         ],
-        "volumes": [{"name": "model-repository", **spec.model_repository.volume}],
+        "volumes": [
+            {"name": "model-repository", **spec.model_repository.volume},
+            _scratch_volume(),
+        ],
     }
     if spec.pool.affinity:
         pod_spec["affinity"] = dict(spec.pool.affinity)
@@ -241,7 +294,10 @@ class PlacedTier:
 
 
 def router_config(
-    cascade: str, spec: InferenceCascadeSpec, tiers: Sequence[PlacedTier]
+    cascade: str,
+    spec: InferenceCascadeSpec,
+    tiers: Sequence[PlacedTier],
+    defaults: SpecDefaults = BUILTIN_DEFAULTS,
 ) -> dict[str, Any]:
     """The router's config (tierplace.router.config.RouterConfig), lowest tier first."""
     weights = list(spec.fusion_weights)
@@ -268,8 +324,9 @@ def router_config(
             }
         ]
     }
-    if spec.prometheus_url:
-        config["prometheus"] = {"url": spec.prometheus_url}
+    prometheus_url = defaults.cascade_prometheus_url(spec)
+    if prometheus_url:
+        config["prometheus"] = {"url": prometheus_url}
     return config
 
 
@@ -301,7 +358,12 @@ def router_configmap(owner: Owner, config: Mapping[str, Any]) -> Manifest:
     )
 
 
-def router_deployment(owner: Owner, spec: InferenceCascadeSpec, configmap: Manifest) -> Manifest:
+def router_deployment(
+    owner: Owner,
+    spec: InferenceCascadeSpec,
+    configmap: Manifest,
+    defaults: SpecDefaults = BUILTIN_DEFAULTS,
+) -> Manifest:
     """The router; its pod template carries the config's hash so a new config rolls it."""
     labels = router_labels(owner)
     selector = {names.CASCADE_LABEL: owner.name, names.COMPONENT_LABEL: names.COMPONENT_ROUTER}
@@ -326,10 +388,11 @@ def router_deployment(owner: Owner, spec: InferenceCascadeSpec, configmap: Manif
                         },
                     },
                     "spec": {
+                        "securityContext": pod_security_context(),
                         "containers": [
                             {
                                 "name": "router",
-                                "image": spec.router.image,
+                                "image": defaults.cascade_router_image(spec),
                                 "args": [
                                     "tierplace",
                                     "route",
@@ -346,13 +409,16 @@ def router_deployment(owner: Owner, spec: InferenceCascadeSpec, configmap: Manif
                                     "httpGet": {"path": "/v2/health/live", "port": "http"},
                                     "periodSeconds": 10,
                                 },
+                                "securityContext": container_security_context(),
                                 "volumeMounts": [
-                                    {"name": "config", "mountPath": ROUTER_CONFIG_DIR}
+                                    {"name": "config", "mountPath": ROUTER_CONFIG_DIR},
+                                    _scratch_mount(),
                                 ],
                             }
                         ],
                         "volumes": [
-                            {"name": "config", "configMap": {"name": router_name(owner.name)}}
+                            {"name": "config", "configMap": {"name": router_name(owner.name)}},
+                            _scratch_volume(),
                         ],
                     },
                 },

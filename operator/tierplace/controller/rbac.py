@@ -16,9 +16,12 @@ READ = ["get", "list", "watch"]
 WRITE = ["create", "update", "patch"]
 
 
-def rules() -> list[dict[str, Any]]:
+def rules(manage_webhooks: bool = True) -> list[dict[str, Any]]:
+    """The rules; ``manage_webhooks=False`` for an operator run with
+    TIERPLACE_WEBHOOK_MANAGED=false (the Helm chart), which never reads or writes webhook
+    configurations and so is not allowed to."""
     tiers = [names.TIER_PLURAL, names.CASCADE_PLURAL]
-    return [
+    granted = [
         {"apiGroups": [names.GROUP], "resources": tiers, "verbs": [*READ, *WRITE, "delete"]},
         {
             "apiGroups": [names.GROUP],
@@ -35,7 +38,7 @@ def rules() -> list[dict[str, Any]]:
         # Placement reads Node capacity; status reports where pods were scheduled.
         {"apiGroups": [""], "resources": ["nodes"], "verbs": READ},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
-        # kopf: events for warnings, CRD and namespace scanning, managed webhook configurations.
+        # kopf: events for warnings, CRD and namespace scanning.
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
         {
@@ -43,20 +46,25 @@ def rules() -> list[dict[str, Any]]:
             "resources": ["customresourcedefinitions"],
             "verbs": READ,
         },
-        {
-            "apiGroups": ["admissionregistration.k8s.io"],
-            "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
-            "verbs": [*READ, *WRITE],
-        },
     ]
+    if manage_webhooks:
+        # kopf: the webhook configurations it manages (settings.admission.managed).
+        granted.append(
+            {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
+                "verbs": [*READ, *WRITE],
+            }
+        )
+    return granted
 
 
-def cluster_role(name: str = "tierplace-operator") -> dict[str, Any]:
+def cluster_role(name: str = "tierplace-operator", manage_webhooks: bool = True) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "tierplace"}},
-        "rules": rules(),
+        "rules": rules(manage_webhooks),
     }
 
 

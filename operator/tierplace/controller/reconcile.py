@@ -17,7 +17,8 @@ from tierplace.api.conditions import Condition
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.api.variants import TIER_ORDER
 from tierplace.controller import manifests
-from tierplace.controller.manifests import Manifest, Owner, PlacedTier
+from tierplace.controller.config import SpecDefaults
+from tierplace.controller.manifests import BUILTIN_DEFAULTS, Manifest, Owner, PlacedTier
 from tierplace.controller.placement import NodeInfo, Placement, place, selector_text
 
 
@@ -41,14 +42,18 @@ class TierPlan:
 
 
 def plan_tier(
-    owner: Owner, spec: InferenceTierSpec, nodes: Sequence[NodeInfo], pdb_api_version: str
+    owner: Owner,
+    spec: InferenceTierSpec,
+    nodes: Sequence[NodeInfo],
+    pdb_api_version: str,
+    defaults: SpecDefaults = BUILTIN_DEFAULTS,
 ) -> TierPlan:
     placement = place(spec, nodes)
     if placement.variant is None:
         return TierPlan(placement, ())
     variant = placement.variant
     children: list[Manifest] = [
-        manifests.triton_deployment(owner, spec, variant, placement.memory_mib),
+        manifests.triton_deployment(owner, spec, variant, placement.memory_mib, defaults),
         manifests.triton_service(owner, spec, variant),
     ]
     delete: tuple[ChildKey, ...] = ()
@@ -274,7 +279,12 @@ class CascadePlan:
     placed: tuple[PlacedTier, ...] = field(default=())
 
 
-def plan_router(owner: Owner, spec: InferenceCascadeSpec, views: Sequence[TierView]) -> CascadePlan:
+def plan_router(
+    owner: Owner,
+    spec: InferenceCascadeSpec,
+    views: Sequence[TierView],
+    defaults: SpecDefaults = BUILTIN_DEFAULTS,
+) -> CascadePlan:
     """Router ConfigMap, Deployment and Service over the tiers that have a placed variant.
     With none placed there is nothing to route to, so no router children are planned."""
     placed = tuple(
@@ -284,12 +294,12 @@ def plan_router(owner: Owner, spec: InferenceCascadeSpec, views: Sequence[TierVi
     )
     if not placed:
         return CascadePlan((), ())
-    config = manifests.router_config(owner.name, spec, placed)
+    config = manifests.router_config(owner.name, spec, placed, defaults)
     cm = manifests.router_configmap(owner, config)
     return CascadePlan(
         (
             cm,
-            manifests.router_deployment(owner, spec, cm),
+            manifests.router_deployment(owner, spec, cm, defaults),
             manifests.router_service(owner, spec),
         ),
         placed,

@@ -17,8 +17,9 @@ from tierplace.api import names
 from tierplace.api.conditions import Condition
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.controller import manifests, prometheus, reconcile
+from tierplace.controller.config import SpecDefaults
 from tierplace.controller.kube import Kube, OwnedElsewhere, resource_path, selector_text
-from tierplace.controller.manifests import Owner
+from tierplace.controller.manifests import BUILTIN_DEFAULTS, Owner
 from tierplace.controller.placement import NodeInfo
 
 
@@ -51,7 +52,10 @@ def invalid_status(body: Mapping[str, Any], message: str) -> dict[str, Any]:
 
 
 async def sync_tier(
-    kube: Kube, body: Mapping[str, Any], nodes: Iterable[NodeInfo]
+    kube: Kube,
+    body: Mapping[str, Any],
+    nodes: Iterable[NodeInfo],
+    defaults: SpecDefaults = BUILTIN_DEFAULTS,
 ) -> dict[str, Any]:
     """Converge one InferenceTier's children and compute its status."""
     owner = owner_of(body)
@@ -60,7 +64,7 @@ async def sync_tier(
     except ValidationError as exc:
         return invalid_status(body, _describe(exc))
     pdb_version = await kube.pdb_api_version()
-    plan = reconcile.plan_tier(owner, spec, list(nodes), pdb_version)
+    plan = reconcile.plan_tier(owner, spec, list(nodes), pdb_version, defaults)
     deployment: Mapping[str, Any] | None = None
     conflict: str | None = None
     for child in plan.apply:
@@ -86,7 +90,9 @@ async def sync_tier(
     )
 
 
-async def sync_cascade(kube: Kube, body: Mapping[str, Any]) -> dict[str, Any]:
+async def sync_cascade(
+    kube: Kube, body: Mapping[str, Any], defaults: SpecDefaults = BUILTIN_DEFAULTS
+) -> dict[str, Any]:
     """Converge one InferenceCascade: its generated tiers, then the router over placed tiers."""
     owner = owner_of(body)
     try:
@@ -116,15 +122,16 @@ async def sync_cascade(kube: Kube, body: Mapping[str, Any]) -> dict[str, Any]:
             resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace, name)
         )
         views.append(reconcile.tier_view(name, tier_class, threshold, live))
-    plan = reconcile.plan_router(owner, spec, views)
+    plan = reconcile.plan_router(owner, spec, views, defaults)
     router: Mapping[str, Any] | None = None
     for child in plan.apply:
         live = await kube.ensure(child)
         if child["kind"] == "Deployment":
             router = live
     status = reconcile.cascade_status(owner, spec, views, router, body.get("status"), generation)
-    if spec.prometheus_url:
-        status.update(await _router_metrics(spec.prometheus_url, owner.name))
+    prometheus_url = defaults.cascade_prometheus_url(spec)
+    if prometheus_url:
+        status.update(await _router_metrics(prometheus_url, owner.name))
         # Each tier shows its own latency too (the tier has no Prometheus URL of its own).
         for view in views:
             latency = status.get("observedLatency", {}).get(view.name)
