@@ -28,10 +28,10 @@ from tierplace.testing.operator import OperatorProcess
 REPO = Path(__file__).resolve().parents[2]
 RESYNC_SECONDS = 2
 
-#: name -> (pool, allocatable memory). Device holds only minilm-l2 (420Mi), edge minilm-l6
-#: (460Mi) but not mpnet-base (900Mi), cloud everything.
+#: name -> (pool, allocatable memory). Device holds only minilm-l2 (500Mi), edge minilm-l6
+#: (530Mi) but not mpnet-base (900Mi), cloud everything.
 POOL_NODES = {
-    "device-0": ("device", "450Mi"),
+    "device-0": ("device", "510Mi"),
     "edge-0": ("edge", "700Mi"),
     "edge-1": ("edge", "700Mi"),
     "cloud-0": ("cloud", "8Gi"),

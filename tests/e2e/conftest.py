@@ -24,8 +24,8 @@ from tierplace.testing.operator import OperatorProcess
 KUBECONFIG_ENV = "TIERPLACE_E2E_KUBECONFIG"
 #: Every example is applied at once: each Triton pod needs a node with room for it.
 LOCAL_POOLS = {
-    "device-0": ("device", "450Mi", "4"),
-    "device-1": ("device", "450Mi", "4"),
+    "device-0": ("device", "510Mi", "4"),
+    "device-1": ("device", "510Mi", "4"),
     "edge-0": ("edge", "700Mi", "4"),
     "edge-1": ("edge", "700Mi", "4"),
     "edge-2": ("edge", "700Mi", "4"),

@@ -30,9 +30,10 @@ class VariantProfile:
     """One servable size of the model family.
 
     ``memory_mib`` is what one Triton instance of the variant needs resident (weights, the
-    Python-backend stub and torch), measured on CPU; placement compares it with a node's
-    allocatable memory. ``latency_ms`` is the measured CPU latency of a full (no early exit)
-    batch-1 forward on one thread, the placement's tie-breaker and the router's prior.
+    Python-backend stub and torch; measured RSS of the stub plus ~40 MiB of tritonserver, on
+    CPU); placement compares it with a node's allocatable memory. ``latency_ms`` is the
+    measured CPU latency of a full (no early exit) batch-1 forward on one thread, in process
+    (docs/models.md), the placement's latency check and the router's prior.
     """
 
     name: str
@@ -56,8 +57,8 @@ VARIANTS: dict[str, VariantProfile] = {
             num_layers=2,
             hidden_size=384,
             params_m=12.8,
-            memory_mib=420,
-            latency_ms=2.0,
+            memory_mib=500,
+            latency_ms=12.8,
             default_tier=TierClass.DEVICE,
         ),
         VariantProfile(
@@ -67,8 +68,8 @@ VARIANTS: dict[str, VariantProfile] = {
             num_layers=6,
             hidden_size=384,
             params_m=22.7,
-            memory_mib=460,
-            latency_ms=5.0,
+            memory_mib=530,
+            latency_ms=16.6,
             default_tier=TierClass.EDGE,
         ),
         VariantProfile(
@@ -79,7 +80,7 @@ VARIANTS: dict[str, VariantProfile] = {
             hidden_size=768,
             params_m=109.5,
             memory_mib=900,
-            latency_ms=30.0,
+            latency_ms=131.5,
             default_tier=TierClass.CLOUD,
         ),
     )

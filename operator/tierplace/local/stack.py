@@ -81,7 +81,7 @@ def router_config(spec: StackSpec, endpoints: list[str], prometheus_url: str) ->
     rtt = 0.0
     for tier, endpoint in zip(spec.tiers, endpoints, strict=True):
         rtt += tier.link.rtt_s if tier.link else 0.0
-        prior_ms = rtt * 1000 + 4 * VARIANTS[tier.model].latency_ms
+        prior_ms = rtt * 1000 + VARIANTS[tier.model].latency_ms
         tiers.append(
             {
                 "name": tier.name,
