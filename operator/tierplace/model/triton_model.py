@@ -66,6 +66,11 @@ class TritonPythonModel:
             max_tokens=int(_param(config, "max_tokens", str(MODEL_MAX_TOKENS))),
             device=device,
         )
+        # The first forward pass pays torch's lazy initialisation (~1 s on CPU): pay it here,
+        # before the server reports ready, not on a user's first request.
+        self.runner.execute(
+            [TierRequest(text=[b"warm up"], parameters={"return_importance": True})]
+        )
         exits = pb_utils.MetricFamily(
             name="tierplace_model_exits_total",
             description="Rows answered at each early-exit layer",
