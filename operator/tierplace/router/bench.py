@@ -24,6 +24,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from tierplace.router.app import event_loop_runner
+
 TEXT = "an utterly charming little comedy that earns every laugh, even in its weaker moments."
 
 
@@ -54,8 +56,12 @@ def _pct(sorted_ms: list[float], q: float) -> float:
 async def open_loop(
     name: str, call: Callable[[], Awaitable[bool]], rate: float, seconds: float
 ) -> Phase:
-    """Fire ``call`` ``rate`` times a second for ``seconds``; latency from the schedule."""
-    loop = asyncio.get_running_loop()
+    """Fire ``call`` ``rate`` times a second for ``seconds``; latency from the schedule.
+
+    Times come from ``time.perf_counter``, not ``loop.time()``: uvloop's clock ticks in
+    whole milliseconds, too coarse for the sub-millisecond differences measured here.
+    """
+    clock = time.perf_counter
     n = max(1, int(rate * seconds))
     lat: list[float] = []
     errors = 0
@@ -67,20 +73,20 @@ async def open_loop(
         except (aiohttp.ClientError, TimeoutError, OSError):
             ok = False
         if ok:
-            lat.append((loop.time() - at) * 1000)
+            lat.append((clock() - at) * 1000)
         else:
             errors += 1
 
-    start = loop.time() + 0.05
+    start = clock() + 0.05
     tasks = []
     for i in range(n):
         at = start + i / rate
-        delay = at - loop.time()
+        delay = at - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(at)))
     await asyncio.gather(*tasks)
-    elapsed = loop.time() - start
+    elapsed = clock() - start
     lat.sort()
     return Phase(
         name,
@@ -128,6 +134,7 @@ def run(
     ladder: list[float],
     soak_seconds: float,
     out: Path,
+    pairs: int = 2,
 ) -> dict[str, Any]:
     """Start one tritonserver and a router in front of it, measure, stop both, write JSON."""
     from tierplace import paths
@@ -145,22 +152,32 @@ def run(
             router = subprocess.Popen(
                 [*cmd, "--port", str(router_port)], stdout=log_file, stderr=subprocess.STDOUT
             )
+        load_before = os.getloadavg()
         try:
-            result = asyncio.run(
-                _measure(
-                    triton.http_url,
-                    f"127.0.0.1:{router_port}",
-                    model,
-                    router.pid,
-                    rate,
-                    seconds,
-                    ladder,
-                    soak_seconds,
+            # The load generator shares the cores with the router and Triton: on uvloop it
+            # takes less of them, in the direct and the routed phases alike.
+            with event_loop_runner() as runner:
+                result = runner.run(
+                    _measure(
+                        triton.http_url,
+                        f"127.0.0.1:{router_port}",
+                        model,
+                        router.pid,
+                        rate,
+                        seconds,
+                        ladder,
+                        soak_seconds,
+                        pairs,
+                    )
                 )
-            )
         finally:
             router.terminate()
             router.wait(15)
+    # Other work on the machine shows up in the "added" numbers: say how loaded it was.
+    result["machine"]["load_average_1m"] = {
+        "start": load_before[0],
+        "end": os.getloadavg()[0],
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
@@ -175,6 +192,7 @@ async def _measure(
     seconds: float,
     ladder: list[float],
     soak_seconds: float,
+    n_pairs: int = 2,
 ) -> dict[str, Any]:
     direct_body = {
         "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": [TEXT]}],
@@ -226,7 +244,9 @@ async def _measure(
 
         pairs = []
         cpu_ms: list[float] = []
-        for _ in range(2):  # alternate so slow drift of the shared machine hits both
+        # Alternate so slow drift of the shared machine hits both; more, shorter pairs give
+        # a steadier median when other work comes and goes.
+        for _ in range(n_pairs):
             d = await open_loop("direct", direct, rate, seconds)
             cpu0 = _cpu_s(router_pid)
             r = await open_loop("router", routed, rate, seconds)
@@ -277,7 +297,12 @@ async def _measure(
         f"{memory['end_mib']:.1f} MiB (max {memory['max_mib']:.1f})"
     )
     return {
-        "machine": {"cpus": os.cpu_count(), "model": model},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "model": model,
+            # the generator's loop; the router picks its own the same way (LOOP_ENV)
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+        },
         "rate_rps": rate,
         "phases": [asdict(p) for pair in pairs for p in pair],
         "overhead_per_hop": overhead,

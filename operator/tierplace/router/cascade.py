@@ -108,30 +108,38 @@ class CascadeRuntime:
                     self._down_until[i] = clock() + self.cfg.down_cooldown
                 last_error = exc
                 if seen:
-                    self.metrics.degraded.labels(name, tiers[seen[-1][0]].name, exc.kind).inc()
+                    self.metrics.child(
+                        self.metrics.degraded, name, tiers[seen[-1][0]].name, exc.kind
+                    ).inc()
                     return self._answer(seen, Reason.UPPER_TIER_FAILED, degraded=True)
                 if i + 1 < len(tiers):
-                    self.metrics.offloads.labels(
-                        name, tier.name, tiers[i + 1].name, Reason.TIER_UNAVAILABLE
+                    self.metrics.child(
+                        self.metrics.offloads,
+                        name,
+                        tier.name,
+                        tiers[i + 1].name,
+                        Reason.TIER_UNAVAILABLE,
                     ).inc()
                     payload = TierInput(text=text)
                     i += 1
                     continue
                 break
             seen.append((i, result))
-            self.metrics.exit_layer.labels(name, tier.name).observe(result.exit_layer)
-            self.metrics.confidence.labels(name, tier.name).observe(result.confidence)
+            self.metrics.child(self.metrics.exit_layer, name, tier.name).observe(result.exit_layer)
+            self.metrics.child(self.metrics.confidence, name, tier.name).observe(result.confidence)
             decision = decide(self.policies, i, result.confidence, deadline - clock(), snapshot)
             if not decision.offload:
                 return self._answer(seen, decision.reason, degraded=False)
             payload = self._next_input(tier, tiers[i + 1], text, result)
-            self.metrics.offloads.labels(name, tier.name, tiers[i + 1].name, decision.reason).inc()
-            self.metrics.offload_bytes.labels(name, tier.name, tiers[i + 1].name).observe(
-                payload.nbytes
-            )
+            self.metrics.child(
+                self.metrics.offloads, name, tier.name, tiers[i + 1].name, decision.reason
+            ).inc()
+            self.metrics.child(
+                self.metrics.offload_bytes, name, tier.name, tiers[i + 1].name
+            ).observe(payload.nbytes)
             i += 1
         detail = str(last_error) if last_error else "no tier configured"
-        self.metrics.failures.labels(name, Reason.TIER_UNAVAILABLE).inc()
+        self.metrics.child(self.metrics.failures, name, Reason.TIER_UNAVAILABLE).inc()
         raise NoAnswer(Reason.TIER_UNAVAILABLE, detail)
 
     async def _call(
@@ -153,13 +161,17 @@ class CascadeRuntime:
                     payload, want_importance=want_importance, timeout_s=timeout
                 )
             except TierError as exc:
-                self.metrics.tier_call_seconds.labels(*labels, exc.kind).observe(clock() - start)
+                self.metrics.child(self.metrics.tier_call_seconds, *labels, exc.kind).observe(
+                    clock() - start
+                )
                 timeout -= clock() - start
                 if exc.kind != "unavailable" or attempt + 1 >= attempts or timeout <= 0:
                     raise
                 await asyncio.sleep(min(0.01 * (attempt + 1), max(timeout, 0)))
                 continue
-            self.metrics.tier_call_seconds.labels(*labels, "ok").observe(clock() - start)
+            self.metrics.child(self.metrics.tier_call_seconds, *labels, "ok").observe(
+                clock() - start
+            )
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -177,9 +189,9 @@ class CascadeRuntime:
             same_family=lower.tokenizer_family == upper.tokenizer_family,
         )
         if pruned.total_words:
-            self.metrics.offload_kept_ratio.labels(self.cfg.name, lower.name, upper.name).observe(
-                pruned.kept_words / pruned.total_words
-            )
+            self.metrics.child(
+                self.metrics.offload_kept_ratio, self.cfg.name, lower.name, upper.name
+            ).observe(pruned.kept_words / pruned.total_words)
         if pruned.input_ids is not None:
             return TierInput(input_ids=pruned.input_ids)
         return TierInput(text=pruned.text)
@@ -192,7 +204,7 @@ class CascadeRuntime:
         top, last = seen[-1]
         best = max(range(len(probs)), key=lambda c: probs[c])
         tier = self.cfg.tiers[top].name
-        self.metrics.answers.labels(self.cfg.name, tier, reason).inc()
+        self.metrics.child(self.metrics.answers, self.cfg.name, tier, reason).inc()
         return Answer(
             label=LABELS[best] if best < len(LABELS) else str(best),
             probs=probs,

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench.add_argument("--model", default="minilm-l2")
     bench.add_argument("--rate", type=float, default=200.0, help="req/s for the overhead phases")
     bench.add_argument("--seconds", type=float, default=15.0, help="per overhead phase")
+    bench.add_argument(
+        "--pairs", type=int, default=2, help="direct/router phase pairs (median taken)"
+    )
     bench.add_argument("--ladder", default="100,200,300,400,600", help="req/s steps")
     bench.add_argument("--soak", type=float, default=60.0, help="seconds of load for memory")
     bench.add_argument("--out", type=Path, default=Path("bench-results/router-overhead.json"))
@@ -31,7 +34,7 @@ def _route(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from tierplace.router.app import serve
+    from tierplace.router.app import event_loop_runner, serve
     from tierplace.router.config import ConfigError
 
     async def main() -> None:
@@ -42,7 +45,8 @@ def _route(args: argparse.Namespace) -> int:
         await serve(args.config, args.host, args.port, stop)
 
     try:
-        asyncio.run(main())
+        with event_loop_runner() as runner:
+            runner.run(main())
     except ConfigError as exc:
         print(f"invalid router config: {exc}")
         return 2
@@ -57,6 +61,6 @@ def _bench(args: argparse.Namespace) -> int:
     home = (args.home or paths.home()).resolve()
     ensure_weights(home, [args.model], tiny=args.tiny)
     ladder = [float(x) for x in args.ladder.split(",") if x]
-    run(home, args.model, args.rate, args.seconds, ladder, args.soak, args.out)
+    run(home, args.model, args.rate, args.seconds, ladder, args.soak, args.out, args.pairs)
     print(f"wrote {args.out}")
     return 0

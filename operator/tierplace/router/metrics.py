@@ -6,9 +6,14 @@ process. Label values for ``reason`` are the policy's CamelCase reasons.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 PREFIX = "tierplace_router"
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -34,6 +39,7 @@ class RouterMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         r = self.registry
         self.request_seconds = Histogram(
             f"{PREFIX}_request_seconds",
@@ -133,3 +139,13 @@ class RouterMetrics:
             ["result"],
             registry=r,
         )
+
+    def child(self, metric: _M, *values: str) -> _M:
+        """``metric.labels(*values)``, cached: the hot path skips prometheus_client's
+        per-call label checks and lock. Label sets are few (cascades x tiers x reasons) and
+        no series is ever removed, so a cached child stays the one the registry exports."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]
