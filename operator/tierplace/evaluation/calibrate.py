@@ -1,0 +1,237 @@
+"""Turn a target accuracy or a latency budget into thresholds, on the validation split.
+
+Pure: validation tables, a latency model and a target in; the chosen ``Setting`` and its
+simulated outcome out. The search is a grid over the device and edge thresholds (each tier's
+exit threshold tied to its offload threshold), the cloud's early-exit threshold, the keep
+ratio and the fusion weights; every point is an exact replay of the router's decision
+(``simulate``). The baselines get the same treatment so comparisons are at equal accuracy:
+the cloud's early exit and Sedna's entropy filter are calibrated to the same target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+from tierplace.evaluation.simulate import Outcome, System, TierCost, simulate
+from tierplace.evaluation.systems import (
+    CLOUD,
+    DEVICE,
+    EDGE,
+    NO_EXIT,
+    Network,
+    Setting,
+    cloud_only,
+    full,
+    sedna,
+)
+from tierplace.evaluation.tables import TableSet
+
+THRESHOLDS: tuple[float, ...] = (
+    0.55,
+    0.6,
+    0.65,
+    0.7,
+    0.75,
+    0.8,
+    0.85,
+    0.9,
+    0.93,
+    0.95,
+    0.97,
+    0.99,
+    NO_EXIT,
+)
+CLOUD_EXITS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, NO_EXIT)
+FUSIONS: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.0, 1.0),
+    (0.25, 0.5, 1.0),
+    (0.5, 0.5, 1.0),
+    (0.5, 1.0, 1.0),
+    (1.0, 1.0, 1.0),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Either stay within ``accuracy_gap`` of cloud only (minimise latency), or keep the mean
+    latency within ``latency_budget_s`` (maximise accuracy)."""
+
+    accuracy_gap: float | None = None
+    latency_budget_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.accuracy_gap is None) == (self.latency_budget_s is None):
+            raise ValueError("give exactly one of accuracy_gap or latency_budget_s")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated configuration."""
+
+    setting: Setting
+    accuracy: float
+    mean_latency_s: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What calibration chose, and what it was measured against (all on ``split``)."""
+
+    split: str
+    target: Target
+    reference_accuracy: float  # cloud only, full model
+    setting: Setting
+    accuracy: float
+    mean_latency_s: float
+    met: bool
+    cloud_exit_threshold: float  # the calibrated DeeBERT baseline
+    sedna_threshold: float  # the calibrated Sedna baseline
+    points: tuple[Point, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "target": {
+                "accuracy_gap": self.target.accuracy_gap,
+                "latency_budget_s": self.target.latency_budget_s,
+            },
+            "reference_accuracy": self.reference_accuracy,
+            "setting": self.setting.as_dict(),
+            "accuracy": self.accuracy,
+            "mean_latency_s": self.mean_latency_s,
+            "met": self.met,
+            "baselines": {
+                "cloud_exit_threshold": self.cloud_exit_threshold,
+                "sedna_threshold": self.sedna_threshold,
+            },
+        }
+
+
+def _choose(
+    candidates: Iterable[tuple[Any, Outcome]], target: Target, reference: float
+) -> tuple[Any, Outcome, bool]:
+    """Best candidate for the target; when none meets it, the closest one (flagged)."""
+    rows = list(candidates)
+    if target.accuracy_gap is not None:
+        floor = reference - target.accuracy_gap
+        ok = [r for r in rows if r[1].accuracy >= floor - 1e-12]
+        if ok:
+            best = min(ok, key=lambda r: (r[1].mean_latency_s, -r[1].accuracy))
+            return best[0], best[1], True
+        best = max(rows, key=lambda r: (r[1].accuracy, -r[1].mean_latency_s))
+        return best[0], best[1], False
+    assert target.latency_budget_s is not None
+    ok = [r for r in rows if r[1].mean_latency_s <= target.latency_budget_s]
+    if ok:
+        best = max(ok, key=lambda r: (r[1].accuracy, -r[1].mean_latency_s))
+        return best[0], best[1], True
+    best = min(rows, key=lambda r: r[1].mean_latency_s)
+    return best[0], best[1], False
+
+
+def grid(keep_ratios: Sequence[float]) -> list[Setting]:
+    """Every combination for three tiers, plus the two-tier cascades that leave the device
+    or the edge out (a tier whose compute and round trip do not pay for themselves); lower
+    tiers either exit early at their offload threshold or run to their last layer."""
+    out: list[Setting] = []
+    for early in (True, False):
+        out += [
+            Setting(d, e, c, k, f, lower_early_exit=early)
+            for d, e, c, k, f in product(THRESHOLDS, THRESHOLDS, CLOUD_EXITS, keep_ratios, FUSIONS)
+        ]
+        out += [
+            Setting(NO_EXIT, e, c, 1.0, f, tiers=(EDGE, CLOUD), lower_early_exit=early)
+            for e, c, f in product(THRESHOLDS, CLOUD_EXITS, FUSIONS)
+        ]
+        out += [
+            Setting(d, NO_EXIT, c, 1.0, f, tiers=(DEVICE, CLOUD), lower_early_exit=early)
+            for d, c, f in product(THRESHOLDS, CLOUD_EXITS, FUSIONS)
+        ]
+    return out
+
+
+def sweep(
+    build: Callable[[Any], System],
+    values: Iterable[Any],
+    tables: TableSet,
+    costs: Mapping[str, TierCost],
+) -> list[tuple[Any, Outcome]]:
+    return [(v, simulate(build(v), tables, costs)) for v in values]
+
+
+def calibrate(
+    tables: TableSet,
+    costs: Mapping[str, TierCost],
+    target: Target,
+    net: Network,
+    keep_ratios: Sequence[float],
+    settings: Sequence[Setting] | None = None,
+) -> Calibration:
+    """Pick the full system's setting and the baselines' thresholds for ``target``."""
+    reference = simulate(cloud_only(net, costs), tables, costs).accuracy
+    candidates = sweep(lambda s: full(s, net, costs), settings or grid(keep_ratios), tables, costs)
+    best, out, met = _choose(candidates, target, reference)
+    cloud_exit, _, _ = _choose(
+        sweep(lambda c: cloud_only(net, costs, c), CLOUD_EXITS, tables, costs), target, reference
+    )
+    sedna_thr, _, _ = _choose(
+        sweep(lambda t: sedna(t, net, costs), THRESHOLDS, tables, costs), target, reference
+    )
+    return Calibration(
+        split=tables.split,
+        target=target,
+        reference_accuracy=reference,
+        setting=best,
+        accuracy=out.accuracy,
+        mean_latency_s=out.mean_latency_s,
+        met=met,
+        cloud_exit_threshold=float(cloud_exit),
+        sedna_threshold=float(sedna_thr),
+        points=tuple(Point(s, o.accuracy, o.mean_latency_s) for s, o in candidates),
+    )
+
+
+def pareto(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (latency, accuracy) points no other point beats on both, by latency."""
+    front: list[tuple[float, float]] = []
+    for lat, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((lat, acc))
+    return front
+
+
+# --- what calibration writes --------------------------------------------------------------
+
+
+def _dec(x: float) -> str:
+    return f"{min(x, 1.0):.3f}".rstrip("0").rstrip(".") if x < 1.0 else "1"
+
+
+def cascade_fragment(cal: Calibration) -> dict[str, Any]:
+    """The InferenceCascade spec fields (and each InferenceTier's exitThreshold) it chose."""
+    s = cal.setting
+    offload = {DEVICE: _dec(s.device_threshold), EDGE: _dec(s.edge_threshold), CLOUD: "1"}
+    exits = {
+        DEVICE: _dec(s.device_threshold if s.lower_early_exit else NO_EXIT),
+        EDGE: _dec(s.edge_threshold if s.lower_early_exit else NO_EXIT),
+        CLOUD: _dec(s.cloud_exit_threshold),
+    }
+    return {
+        "apiVersion": "tierplace.io/v1alpha1",
+        "kind": "InferenceCascade",
+        "spec": {
+            "tiers": [
+                {"tierClass": t.capitalize(), "offloadThreshold": offload[t]} for t in s.tiers
+            ],
+            "keepRatio": _dec(s.keep_ratio),
+            "fusionWeights": [
+                _dec(w)
+                for t, w in zip((DEVICE, EDGE, CLOUD), s.fusion, strict=True)
+                if t in s.tiers
+            ],
+        },
+        "tierExitThresholds": {t.capitalize(): exits[t] for t in s.tiers},
+    }

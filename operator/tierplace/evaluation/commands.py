@@ -1,0 +1,139 @@
+"""`tierplace calibrate` and `tierplace bench` (torch and the stack load inside the handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tierplace import paths
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = sub.add_parser(
+        "calibrate",
+        help="pick thresholds on the validation split for a target accuracy or latency budget",
+        description="Replays the cascade over every exit's probabilities on the validation "
+        "split (never the test split) and writes the chosen thresholds as an InferenceCascade "
+        "spec fragment and as a router config.",
+    )
+    goal = c.add_mutually_exclusive_group(required=True)
+    goal.add_argument(
+        "--target-accuracy-gap",
+        type=float,
+        help="stay within this accuracy (fraction, 0.005 = half a point) of cloud only",
+    )
+    goal.add_argument("--latency-budget", help="mean latency budget, e.g. 60ms")
+    c.add_argument("--out-dir", type=Path, default=Path("bench-results/calibration"))
+    c.add_argument("--limit", type=int, default=None, help="first N validation rows only")
+    c.add_argument("--keep-ratios", default="1,0.8", help="keep ratios to consider")
+    c.set_defaults(func=_calibrate)
+
+    b = sub.add_parser(
+        "bench",
+        help="the cascade against its baselines, live on the test split (JSON, Markdown, PNG)",
+    )
+    b.add_argument("--out-dir", type=Path, default=Path("bench-results"))
+    b.add_argument("--docs-dir", type=Path, default=None, help="also copy the plots here")
+    b.add_argument("--limit", type=int, default=None, help="first N test rows only")
+    b.add_argument("--quick", action="store_true", help="a few rows and a tiny grid (tests)")
+    b.add_argument("--target-accuracy-gap", type=float, default=0.005)
+    b.add_argument("--keep-ratios", default="1,0.8")
+    b.add_argument("--load-clients", type=int, default=8)
+    b.add_argument("--load-requests", type=int, default=300)
+    b.add_argument("--slow-requests", type=int, default=300)
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_bench)
+
+
+def _keeps(raw: str) -> tuple[float, ...]:
+    values = tuple(sorted({float(x) for x in raw.split(",") if x.strip()} | {1.0}, reverse=True))
+    if not all(0 < v <= 1 for v in values):
+        raise SystemExit(f"keep ratios must be in (0, 1], got {raw!r}")
+    return values
+
+
+def _endpoints() -> tuple[dict[str, str], str | None]:
+    """The running stack's tier endpoints if there is one, else in-cluster service names."""
+    state_file = paths.home() / "run" / "stack.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        return {k: str(v["via"]) for k, v in state["tiers"].items()}, state.get("prometheus")
+    return {t: f"tierplace-{t}:8000" for t in ("device", "edge", "cloud")}, None
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tierplace.evaluation import calibrate as cal
+    from tierplace.evaluation.costs import measure_costs
+    from tierplace.evaluation.systems import NOMINAL, THREADS, VARIANT_OF, full, router_cascade
+    from tierplace.evaluation.tables import build_tables
+    from tierplace.router.config import parse, parse_duration
+
+    keeps = _keeps(args.keep_ratios)
+    target = (
+        cal.Target(accuracy_gap=args.target_accuracy_gap)
+        if args.target_accuracy_gap is not None
+        else cal.Target(latency_budget_s=parse_duration(args.latency_budget))
+    )
+    variants = [VARIANT_OF[t] for t in ("device", "edge", "cloud")]
+    tables = build_tables(variants, "validation", keeps, args.limit, progress=True)
+    costs = measure_costs({VARIANT_OF[t]: n for t, n in THREADS.items()})
+    result = cal.calibrate(tables, costs, target, NOMINAL, keeps)
+    endpoints, prom = _endpoints()
+    system = full(result.setting, NOMINAL, costs, name="sentiment")
+    router: dict[str, Any] = {"cascades": [router_cascade(system, endpoints, budget="500ms")]}
+    if prom:
+        router["prometheus"] = {"url": prom, "interval": "2s", "window": "15s"}
+    parse(router)  # what we write is a config the router accepts
+    out: Path = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    (out / "inference-cascade.yaml").write_text(
+        "# Thresholds chosen by `tierplace calibrate` on the validation split.\n"
+        "# spec.* goes into the InferenceCascade; tierExitThresholds into each InferenceTier's\n"
+        "# spec.exitThreshold (a lower tier's exit threshold equals its offload threshold).\n"
+        + yaml.safe_dump(cal.cascade_fragment(result), sort_keys=False)
+    )
+    (out / "router.yaml").write_text(yaml.safe_dump(router, sort_keys=False))
+    s = result.setting
+    print(
+        f"reference (cloud only, validation): {result.reference_accuracy:.4f}\n"
+        f"chosen: tiers {'+'.join(s.tiers)} (lower tiers "
+        f"{'exit early' if s.lower_early_exit else 'run to their last layer'}), "
+        f"device {s.device_threshold} edge {s.edge_threshold} cloud exit "
+        f"{s.cloud_exit_threshold} keep {s.keep_ratio} fusion {list(s.fusion)}\n"
+        f"simulated (latency modelled from in-process timings, no live fit): accuracy "
+        f"{result.accuracy:.4f}, mean latency "
+        f"{result.mean_latency_s * 1000:.1f} ms; target {'met' if result.met else 'NOT met'}\n"
+        f"wrote {out}/calibration.json, inference-cascade.yaml, router.yaml"
+    )
+    return 0 if result.met else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tierplace.evaluation.bench import BenchOptions, run
+
+    opts = BenchOptions(
+        out_dir=args.out_dir,
+        docs_dir=args.docs_dir,
+        limit=args.limit,
+        quick=args.quick,
+        accuracy_gap=args.target_accuracy_gap,
+        keep_ratios=_keeps(args.keep_ratios),
+        load_clients=args.load_clients,
+        load_requests=args.load_requests,
+        slow_requests=args.slow_requests,
+        progress=not args.no_progress,
+    )
+    result = run(opts)
+    g = result["goals"]
+    print(
+        f"accuracy gap {g['accuracy_gap_points']:.2f} points; latency "
+        f"-{g['latency_cut_vs_cloud'] * 100:.1f}% vs cloud only, "
+        f"-{g['latency_cut_vs_cloud_ee'] * 100:.1f}% vs cloud with early exit\n"
+        f"wrote {args.out_dir}/cascade.json, cascade.md and plots"
+    )
+    return 0

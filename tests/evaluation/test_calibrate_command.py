@@ -1,0 +1,50 @@
+"""`tierplace calibrate` end to end, and proof that it never reads the test split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tierplace import cli
+from tierplace.evaluation import tables
+from tierplace.model.data import Split, load_reviews
+from tierplace.router.config import parse
+
+
+def test_calibrate_writes_thresholds_and_never_reads_the_test_split(
+    eval_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def guarded(split: Split) -> object:
+        if split == "test":
+            raise AssertionError("calibration read the test split")
+        return load_reviews(split)
+
+    monkeypatch.setattr(tables, "load_reviews", guarded)
+    tables.SPLIT_READS.clear()
+    out = tmp_path / "cal"
+    code = cli.main(
+        ["calibrate", "--target-accuracy-gap", "0.02", "--limit", "80", "--out-dir", str(out)]
+    )
+    assert code == 0
+    assert set(tables.SPLIT_READS) == {"validation"}
+    result = json.loads((out / "calibration.json").read_text())
+    assert result["split"] == "validation" and result["met"]
+    assert result["accuracy"] >= result["reference_accuracy"] - 0.02 - 1e-9
+    frag = yaml.safe_load((out / "inference-cascade.yaml").read_text())
+    assert frag["kind"] == "InferenceCascade"
+    assert [t["tierClass"] for t in frag["spec"]["tiers"]] == ["Device", "Edge", "Cloud"]
+    router = parse(yaml.safe_load((out / "router.yaml").read_text()))
+    device = router.cascades[0].tiers[0]
+    # a lower tier's exit threshold is its offload threshold
+    assert device.exit_threshold == pytest.approx(result["setting"]["device_threshold"])
+    assert device.offload_threshold == pytest.approx(
+        min(result["setting"]["device_threshold"], 1.0)
+    )
+
+
+def test_calibrate_refuses_two_targets() -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["calibrate", "--target-accuracy-gap", "0.01", "--latency-budget", "60ms"])

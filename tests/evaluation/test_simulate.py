@@ -1,0 +1,140 @@
+"""The replay and calibration on tiny variants: no servers, seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tierplace.evaluation import calibrate as cal
+from tierplace.evaluation.simulate import Outcome, TierCost, replay, simulate
+from tierplace.evaluation.systems import (
+    NOMINAL,
+    SLOW_UPLINK,
+    Setting,
+    ablations,
+    cloud_only,
+    full,
+    sedna,
+    single,
+)
+from tierplace.evaluation.tables import TableSet, build_tables, source_key
+
+VARIANTS = ["minilm-l2", "minilm-l6", "mpnet-base"]
+COSTS = {
+    "minilm-l2": TierCost(0.002, 0.001, 1e-5),
+    "minilm-l6": TierCost(0.003, 0.002, 2e-5),
+    "mpnet-base": TierCost(0.004, 0.006, 6e-5),
+}
+
+
+@pytest.fixture(scope="module")
+def val(eval_home: Path) -> TableSet:
+    return build_tables(VARIANTS, "validation", (1.0, 0.7), limit=120)
+
+
+def _systems() -> list[object]:
+    s = Setting(0.8, 0.85, 0.9, 0.7, (0.5, 0.5, 1.0))
+    return [
+        full(s, NOMINAL, COSTS),
+        *ablations(s, NOMINAL, COSTS),
+        cloud_only(NOMINAL, COSTS, 0.8),
+        sedna(0.6, NOMINAL, COSTS),
+        single("device", NOMINAL, COSTS),
+        # two tiers, the edge running to its last layer and offloading below 0.8
+        full(
+            Setting(
+                1.01,
+                0.8,
+                0.9,
+                1.0,
+                (0.0, 0.5, 1.0),
+                tiers=("edge", "cloud"),
+                lower_early_exit=False,
+            ),
+            NOMINAL,
+            COSTS,
+            name="edge-cloud",
+        ),
+    ]
+
+
+def test_vectorised_replay_equals_the_policy_functions_request_by_request(val: TableSet) -> None:
+    for system in _systems():
+        out = simulate(system, val, COSTS)  # type: ignore[arg-type]
+        for row in range(len(val.labels)):
+            ref = replay(system, val, row, COSTS)  # type: ignore[arg-type]
+            assert out.tier_names[out.tier[row]] == ref.tier, (system, row)
+            assert out.exit_layer[row] == ref.exit_layer, (system, row)
+            assert out.label[row] == ref.label, (system, row)
+
+
+def test_tables_are_cached_and_pruned_inputs_are_smaller(val: TableSet, eval_home: Path) -> None:
+    files = sorted((eval_home / "eval" / "tables").glob("*.npz"))
+    assert files, "tables are cached under $TIERPLACE_HOME/eval"
+    again = build_tables(VARIANTS, "validation", (1.0, 0.7), limit=120)
+    pruned = source_key([("minilm-l2", 0.7), ("minilm-l6", 0.7)])
+    assert np.array_equal(
+        again.get("mpnet-base", pruned).probs, val.get("mpnet-base", pruned).probs
+    )
+    # words dropped by the lower tiers' attention: the cloud runs on fewer tokens
+    full_text = val.get("mpnet-base", "text").num_tokens
+    assert val.get("mpnet-base", pruned).num_tokens.mean() < full_text.mean()
+
+
+def test_offloading_costs_round_trips_and_pruning_saves_tokens(val: TableSet) -> None:
+    s = Setting(1.01, 1.01, 1.01, 0.7, (0.0, 0.0, 1.0))  # everything climbs to the cloud
+    out: Outcome = simulate(full(s, NOMINAL, COSTS), val, COSTS)
+    assert (out.tier == 2).all()
+    assert out.latency_s.min() > NOMINAL.edge.rtt_s + NOMINAL.cloud.rtt_s
+    slow = simulate(full(s, SLOW_UPLINK, COSTS), val, COSTS)
+    assert slow.mean_latency_s > out.mean_latency_s + 0.15
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.01, 0.05])
+def test_calibration_meets_an_accuracy_target_on_its_data(val: TableSet, gap: float) -> None:
+    result = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=gap), NOMINAL, (1.0, 0.7))
+    assert result.met
+    assert result.accuracy >= result.reference_accuracy - gap - 1e-9
+    chosen = simulate(full(result.setting, NOMINAL, COSTS), val, COSTS)
+    assert chosen.accuracy == pytest.approx(result.accuracy)
+    # it is the fastest setting that meets the target among those it tried
+    ok = [p for p in result.points if p.accuracy >= result.reference_accuracy - gap - 1e-12]
+    assert result.mean_latency_s == pytest.approx(min(p.mean_latency_s for p in ok))
+
+
+def test_calibration_meets_a_latency_budget_or_says_it_cannot(val: TableSet) -> None:
+    cloud = simulate(cloud_only(NOMINAL, COSTS), val, COSTS).mean_latency_s
+    result = cal.calibrate(val, COSTS, cal.Target(latency_budget_s=cloud / 2), NOMINAL, (1.0,))
+    assert result.met and result.mean_latency_s <= cloud / 2
+    impossible = cal.calibrate(val, COSTS, cal.Target(latency_budget_s=1e-4), NOMINAL, (1.0,))
+    assert not impossible.met
+
+
+def test_the_cascade_fragment_is_valid_for_the_crd(val: TableSet) -> None:
+    from tierplace.api.models import InferenceCascadeSpec
+
+    result = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=0.01), NOMINAL, (1.0, 0.7))
+    frag = cal.cascade_fragment(result)
+    spec = InferenceCascadeSpec.model_validate(frag["spec"])
+    assert [t.tier_class for t in spec.tiers] == ["Device", "Edge", "Cloud"]
+    assert float(spec.tiers[0].offload_threshold) == pytest.approx(
+        min(result.setting.device_threshold, 1.0), abs=1e-3
+    )
+
+
+def test_a_two_tier_choice_renders_two_tiers_for_the_crd(val: TableSet) -> None:
+    s = Setting(
+        1.01, 0.8, 0.9, 1.0, (0.0, 0.5, 1.0), tiers=("edge", "cloud"), lower_early_exit=False
+    )
+    result = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=0.5), NOMINAL, (1.0,), [s])
+    frag = cal.cascade_fragment(result)
+    assert [t["tierClass"] for t in frag["spec"]["tiers"]] == ["Edge", "Cloud"]
+    assert frag["spec"]["fusionWeights"] == ["0.5", "1"]
+    assert frag["tierExitThresholds"]["Edge"] == "1"  # runs to its last layer
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    pts = [(0.05, 0.80), (0.04, 0.78), (0.06, 0.79), (0.10, 0.85), (0.03, 0.70)]
+    assert cal.pareto(pts) == [(0.03, 0.70), (0.04, 0.78), (0.05, 0.80), (0.10, 0.85)]
