@@ -7,16 +7,11 @@ second so the router's latency feed sees a change within a few seconds. Each tar
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tierplace.local.processes import http_ok, spawn, stop_group
 from tierplace.local.triton import free_port
 
 log = logging.getLogger(__name__)
@@ -103,22 +99,11 @@ class PrometheusServer:
             "--web.enable-lifecycle",
         ]
         log.info("starting prometheus on %s (%d targets)", self.url, len(self.targets))
-        with contextlib.ExitStack() as files:  # the child keeps its own descriptor
-            out = files.enter_context(self.log_file.open("ab")) if self.log_file else None
-            self.process = subprocess.Popen(
-                cmd,
-                stdout=out or subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn(cmd, None, self.log_file)
         return self
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                return int(r.status) == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"{self.url}/-/ready")
 
     def wait_ready(self, timeout: float = 30.0) -> PrometheusServer:
         deadline = time.monotonic() + timeout
@@ -134,16 +119,7 @@ class PrometheusServer:
         proc = self.process
         code: int | None = None
         if proc is not None:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            code = proc.returncode
+            code = stop_group(proc, timeout)
             self.process = None
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -17,12 +17,9 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ import yaml
 from tierplace import paths
 from tierplace.api.variants import VARIANTS
 from tierplace.local.links import Link, LinkSpec, parse_rate
+from tierplace.local.processes import http_ok, spawn, stop_group
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
 from tierplace.local.triton import TritonServer, free_port
 
@@ -152,37 +150,21 @@ class _Router:
             str(self.port),
         ]
         env = {**os.environ, "TIERPLACE_HOME": str(home)}
-        with self.log_file.open("ab") as out:
-            self.process = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.process = spawn(cmd, env, self.log_file)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise ChildCrashed(f"router exited with code {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if http_ok(f"{self.url}/v2/health/ready"):
+                return
             time.sleep(0.2)
         raise TimeoutError(f"router not ready after {timeout:.0f} s; see {self.log_file}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if self.process is not None:
+            stop_group(self.process, timeout)
 
 
 class Stack:

@@ -20,15 +20,13 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 from tierplace import paths
+from tierplace.local.processes import http_ok, spawn, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +142,11 @@ class TritonServer:
         env["OMP_NUM_THREADS"] = str(self.threads)
         env.update(self.extra_env)
         log.info("starting tritonserver %s (models %s)", self.http_url, ", ".join(self.models))
-        with contextlib.ExitStack() as stack:
-            out: int | IO[bytes] = subprocess.DEVNULL
-            if self.log_file is not None:
-                out = stack.enter_context(self.log_file.open("ab"))  # the child keeps its own fd
-            self.process = subprocess.Popen(
-                self.command(),
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn(self.command(), env, self.log_file)
         return self
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
-                return int(r.status) == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://{self.http_url}/v2/health/ready")
 
     def wait_ready(self, timeout: float = 120.0) -> TritonServer:
         deadline = time.monotonic() + timeout
@@ -182,17 +166,8 @@ class TritonServer:
         proc = self.process
         if proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout or self.exit_timeout_s + 10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
         self.process = None
-        return proc.returncode
+        return stop_group(proc, timeout or self.exit_timeout_s + 10)
 
     def kill(self) -> None:
         """An abrupt crash (SIGKILL of the whole process group): for fault tests."""

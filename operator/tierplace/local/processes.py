@@ -1,0 +1,56 @@
+"""The one way the embedded stack runs a child: its own process group, a log, a readiness URL.
+
+tritonserver forks a Python-backend stub per model instance; signalling the whole group is
+what keeps a stop (or a crash test's kill) from leaving stubs behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def spawn(
+    cmd: Sequence[str], env: Mapping[str, str] | None = None, log_file: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` as a session leader, appending its output to ``log_file`` if given."""
+    with contextlib.ExitStack() as files:  # the child keeps its own descriptor
+        out: int | object = subprocess.DEVNULL
+        if log_file is not None:
+            out = files.enter_context(log_file.open("ab"))
+        return subprocess.Popen(
+            list(cmd),
+            env=None if env is None else dict(env),
+            stdout=out,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def http_ok(url: str) -> bool:
+    """True when ``url`` answers 200 within a second (a readiness probe)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return int(r.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM the child's process group, SIGKILL it after ``timeout``; the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return int(proc.returncode)
