@@ -160,20 +160,27 @@ def finetune(
     model.eval()
 
 
+def _eval_batches(
+    data: Encoded, cfg: TrainConfig, pad_id: int, desc: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Unshuffled, doubled batches (no gradients to hold), with a bar on a terminal."""
+    size = cfg.batch_size * 2
+    yield from tqdm(
+        batches(data, size, pad_id, None),
+        total=_n_batches(data, size),
+        desc=desc,
+        unit="batch",
+        disable=None,
+    )
+
+
 @torch.inference_mode()
 def pooled(
     model: EarlyExitClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, device: torch.device
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     feats: list[list[torch.Tensor]] = [[] for _ in range(model.num_layers)]
     labels: list[torch.Tensor] = []
-    total = _n_batches(data, cfg.batch_size * 2)
-    for ids, mask, y in tqdm(
-        batches(data, cfg.batch_size * 2, pad_id, None),
-        total=total,
-        desc="features",
-        unit="batch",
-        disable=None,
-    ):
+    for ids, mask, y in _eval_batches(data, cfg, pad_id, "features"):
         for layer, f in enumerate(model.pooled_features(ids.to(device), mask.to(device))):
             feats[layer].append(f.float().cpu())
         labels.append(y)
@@ -214,14 +221,7 @@ def exit_accuracy(
     model: EarlyExitClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, device: torch.device
 ) -> list[float]:
     correct = [0] * model.num_layers
-    total = _n_batches(data, cfg.batch_size * 2)
-    for ids, mask, labels in tqdm(
-        batches(data, cfg.batch_size * 2, pad_id, None),
-        total=total,
-        desc="validate",
-        unit="batch",
-        disable=None,
-    ):
+    for ids, mask, labels in _eval_batches(data, cfg, pad_id, "validate"):
         for layer, logits in enumerate(model(ids.to(device), mask.to(device))):
             correct[layer] += int((logits.argmax(-1).cpu() == labels).sum())
     return [round(c / len(data.labels), 4) for c in correct]
