@@ -138,3 +138,49 @@ def test_a_two_tier_choice_renders_two_tiers_for_the_crd(val: TableSet) -> None:
 def test_pareto_front_keeps_only_undominated_points() -> None:
     pts = [(0.05, 0.80), (0.04, 0.78), (0.06, 0.79), (0.10, 0.85), (0.03, 0.70)]
     assert cal.pareto(pts) == [(0.03, 0.70), (0.04, 0.78), (0.05, 0.80), (0.10, 0.85)]
+
+
+def _answers(correct: list[bool]) -> Outcome:
+    n = len(correct)
+    zeros = np.zeros(n, dtype=np.int64)
+    return Outcome(
+        "x",
+        np.asarray(correct),
+        zeros,
+        zeros,
+        zeros,
+        np.zeros(n),
+        zeros,
+        np.zeros(n),
+        zeros,
+    )
+
+
+def test_a_gap_won_by_a_few_lucky_requests_is_not_trusted() -> None:
+    # cloud right on 22 requests the cascade gets wrong, wrong on 18 it gets right: 1 point
+    ref = [True] * 22 + [False] * 18 + [True] * 300 + [False] * 60
+    ours = [False] * 22 + [True] * 18 + [True] * 300 + [False] * 60
+    point = cal.gap_bound(_answers(ours), _answers(ref), 0.5)
+    assert point == pytest.approx(4 / 400)
+    bound = cal.gap_bound(_answers(ours), _answers(ref), 0.8)
+    assert bound > point + 0.005
+    # the same disagreement rate over ten times the requests is known ten times better
+    bound10 = cal.gap_bound(_answers(ours * 10), _answers(ref * 10), 0.8)
+    assert point < bound10 < bound
+    assert cal.gap_bound(_answers(ours), _answers(ref), 0.95) > bound
+
+
+def test_calibration_at_a_confidence_keeps_its_bound_and_is_never_faster(val: TableSet) -> None:
+    loose = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=0.02), NOMINAL, (1.0,))
+    strict = cal.calibrate(
+        val, COSTS, cal.Target(accuracy_gap=0.02, confidence=0.9), NOMINAL, (1.0,)
+    )
+    assert loose.met and strict.met
+    assert strict.gap_bound <= 0.02 + 1e-12
+    assert strict.gap_bound >= strict.reference_accuracy - strict.accuracy
+    assert strict.mean_latency_s >= loose.mean_latency_s
+    assert strict.three_tier_setting is not None
+    assert strict.three_tier_setting.tiers == ("device", "edge", "cloud")
+    assert strict.as_dict()["target"]["confidence"] == 0.9
+    with pytest.raises(ValueError, match="confidence"):
+        cal.Target(accuracy_gap=0.01, confidence=1.0)

@@ -64,6 +64,7 @@ class BenchOptions:
     limit: int | None = None
     quick: bool = False
     accuracy_gap: float = 0.005
+    confidence: float = 0.8
     probe: int = 60
     load_requests: int = 300
     load_clients: int = 8
@@ -239,7 +240,7 @@ async def _bench(opts: BenchOptions) -> dict[str, Any]:
             "probe_requests": probe,
         }
         # 3. calibration on validation only.
-        target = cal.Target(accuracy_gap=opts.accuracy_gap)
+        target = cal.Target(accuracy_gap=opts.accuracy_gap, confidence=opts.confidence)
         settings = _quick_grid(keeps) if quick else None
         calib = await asyncio.to_thread(cal.calibrate, val, costs, target, net, keeps, settings)
         result["calibration"] = calib.as_dict()
@@ -253,6 +254,10 @@ async def _bench(opts: BenchOptions) -> dict[str, Any]:
             full(setting, net, costs),
             *ablations(setting, net, costs),
         ]
+        three = calib.three_tier_setting
+        if three is not None and three != setting:
+            # The "full system" keeps all three tiers; show it even when it loses.
+            systems.append(full(three, net, costs, name="tierplace-3tier"))
         load_systems = [
             replace(systems[0], name="load-cloud-only"),
             replace(systems[1], name="load-cloud-ee"),
@@ -360,6 +365,7 @@ def _settings(net: Network, opts: BenchOptions, n: int) -> dict[str, Any]:
         "test_requests": n,
         "quick": opts.quick,
         "accuracy_gap": opts.accuracy_gap,
+        "confidence": opts.confidence,
         "keep_ratios": list(opts.keep_ratios),
     }
 
@@ -429,10 +435,14 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"Calibrated on validation (target: within {c['target']['accuracy_gap'] * 100:.1f} points "
-        f"of cloud only's {c['reference_accuracy']:.4f}): device threshold "
-        f"{cs['device_threshold']}, edge {cs['edge_threshold']}, cloud exit "
+        f"of cloud only's {c['reference_accuracy']:.4f} at "
+        f"{c['target'].get('confidence', 0.5):.0%} one-sided confidence): tiers "
+        f"{'+'.join(cs.get('tiers', TIERS))}, lower tiers "
+        f"{'exit early' if cs.get('lower_early_exit', True) else 'run to their last layer'}, "
+        f"device threshold {cs['device_threshold']}, edge {cs['edge_threshold']}, cloud exit "
         f"{cs['cloud_exit_threshold']}, keep ratio {cs['keep_ratio']}, fusion weights "
-        f"{cs['fusion']}; simulated validation accuracy {c['accuracy']:.4f} at "
+        f"{cs['fusion']}; simulated validation accuracy {c['accuracy']:.4f} (gap bound "
+        f"{c.get('gap_bound', 0.0) * 100:.2f} points) at "
         f"{c['mean_latency_s'] * 1000:.1f} ms; baselines: cloud exit threshold "
         f"{c['baselines']['cloud_exit_threshold']}, Sedna threshold "
         f"{c['baselines']['sedna_threshold']}.",

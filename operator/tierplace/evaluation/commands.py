@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="stay within this accuracy (fraction, 0.005 = half a point) of cloud only",
     )
     goal.add_argument("--latency-budget", help="mean latency budget, e.g. 60ms")
+    c.add_argument(
+        "--confidence",
+        type=float,
+        default=0.8,
+        help="one-sided confidence that the accuracy gap holds beyond the validation split "
+        "(paired bound against cloud only; 0.5 = trust the point estimate)",
+    )
     c.add_argument("--out-dir", type=Path, default=Path("bench-results/calibration"))
     c.add_argument("--limit", type=int, default=None, help="first N validation rows only")
     c.add_argument("--keep-ratios", default="1,0.8", help="keep ratios to consider")
@@ -39,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--limit", type=int, default=None, help="first N test rows only")
     b.add_argument("--quick", action="store_true", help="a few rows and a tiny grid (tests)")
     b.add_argument("--target-accuracy-gap", type=float, default=0.005)
+    b.add_argument("--confidence", type=float, default=0.8, help="as for calibrate")
     b.add_argument("--keep-ratios", default="1,0.8")
     b.add_argument("--load-clients", type=int, default=8)
     b.add_argument("--load-requests", type=int, default=300)
@@ -74,7 +82,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     keeps = _keeps(args.keep_ratios)
     target = (
-        cal.Target(accuracy_gap=args.target_accuracy_gap)
+        cal.Target(accuracy_gap=args.target_accuracy_gap, confidence=args.confidence)
         if args.target_accuracy_gap is not None
         else cal.Target(latency_budget_s=parse_duration(args.latency_budget))
     )
@@ -106,7 +114,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         f"device {s.device_threshold} edge {s.edge_threshold} cloud exit "
         f"{s.cloud_exit_threshold} keep {s.keep_ratio} fusion {list(s.fusion)}\n"
         f"simulated (latency modelled from in-process timings, no live fit): accuracy "
-        f"{result.accuracy:.4f}, mean latency "
+        f"{result.accuracy:.4f} (gap to cloud at most {result.gap_bound * 100:.2f} points at "
+        f"{target.confidence:.0%} confidence), mean latency "
         f"{result.mean_latency_s * 1000:.1f} ms; target {'met' if result.met else 'NOT met'}\n"
         f"wrote {out}/calibration.json, inference-cascade.yaml, router.yaml"
     )
@@ -122,6 +131,7 @@ def _bench(args: argparse.Namespace) -> int:
         limit=args.limit,
         quick=args.quick,
         accuracy_gap=args.target_accuracy_gap,
+        confidence=args.confidence,
         keep_ratios=_keeps(args.keep_ratios),
         load_clients=args.load_clients,
         load_requests=args.load_requests,
