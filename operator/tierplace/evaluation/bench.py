@@ -48,6 +48,7 @@ from tierplace.evaluation.systems import (
     single,
 )
 from tierplace.evaluation.tables import DEFAULT_KEEP_RATIOS, TableSet, build_tables, read_split
+from tierplace.local.processes import cancel_on_signals
 from tierplace.local.stack import Stack
 
 log = logging.getLogger(__name__)
@@ -188,10 +189,17 @@ def sweeps(
 
 
 def run(opts: BenchOptions) -> dict[str, Any]:
-    return asyncio.run(_bench(opts))
+    """The whole benchmark; Ctrl-C or SIGTERM stops every server it started (exit 130)."""
+    try:
+        return asyncio.run(_bench(opts))
+    except asyncio.CancelledError:
+        raise SystemExit(130) from None
 
 
 async def _bench(opts: BenchOptions) -> dict[str, Any]:
+    task = asyncio.current_task()
+    assert task is not None
+    cancel_on_signals(task)
     started = time.time()
     quick = opts.quick
     limit = opts.limit if opts.limit is not None else (24 if quick else None)
@@ -211,8 +219,8 @@ async def _bench(opts: BenchOptions) -> dict[str, Any]:
     home = paths.home()
     result: dict[str, Any] = {"settings": _settings(net, opts, len(test_texts))}
     bench = LiveBench(Stack(stack_spec(net, opts.out_dir / "run"), home))
-    await bench.start()
     try:
+        await bench.start()
         # 2. the probe: validation sentences through each single tier, live vs modelled.
         singles = [single(t, net, costs0) for t in TIERS]
         await bench.configure(singles)
@@ -298,8 +306,8 @@ async def _bench(opts: BenchOptions) -> dict[str, Any]:
         next(s for s in systems if s.name == "no-latency-feedback"),
     ]
     slow_bench = LiveBench(Stack(stack_spec(SLOW_UPLINK, opts.out_dir / "run-slow"), home))
-    await slow_bench.start()
     try:
+        await slow_bench.start()
         await slow_bench.configure(slow_systems)
         # Let the latency feed see the slow link before measuring.
         await slow_bench.run("tierplace", val_texts[: (4 if quick else 40)])

@@ -6,6 +6,7 @@ what keeps a stop (or a crash test's kill) from leaving stubs behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def spawn(
@@ -54,3 +56,11 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return int(proc.returncode)
+
+
+def cancel_on_signals(task: asyncio.Task[Any]) -> None:
+    """Ctrl-C or SIGTERM cancels ``task``, so its ``finally`` blocks stop what it started
+    (a KeyboardInterrupt raised at an arbitrary point of the loop may skip them)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)

@@ -108,8 +108,11 @@ class PrometheusServer:
     def wait_ready(self, timeout: float = 30.0) -> PrometheusServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with code {self.process.returncode}")
+            proc = self.process
+            if proc is None:  # stopped meanwhile (an interrupted start)
+                raise RuntimeError(f"prometheus on {self.url} stopped before it was ready")
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with code {proc.returncode}")
             if self.ready():
                 return self
             time.sleep(0.1)

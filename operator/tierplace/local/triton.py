@@ -151,9 +151,12 @@ class TritonServer:
     def wait_ready(self, timeout: float = 120.0) -> TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
+            proc = self.process
+            if proc is None:  # stopped meanwhile (an interrupted start)
+                raise RuntimeError(f"tritonserver on {self.http_url} stopped before it was ready")
+            if proc.poll() is not None:
                 raise RuntimeError(
-                    f"tritonserver exited with code {self.process.returncode} before it was ready"
+                    f"tritonserver exited with code {proc.returncode} before it was ready"
                     + (f"; see {self.log_file}" if self.log_file else "")
                 )
             if self.ready():
