@@ -26,6 +26,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument("--max-length", type=int, default=None)
     train.add_argument("--schedule", choices=["two-stage", "joint"], default=None)
     train.add_argument("--limit", type=int, default=None, help="train on the first N rows only")
+    train.add_argument(
+        "--teacher",
+        choices=list(VARIANTS),
+        default=None,
+        help="distil from this trained variant (must be in the same models directory)",
+    )
+    train.add_argument("--distill-weight", type=float, default=None, help="0 turns it off")
     train.add_argument("--force", action="store_true", help="retrain even if weights exist")
     train.set_defaults(func=_train)
 
@@ -69,6 +76,8 @@ def _train(args: argparse.Namespace) -> int:
             "max_length": args.max_length,
             "schedule": args.schedule,
             "limit": args.limit,
+            "teacher": args.teacher,
+            "distill_weight": args.distill_weight,
         }
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         meta = train_variant(name, target, cfg, encoder=args.encoder)

@@ -4,6 +4,12 @@ The default schedule is DeeBERT's two stages: fine-tune the backbone with the fi
 freeze it and train the earlier exits on cached pooled features (cheap: one forward pass over
 the data instead of one per exit and epoch). ``joint`` trains every exit with the backbone at
 once, which lifts early exits at a small cost to the final one.
+
+With a ``teacher`` (a variant trained first, in practice the cloud's), every exit also learns
+the teacher's softened probabilities (Hinton-style distillation). In a cascade what matters is
+not only a lower tier's accuracy but that it is sure where the upper tier would agree with it:
+distillation moves the lower tiers' confidence toward the cloud's judgement, so the requests
+they keep are the ones the cloud would have answered the same way.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ class TrainConfig:
     frozen_layers: int = 0  # lowest layers kept at their pretrained weights
     limit: int | None = None  # first N training rows only (smoke runs, tests)
     head_rows: int | None = None  # exit heads learn from the first N rows' features only
+    teacher: str | None = None  # a trained variant whose final exit every exit learns from
+    distill_weight: float = 0.5  # share of the loss that follows the teacher
+    distill_temperature: float = 2.0
 
 
 #: Per-variant defaults, chosen to fit 2 CPU cores: the cloud variant gets fewer epochs.
@@ -63,6 +72,11 @@ DEFAULTS: dict[str, TrainConfig] = {
 class Encoded:
     ids: list[list[int]]
     labels: list[int]
+    teacher_logits: torch.Tensor | None = None  # [N, C], row-aligned with ids
+
+    def head(self, rows: int) -> Encoded:
+        t = self.teacher_logits
+        return Encoded(self.ids[:rows], self.labels[:rows], None if t is None else t[:rows])
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], max_length: int) -> Encoded:
@@ -70,10 +84,12 @@ def encode(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], max_leng
     return Encoded(list(out["input_ids"]), [r.label for r in rows])
 
 
-def batches(
-    data: Encoded, size: int, pad_id: int, rng: random.Random | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Length-bucketed batches: on a CPU, padding is most of the wasted work."""
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def batches(data: Encoded, size: int, pad_id: int, rng: random.Random | None) -> Iterator[Batch]:
+    """Length-bucketed batches of (ids, mask, labels, row indices): on a CPU, padding is most
+    of the wasted work."""
     order = list(range(len(data.ids)))
     if rng is not None:
         rng.shuffle(order)
@@ -92,7 +108,53 @@ def batches(
             seq = data.ids[i]
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        yield ids, mask, torch.tensor([data.labels[i] for i in group])
+        yield ids, mask, torch.tensor([data.labels[i] for i in group]), torch.tensor(group)
+
+
+class Loss:
+    """Cross-entropy on the labels, mixed with distillation when the data has a teacher."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.weight = cfg.distill_weight
+        self.t = cfg.distill_temperature
+        self.ce = nn.CrossEntropyLoss()
+
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None
+    ) -> torch.Tensor:
+        hard: torch.Tensor = self.ce(logits, labels)
+        if teacher is None or self.weight <= 0:
+            return hard
+        soft: torch.Tensor = nn.functional.kl_div(
+            nn.functional.log_softmax(logits / self.t, dim=-1),
+            nn.functional.log_softmax(teacher / self.t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return (1 - self.weight) * hard + self.weight * self.t * self.t * soft
+
+
+def _teacher(data: Encoded, rows: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    return None if data.teacher_logits is None else data.teacher_logits[rows].to(device)
+
+
+_TEACHER_MEMO: dict[tuple[str, int], torch.Tensor] = {}
+
+
+@torch.inference_mode()
+def teacher_logits(directory: Path, rows: Sequence[Example], batch_size: int = 64) -> torch.Tensor:
+    """The trained variant in ``directory``: its final exit's logits for ``rows``, computed
+    with its own tokenizer (teacher and student need not share a vocabulary)."""
+    loaded = artifacts.load(directory)
+    data = encode(loaded.tokenizer, rows, loaded.meta.max_length)
+    pad = int(loaded.tokenizer.pad_token_id or 0)
+    out = torch.zeros((len(rows), loaded.model.num_labels))
+    bar = tqdm(total=_n_batches(data, batch_size), desc="teacher", unit="batch", disable=None)
+    for ids, mask, _, idx in batches(data, batch_size, pad, None):
+        out[idx] = loaded.model(ids, mask)[-1].float()
+        bar.update()
+    bar.close()
+    return out
 
 
 def pick_device() -> torch.device:
@@ -137,20 +199,23 @@ def finetune(
     )
     # Joint: later exits weigh more (their layers serve every earlier exit's gradient too).
     weights = [float(i + 1) for i in range(model.num_layers)]
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = Loss(cfg)
     model.train()
     bar = tqdm(total=total, desc="fine-tune", unit="batch", disable=not progress)
     for epoch in range(cfg.epochs):
-        for ids, mask, labels in batches(data, cfg.batch_size, pad_id, rng):
+        for ids, mask, labels, rows in batches(data, cfg.batch_size, pad_id, rng):
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            teacher = _teacher(data, rows, device)
             logits = model(ids, mask, cfg.frozen_layers)
             if cfg.schedule == "joint":
-                loss = sum(w * loss_fn(lg, labels) for w, lg in zip(weights, logits, strict=True))
-                loss = loss / sum(weights)
+                terms = [
+                    w * loss_fn(lg, labels, teacher) for w, lg in zip(weights, logits, strict=True)
+                ]
+                loss = torch.stack(terms).sum() / sum(weights)
             else:
-                loss = loss_fn(logits[final], labels)
+                loss = loss_fn(logits[final], labels, teacher)
             optim.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
             sched.step()
@@ -160,9 +225,7 @@ def finetune(
     model.eval()
 
 
-def _eval_batches(
-    data: Encoded, cfg: TrainConfig, pad_id: int, desc: str
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _eval_batches(data: Encoded, cfg: TrainConfig, pad_id: int, desc: str) -> Iterator[Batch]:
     """Unshuffled, doubled batches (no gradients to hold), with a bar on a terminal."""
     size = cfg.batch_size * 2
     yield from tqdm(
@@ -177,14 +240,19 @@ def _eval_batches(
 @torch.inference_mode()
 def pooled(
     model: EarlyExitClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, device: torch.device
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """Every layer's pooled features, the labels and the teacher's logits, row-aligned."""
     feats: list[list[torch.Tensor]] = [[] for _ in range(model.num_layers)]
     labels: list[torch.Tensor] = []
-    for ids, mask, y in _eval_batches(data, cfg, pad_id, "features"):
+    order: list[torch.Tensor] = []
+    for ids, mask, y, rows in _eval_batches(data, cfg, pad_id, "features"):
         for layer, f in enumerate(model.pooled_features(ids.to(device), mask.to(device))):
             feats[layer].append(f.float().cpu())
         labels.append(y)
-    return [torch.cat(f) for f in feats], torch.cat(labels)
+        order.append(rows)
+    t = data.teacher_logits
+    teacher = None if t is None else t[torch.cat(order)]
+    return [torch.cat(f) for f in feats], torch.cat(labels), teacher
 
 
 def train_exit_heads(
@@ -193,10 +261,11 @@ def train_exit_heads(
     labels: torch.Tensor,
     cfg: TrainConfig,
     progress: bool,
+    teacher: torch.Tensor | None = None,
 ) -> None:
     """Stage 2: the earlier exits, on features of the frozen fine-tuned backbone."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = Loss(cfg)
     todo = range(model.num_layers - 1)
     for layer in tqdm(todo, desc="exit heads", unit="exit", disable=not progress):
         head = model.exits[layer]
@@ -209,9 +278,9 @@ def train_exit_heads(
             perm = torch.randperm(len(x), generator=gen)
             for start in range(0, len(x), 256):
                 idx = perm[start : start + 256]
-                loss = loss_fn(net(x[idx]), labels[idx])
+                loss = loss_fn(net(x[idx]), labels[idx], None if teacher is None else teacher[idx])
                 optim.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optim.step()
         net.eval()
 
@@ -221,7 +290,7 @@ def exit_accuracy(
     model: EarlyExitClassifier, data: Encoded, cfg: TrainConfig, pad_id: int, device: torch.device
 ) -> list[float]:
     correct = [0] * model.num_layers
-    for ids, mask, labels in _eval_batches(data, cfg, pad_id, "validate"):
+    for ids, mask, labels, _ in _eval_batches(data, cfg, pad_id, "validate"):
         for layer, logits in enumerate(model(ids.to(device), mask.to(device))):
             correct[layer] += int((logits.argmax(-1).cpu() == labels).sum())
     return [round(c / len(data.labels), 4) for c in correct]
@@ -257,14 +326,20 @@ def train_variant(
     log.info(
         "%s: %d train / %d validation rows on %s", variant, len(train.ids), len(val.ids), device
     )
+    if cfg.teacher:
+        teacher_dir = out_dir.parent / cfg.teacher
+        log.info("%s: distilling from %s (%s)", variant, cfg.teacher, teacher_dir)
+        key = (str(teacher_dir.resolve()), len(train_rows))
+        if key not in _TEACHER_MEMO:  # `train --variant all` distils two students from one
+            _TEACHER_MEMO[key] = teacher_logits(teacher_dir, train_rows)
+        train.teacher_logits = _TEACHER_MEMO[key]
 
     started = time.perf_counter()
     finetune(model, train, cfg, pad_id, device, progress)
     if cfg.schedule == "two-stage" and model.num_layers > 1:
-        rows = cfg.head_rows or len(train.ids)
-        subset = Encoded(train.ids[:rows], train.labels[:rows])
-        feats, labels = pooled(model, subset, cfg, pad_id, device)
-        train_exit_heads(model, feats, labels, cfg, progress)
+        subset = train.head(cfg.head_rows or len(train.ids))
+        feats, labels, teacher = pooled(model, subset, cfg, pad_id, device)
+        train_exit_heads(model, feats, labels, cfg, progress, teacher)
         model.exits.to(device)
     seconds = time.perf_counter() - started
     accuracy = exit_accuracy(model, val, cfg, pad_id, device)

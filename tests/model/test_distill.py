@@ -1,0 +1,76 @@
+"""Distillation: lower tiers learning the cloud's judgement, across vocabularies."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tierplace.model import artifacts
+from tierplace.model.data import load_reviews
+from tierplace.model.train import DEFAULTS, Loss, TrainConfig, teacher_logits, train_variant
+
+
+def test_without_a_teacher_or_weight_the_loss_is_plain_cross_entropy() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1]])
+    labels = torch.tensor([0, 1])
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(Loss(TrainConfig())(logits, labels, None), ce)
+    off = Loss(TrainConfig(distill_weight=0.0))
+    assert torch.allclose(off(logits, labels, torch.tensor([[-5.0, 5.0]] * 2)), ce)
+
+
+def test_the_distillation_term_vanishes_when_the_student_matches_the_teacher() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1]])
+    labels = torch.tensor([0, 1])
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    same = Loss(TrainConfig(distill_weight=0.25))(logits, labels, logits.clone())
+    assert torch.allclose(same, 0.75 * ce)
+
+
+def test_a_step_on_the_distillation_loss_moves_the_student_toward_the_teacher() -> None:
+    student = torch.tensor([[1.0, -1.0]], requires_grad=True)
+    teacher = torch.tensor([[-2.0, 2.0]])
+    loss = Loss(TrainConfig(distill_weight=1.0))(student, torch.tensor([0]), teacher)
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert student.grad is not None
+    moved = student.detach() - 0.5 * student.grad
+    before = torch.softmax(student.detach(), -1)[0, 1]
+    assert torch.softmax(moved, -1)[0, 1] > before
+
+
+@pytest.mark.slow
+def test_a_student_trained_only_on_the_teacher_follows_the_teacher(
+    tiny_model_home: Path, tmp_path: Path
+) -> None:
+    """A BERT-vocabulary edge learns from the MPNet-vocabulary cloud, never seeing a label:
+    it agrees with the cloud more often than any constant answer would."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "mpnet-base").symlink_to(tiny_model_home / "models" / "mpnet-base")
+    encoder = tiny_model_home / "tiny-encoders" / "minilm-l6"
+    cfg = replace(
+        DEFAULTS["minilm-l6"],
+        epochs=2,
+        lr=2e-3,
+        head_epochs=3,
+        limit=4000,
+        max_length=48,
+        teacher="mpnet-base",
+        distill_weight=1.0,
+        distill_temperature=1.0,
+    )
+    meta = train_variant("minilm-l6", models / "minilm-l6", cfg, str(encoder), progress=False)
+    assert meta.training["teacher"] == "mpnet-base"
+
+    rows = load_reviews("validation")[:400]
+    truth = np.asarray([r.label for r in rows])
+    taught = teacher_logits(models / "mpnet-base", rows).argmax(-1).numpy()
+    student = teacher_logits(models / "minilm-l6", rows).argmax(-1).numpy()
+    constant = max(taught.mean(), 1 - taught.mean())
+    agreement = (student == taught).mean()
+    assert agreement > constant + 0.01, (agreement, constant, (student == truth).mean())
+    assert artifacts.load(models / "minilm-l6").meta.training["distill_weight"] == 1.0
