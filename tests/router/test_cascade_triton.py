@@ -24,6 +24,8 @@ from tierplace.local.links import Link, LinkSpec
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
 from tierplace.local.triton import TritonServer
 from tierplace.router.app import Router
+from tierplace.router.config import TierConfig
+from tierplace.router.tiers import TierClient, TierInput
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -112,6 +114,31 @@ async def test_fusion_is_the_weighted_average_of_the_tiers_answers(
         body = await _classify(client)
     probs = {o["name"]: o for o in body["outputs"]}["PROBS"]["data"]
     assert probs == pytest.approx(list((device + 3 * edge) / 4), abs=1e-5)
+
+
+async def test_the_tier_client_reads_exactly_what_triton_answers(lower: TritonServer) -> None:
+    """JSON outputs by name (the router's request) carry the same values as Triton's binary
+    tensors (tritonclient's default): float32 probabilities and importance bit for bit."""
+    want = _direct(lower, "minilm-l2", TEXT)
+    cfg = TierConfig.model_validate(
+        {"name": "device", "endpoint": lower.http_url, "model": "minilm-l2"}
+    )
+    client = TierClient(cfg)
+    try:
+        got = await client.infer(TierInput(text=TEXT), want_importance=True, timeout_s=5.0)
+        ids = await client.infer(
+            TierInput(input_ids=got.token_ids), want_importance=False, timeout_s=5.0
+        )
+    finally:
+        await client.close()
+    n = int(want["NUM_TOKENS"].reshape(-1)[0])
+    assert got.probs == tuple(float(p) for p in want["PROBS"])
+    assert got.num_tokens == n
+    assert got.tokens == tuple(t.decode() for t in want["TOKENS"][:n])
+    assert got.importance == tuple(float(x) for x in want["IMPORTANCE"][:n])
+    # The same ids sent back as INT64 input give the same answer as the text did.
+    assert ids.probs == got.probs
+    assert ids.num_tokens == n
 
 
 async def test_pruning_sends_fewer_tokens_up(lower: TritonServer, cloud: TritonServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,48 +16,89 @@ from tests.router.routerkit import cascade_config, metric_value, running_router,
 from tierplace.router.app import LOOP_ENV, Router, event_loop_runner
 from tierplace.router.metrics import RouterMetrics
 
+ANSWER: dict[str, tuple[str, list[int], list[Any]]] = {
+    "PROBS": ("FP32", [1, 2], [0.125, 0.875]),
+    "NUM_TOKENS": ("INT32", [1], [5]),
+    "EXIT_LAYER": ("INT32", [1], [2]),
+    "CONFIDENCE": ("FP32", [1], [0.875]),
+    "TRUNCATED": ("BOOL", [1], [False]),
+}
 
-@pytest.fixture
-async def fake_triton() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A v2 infer endpoint that answers confidently in JSON and records each request."""
-    seen: list[dict[str, Any]] = []
 
-    async def infer(request: web.Request) -> web.Response:
+class FakeTriton:
+    """A v2 infer endpoint that records each request and answers as told: JSON outputs
+    (what the router asks for), binary outputs, an error, or after ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.mode = "json"
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def infer(self, request: web.Request) -> web.Response:
         body = await request.read()
         json_size = int(request.headers["Inference-Header-Content-Length"])
-        seen.append(
+        header = json.loads(body[:json_size])
+        self.seen.append(
             {
                 "accept_encoding": request.headers.get("Accept-Encoding"),
-                "parameters": json.loads(body[:json_size])["parameters"],
+                "parameters": header["parameters"],
+                "inputs": header["inputs"],
+                "outputs": [o["name"] for o in header.get("outputs", [])],
+                "binary": body[json_size:],
             }
         )
-
-        def out(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:
-            return {"name": name, "datatype": datatype, "shape": shape, "data": data}
-
+        self.arrived.set()
+        await self.release.wait()
+        if self.mode == "error":
+            return web.json_response({"error": "model is unloading"}, status=400)
+        model = request.match_info["model"]
+        if self.mode == "binary":  # the v2 binary extension, as Triton answers by default
+            packed = {"FP32": "<f", "INT32": "<i", "BOOL": "<?"}
+            outputs, blobs = [], []
+            for name, (datatype, shape, data) in ANSWER.items():
+                blob = b"".join(struct.pack(packed[datatype], x) for x in data)
+                outputs.append(
+                    {
+                        "name": name,
+                        "datatype": datatype,
+                        "shape": shape,
+                        "parameters": {"binary_data_size": len(blob)},
+                    }
+                )
+                blobs.append(blob)
+            head = json.dumps({"model_name": model, "outputs": outputs}).encode()
+            return web.Response(
+                body=head + b"".join(blobs),
+                headers={"Inference-Header-Content-Length": str(len(head))},
+                content_type="application/octet-stream",
+            )
         return web.json_response(
             {
-                "model_name": request.match_info["model"],
+                "model_name": model,
                 "outputs": [
-                    out("PROBS", "FP32", [1, 2], [0.125, 0.875]),
-                    out("NUM_TOKENS", "INT32", [1], [5]),
-                    out("EXIT_LAYER", "INT32", [1], [2]),
-                    out("CONFIDENCE", "FP32", [1], [0.875]),
-                    out("TRUNCATED", "BOOL", [1], [False]),
+                    {"name": n, "datatype": d, "shape": shape, "data": data}
+                    for n, (d, shape, data) in ANSWER.items()
                 ],
             }
         )
 
+
+@pytest.fixture
+async def fake_triton() -> AsyncIterator[tuple[str, FakeTriton]]:
+    fake = FakeTriton()
     app = web.Application()
-    app.router.add_post("/v2/models/{model}/infer", infer)
+    app.router.add_post("/v2/models/{model}/infer", fake.infer)
     async with TestServer(app, host="127.0.0.1") as server:
-        yield f"127.0.0.1:{server.port}", seen
+        yield f"127.0.0.1:{server.port}", fake
 
 
 async def test_one_text_is_answered_with_json_and_triton_is_asked_for_plain_responses(
-    fake_triton: tuple[str, list[dict[str, Any]]],
+    fake_triton: tuple[str, FakeTriton],
 ) -> None:
-    endpoint, seen = fake_triton
+    endpoint, fake = fake_triton
+    seen = fake.seen
     router = Router(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
     async with running_router(router) as client:
         for _ in range(2):  # the second request reuses cached parameters and metric children
@@ -77,6 +119,18 @@ async def test_one_text_is_answered_with_json_and_triton_is_asked_for_plain_resp
     assert [s["accept_encoding"] for s in seen] == ["identity", "identity"]
     assert seen[0]["parameters"]["return_importance"] is False
     assert seen[0]["parameters"]["exit_metric"] == seen[1]["parameters"]["exit_metric"]
+    # The text travels as one binary BYTES element (length-prefixed), and only the outputs the
+    # cascade reads come back (in JSON).
+    assert seen[0]["inputs"] == [
+        {
+            "name": "TEXT",
+            "shape": [1, 1],
+            "datatype": "BYTES",
+            "parameters": {"binary_data_size": 8},
+        }
+    ]
+    assert seen[0]["binary"] == struct.pack("<I", 4) + b"fine"
+    assert seen[0]["outputs"] == list(ANSWER)
     answered = metric_value(
         exposition,
         "tierplace_router_answers_total",
@@ -86,6 +140,50 @@ async def test_one_text_is_answered_with_json_and_triton_is_asked_for_plain_resp
     )
     assert answered == 2.0
     assert metric_value(exposition, "tierplace_router_in_flight", cascade="sentiment") == 0.0
+
+
+async def test_binary_outputs_and_tier_errors_are_understood(
+    fake_triton: tuple[str, FakeTriton],
+) -> None:
+    endpoint, fake = fake_triton
+    router = Router(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
+    async with running_router(router) as client:
+        fake.mode = "binary"
+        resp = await client.post("/v2/models/sentiment/infer", json=text_request("fine"))
+        assert resp.status == 200
+        doc = await resp.json()
+        assert doc["outputs"][1]["data"] == [0.125, 0.875]
+        assert doc["parameters"]["exit_layer"] == 2
+
+        fake.mode = "error"
+        resp = await client.post("/v2/models/sentiment/infer", json=text_request("fine"))
+        assert resp.status == 503
+        assert (await resp.json())["error"] == (
+            "no tier could answer: tier device failed: model is unloading"
+        )
+
+
+async def test_in_flight_gauge_counts_requests_while_they_wait(
+    fake_triton: tuple[str, FakeTriton],
+) -> None:
+    endpoint, fake = fake_triton
+    router = Router(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
+    async with running_router(router) as client:
+
+        async def in_flight() -> float | None:
+            text = (await (await client.get("/metrics")).read()).decode()
+            return metric_value(text, "tierplace_router_in_flight", cascade="sentiment")
+
+        assert await in_flight() == 0.0
+        fake.release.clear()
+        pending = asyncio.create_task(
+            client.post("/v2/models/sentiment/infer", json=text_request("fine"))
+        )
+        await asyncio.wait_for(fake.arrived.wait(), 5)
+        assert await in_flight() == 1.0
+        fake.release.set()
+        assert (await pending).status == 200
+        assert await in_flight() == 0.0
 
 
 def test_cached_metric_children_are_the_exported_series() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -24,24 +25,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tierplace import __version__
+from tierplace.router import codec
 from tierplace.router.cascade import Answer, CascadeRuntime, NoAnswer
 from tierplace.router.config import ConfigError, ConfigWatcher, RouterConfig
 from tierplace.router.latency import LatencyFeed
 from tierplace.router.metrics import RouterMetrics
 from tierplace.router.policy import expected_latency
-
-
-def _std_dumps(doc: Any) -> bytes:
-    return json.dumps(doc).encode()
-
-
-_dumps: Callable[[Any], bytes] = _std_dumps
-try:  # orjson encodes the response body many times faster than json.dumps
-    import orjson
-
-    _dumps = orjson.dumps
-except ImportError:  # pragma: no cover - orjson is a dependency; stay correct without it
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +60,7 @@ class InferRequest:
 
 def _json(doc: dict[str, Any]) -> web.Response:
     """``web.json_response`` with orjson when present (same document, same Content-Type)."""
-    return web.Response(body=_dumps(doc), content_type="application/json", charset="utf-8")
+    return web.Response(body=codec.dumps(doc), content_type="application/json", charset="utf-8")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -83,7 +72,7 @@ def parse_infer(
 ) -> InferRequest:
     """Validate a v2 JSON inference request with one BYTES input named TEXT."""
     try:
-        doc = json.loads(body)
+        doc = codec.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(400, "BadJson", f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -235,6 +224,11 @@ class Router:
         await asyncio.gather(*(rt.close() for rt in self.runtimes.values()))
 
     def _build(self, config: RouterConfig) -> dict[str, CascadeRuntime]:
+        for c in config.cascades:
+            # Read when scraped, not set twice per request.
+            self.in_flight.setdefault(c.name, 0)
+            gauge = self.metrics.child(self.metrics.in_flight, c.name)
+            gauge.set_function(functools.partial(self.in_flight.__getitem__, c.name))
         return {
             c.name: CascadeRuntime(c, self.metrics, config.call_timeout) for c in config.cascades
         }
@@ -419,17 +413,15 @@ class Router:
         return None
 
     def _enter(self, rt: CascadeRuntime, n: int) -> None:
-        """Count ``n`` admitted texts in flight; pair with ``_leave`` in a ``finally``."""
+        """Count ``n`` admitted texts in flight; pair with ``_leave`` in a ``finally``.
+        The ``in_flight`` gauge reads these counts when scraped."""
         name = rt.cfg.name
         self.in_flight[name] = self.in_flight.get(name, 0) + n
         rt.enter(n)
-        self.metrics.child(self.metrics.in_flight, name).set(self.in_flight[name])
 
     def _leave(self, rt: CascadeRuntime, n: int) -> None:
-        name = rt.cfg.name
-        self.in_flight[name] -= n
+        self.in_flight[rt.cfg.name] -= n
         rt.leave(n)
-        self.metrics.child(self.metrics.in_flight, name).set(self.in_flight[name])
 
 
 ROUTER_KEY = web.AppKey("router", Router)
@@ -462,12 +454,13 @@ def build_app(router: Router) -> web.Application:
         await router.stop()
 
     app.cleanup_ctx.append(lifecycle)
+    # First: aiohttp tries the routes under /v2/models in the order they were added.
+    app.router.add_post("/v2/models/{cascade}/infer", router.infer)
     app.router.add_get("/v2", router.server_metadata)
     app.router.add_get("/v2/health/live", router.live)
     app.router.add_get("/v2/health/ready", router.ready)
     app.router.add_get("/v2/models/{cascade}", router.model_metadata)
     app.router.add_get("/v2/models/{cascade}/ready", router.model_ready)
-    app.router.add_post("/v2/models/{cascade}/infer", router.infer)
     app.router.add_get("/metrics", router.metrics_endpoint)
     return app
 

@@ -1,9 +1,14 @@
 """The router's overhead benchmark: what one hop through the router adds to a Triton call.
 
 Open-loop load (requests leave on a fixed schedule, latency counted from the scheduled time so
-a stalled server cannot hide its queue) against one tritonserver, first directly, then through
-the router serving a one-tier cascade, alternating so drift hits both. Then a rate ladder for
-the highest sustainable rate and a soak for the router's memory. Prints numbers, writes JSON.
+a stalled server cannot hide its queue) against one tritonserver, directly and through the
+router serving a one-tier cascade. The two see the same conditions: one client session, the
+same Triton request (the body the router itself sends, built by its tier client), short phases
+alternating direct/router then router/direct so drift hits both alike, each phase's first
+half-second (new connections) left out. Every phase records the CPU the router, Triton and
+everything else on the machine used, so a noisy machine shows in the numbers. Then a rate
+ladder for the highest sustainable rate and a soak for the router's memory. Prints numbers,
+writes JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,8 @@ import aiohttp
 import yaml
 
 from tierplace.router.app import event_loop_runner
+from tierplace.router.config import TierConfig
+from tierplace.router.tiers import TierClient, TierInput
 
 TEXT = "an utterly charming little comedy that earns every laugh, even in its weaker moments."
 
@@ -44,6 +51,11 @@ class Phase:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    # CPU per request sent (ms): the router's process, Triton's (with its backend stubs);
+    # and the share of the machine's CPUs (%) used by anything else while the phase ran.
+    router_cpu_ms: float | None = None
+    triton_cpu_ms: float | None = None
+    other_cpu_pct: float | None = None
 
 
 def _pct(sorted_ms: list[float], q: float) -> float:
@@ -54,24 +66,33 @@ def _pct(sorted_ms: list[float], q: float) -> float:
 
 
 async def open_loop(
-    name: str, call: Callable[[], Awaitable[bool]], rate: float, seconds: float
+    name: str,
+    call: Callable[[], Awaitable[bool]],
+    rate: float,
+    seconds: float,
+    warmup_s: float = 0.0,
 ) -> Phase:
     """Fire ``call`` ``rate`` times a second for ``seconds``; latency from the schedule.
 
+    Requests scheduled in the first ``warmup_s`` are sent (they open connections, warm
+    caches) but not counted: ``sent``, ``ok`` and the percentiles cover the rest.
     Times come from ``time.perf_counter``, not ``loop.time()``: uvloop's clock ticks in
     whole milliseconds, too coarse for the sub-millisecond differences measured here.
     """
     clock = time.perf_counter
     n = max(1, int(rate * seconds))
+    skip = min(n - 1, int(rate * warmup_s))
     lat: list[float] = []
     errors = 0
 
-    async def one(at: float) -> None:
+    async def one(at: float, counted: bool) -> None:
         nonlocal errors
         try:
             ok = await call()
         except (aiohttp.ClientError, TimeoutError, OSError):
             ok = False
+        if not counted:
+            return
         if ok:
             lat.append((clock() - at) * 1000)
         else:
@@ -84,15 +105,16 @@ async def open_loop(
         delay = at - clock()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(at)))
+        tasks.append(asyncio.create_task(one(at, i >= skip)))
     await asyncio.gather(*tasks)
-    elapsed = clock() - start
+    counted_start = start + skip / rate
+    elapsed = clock() - counted_start
     lat.sort()
     return Phase(
         name,
         rate,
         seconds,
-        n,
+        n - skip,
         len(lat),
         errors,
         len(lat) / elapsed if elapsed > 0 else 0.0,
@@ -103,20 +125,79 @@ async def open_loop(
     )
 
 
-async def serial(call: Callable[[], Awaitable[bool]], n: int) -> list[float]:
-    """``n`` calls one after another (no queueing): the hop's own cost, sorted, in ms."""
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()
-        out.append((time.perf_counter() - start) * 1000)
-    return sorted(out)
-
-
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (Triton's Python backend stubs)."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += ticks.get(p, 0)
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all CPUs spent busy (not idle, not waiting on I/O) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class _CpuMark:
+    at: float
+    router: float
+    triton: float
+    me: float
+    busy: float
+
+
+class CpuMeter:
+    """CPU used by the router, Triton and everyone else between two marks."""
+
+    def __init__(self, router_pid: int, triton_pid: int | None) -> None:
+        self.router_pid = router_pid
+        self.triton_pid = triton_pid
+
+    def mark(self) -> _CpuMark:
+        return _CpuMark(
+            time.perf_counter(),
+            _cpu_s(self.router_pid),
+            _tree_cpu_s(self.triton_pid) if self.triton_pid is not None else 0.0,
+            time.process_time(),
+            _machine_busy_s(),
+        )
+
+    def annotate(self, phase: Phase, before: _CpuMark, after: _CpuMark, sent: int) -> Phase:
+        """``phase`` with CPU per request (over ``sent`` requests) and the others' share."""
+        per = 1000 / max(1, sent)
+        router = after.router - before.router
+        triton = after.triton - before.triton
+        me = after.me - before.me
+        others = max(0.0, (after.busy - before.busy) - router - triton - me)
+        wall = max(1e-9, after.at - before.at)
+        return replace(
+            phase,
+            router_cpu_ms=round(router * per, 4),
+            triton_cpu_ms=round(triton * per, 4) if self.triton_pid is not None else None,
+            other_cpu_pct=round(100 * others / (wall * (os.cpu_count() or 1)), 1),
+        )
 
 
 def _rss_mib(pid: int) -> float:
@@ -163,6 +244,7 @@ def run(
                         f"127.0.0.1:{router_port}",
                         model,
                         router.pid,
+                        triton.process.pid if triton.process is not None else None,
                         rate,
                         seconds,
                         ladder,
@@ -188,32 +270,53 @@ async def _measure(
     router_url: str,
     model: str,
     router_pid: int,
+    triton_pid: int | None,
     rate: float,
     seconds: float,
     ladder: list[float],
     soak_seconds: float,
     n_pairs: int = 2,
+    warmup_s: float = 0.5,
 ) -> dict[str, Any]:
-    direct_body = {
-        "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": [TEXT]}],
-        "parameters": {"exit_threshold": 1.01, "exit_metric": "confidence"},
+    # Direct calls send Triton exactly what the router's tier client sends it (binary input,
+    # the outputs the cascade reads, no gzip), so the two phases ask Triton for the same work.
+    tier = TierClient(
+        TierConfig.model_validate({"name": "device", "endpoint": triton_url, "model": model})
+    )
+    try:
+        direct_body, json_size = tier.request_body(
+            TierInput(text=TEXT), want_importance=False, timeout_us=5_000_000
+        )
+    finally:
+        await tier.close()
+    direct_headers = {
+        "Inference-Header-Content-Length": str(json_size),
+        "Content-Type": "application/octet-stream",
+        "Accept-Encoding": "identity",
     }
-    routed_body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
+    routed_body = json.dumps(
+        {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
+    ).encode()
+    routed_headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     timeout = aiohttp.ClientTimeout(total=10)
+    meter = CpuMeter(router_pid, triton_pid)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=512), timeout=timeout
     ) as http:
 
-        async def post(url: str, body: dict[str, Any]) -> bool:
-            async with http.post(url, json=body) as resp:
+        async def post(url: str, body: bytes, headers: dict[str, str]) -> bool:
+            async with http.post(url, data=body, headers=headers) as resp:
                 await resp.read()
                 return resp.status == 200
 
+        direct_url = f"http://{triton_url}/v2/models/{model}/infer"
+        routed_url = f"http://{router_url}/v2/models/bench/infer"
+
         async def direct() -> bool:
-            return await post(f"http://{triton_url}/v2/models/{model}/infer", direct_body)
+            return await post(direct_url, direct_body, direct_headers)
 
         async def routed() -> bool:
-            return await post(f"http://{router_url}/v2/models/bench/infer", routed_body)
+            return await post(routed_url, routed_body, routed_headers)
 
         for _ in range(300):  # router ready
             try:
@@ -227,9 +330,12 @@ async def _measure(
         await open_loop("warmup-router", routed, 50, 2)
 
         serial_ms: dict[str, list[float]] = {"direct": [], "router": []}
-        for _ in range(3):  # alternate blocks of one-at-a-time calls
-            serial_ms["direct"] += await serial(direct, 100)
-            serial_ms["router"] += await serial(routed, 100)
+        for i in range(300):  # one at a time, alternating call by call, who goes first too
+            order = (("direct", direct), ("router", routed))
+            for key, call in order if i % 2 == 0 else order[::-1]:
+                t0 = time.perf_counter()
+                await call()
+                serial_ms[key].append((time.perf_counter() - t0) * 1000)
         unloaded = {
             k: {"p50_ms": _pct(sorted(v), 0.5), "p99_ms": _pct(sorted(v), 0.99)}
             for k, v in serial_ms.items()
@@ -242,27 +348,52 @@ async def _measure(
             )
         )
 
+        async def measured(name: str, call: Callable[[], Awaitable[bool]]) -> Phase:
+            before = meter.mark()
+            phase = await open_loop(name, call, rate, seconds, warmup_s)
+            after = meter.mark()
+            # CPU over every request of the phase, warm-up included
+            return meter.annotate(phase, before, after, max(1, int(rate * seconds)))
+
         pairs = []
-        cpu_ms: list[float] = []
-        # Alternate so slow drift of the shared machine hits both; more, shorter pairs give
-        # a steadier median when other work comes and goes.
-        for _ in range(n_pairs):
-            d = await open_loop("direct", direct, rate, seconds)
-            cpu0 = _cpu_s(router_pid)
-            r = await open_loop("router", routed, rate, seconds)
-            cpu_ms.append((_cpu_s(router_pid) - cpu0) * 1000 / max(1, r.sent))
+        # Short phases, alternating direct/router then router/direct: slow drift of a shared
+        # machine hits both sides alike, and the median of the pairs' differences shrugs off
+        # a pair that other work disturbed.
+        for k in range(n_pairs):
+            if k % 2 == 0:
+                d = await measured("direct", direct)
+                r = await measured("router", routed)
+                print(_fmt(d))
+                print(_fmt(r))
+            else:
+                r = await measured("router", routed)
+                d = await measured("direct", direct)
+                print(_fmt(r))
+                print(_fmt(d))
             pairs.append((d, r))
-            print(_fmt(d))
-            print(_fmt(r))
-        overhead = {
+        cpu = [r.router_cpu_ms for _, r in pairs if r.router_cpu_ms is not None]
+        overhead: dict[str, Any] = {
             "p50_ms": statistics.median(r.p50_ms - d.p50_ms for d, r in pairs),
             "p99_ms": statistics.median(r.p99_ms - d.p99_ms for d, r in pairs),
-            "router_cpu_ms_per_request": statistics.median(cpu_ms),
+            "router_cpu_ms_per_request": statistics.median(cpu) if cpu else None,
+            "triton_cpu_ms_per_request": {
+                key: statistics.median(v)
+                for key, v in (
+                    ("direct", [d.triton_cpu_ms for d, _ in pairs if d.triton_cpu_ms is not None]),
+                    ("router", [r.triton_cpu_ms for _, r in pairs if r.triton_cpu_ms is not None]),
+                )
+                if v
+            },
+            "other_cpu_pct_max": max(
+                (p.other_cpu_pct for pair in pairs for p in pair if p.other_cpu_pct is not None),
+                default=None,
+            ),
         }
         print(
             f"added per hop at {rate:.0f} req/s: p50 {overhead['p50_ms']:+.2f} ms, "
             f"p99 {overhead['p99_ms']:+.2f} ms; router CPU "
-            f"{overhead['router_cpu_ms_per_request']:.2f} ms per request"
+            f"{overhead['router_cpu_ms_per_request']:.3f} ms per request; "
+            f"other work up to {overhead['other_cpu_pct_max']}% of the CPUs"
         )
 
         steps = []
@@ -297,6 +428,13 @@ async def _measure(
         f"{memory['end_mib']:.1f} MiB (max {memory['max_mib']:.1f})"
     )
     return {
+        "method": {
+            "pairs": n_pairs,
+            "seconds_per_phase": seconds,
+            "warmup_s_per_phase": warmup_s,
+            "order": "direct/router, then router/direct, alternating",
+            "direct_request": "the router's own tier request (binary input, named JSON outputs)",
+        },
         "machine": {
             "cpus": os.cpu_count(),
             "model": model,
@@ -321,8 +459,14 @@ async def _measure(
 
 
 def _fmt(p: Phase) -> str:
-    return (
+    line = (
         f"{p.target:<7} {p.rate:6.0f} req/s x {p.seconds:4.0f} s: ok {p.ok:6d} err {p.errors:4d}"
         f"  achieved {p.achieved_rps:6.1f}/s  p50 {p.p50_ms:7.2f}  p90 {p.p90_ms:7.2f}"
         f"  p99 {p.p99_ms:7.2f}  max {p.max_ms:7.2f} ms"
     )
+    if p.router_cpu_ms is not None:
+        line += f"  | CPU/req router {p.router_cpu_ms:.3f}"
+        if p.triton_cpu_ms is not None:
+            line += f" triton {p.triton_cpu_ms:.3f}"
+        line += f" ms, others {p.other_cpu_pct:.0f}%"
+    return line

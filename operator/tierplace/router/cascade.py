@@ -53,6 +53,12 @@ class CascadeRuntime:
             for t in cfg.tiers
         )
         self.max_timeout_s = max_timeout_s
+        # The per-tier series every answered request touches, bound once (no label lookups).
+        child = metrics.child
+        names = [t.name for t in cfg.tiers]
+        self._call_ok = [child(metrics.tier_call_seconds, cfg.name, t, "ok") for t in names]
+        self._exit_layer = [child(metrics.exit_layer, cfg.name, t) for t in names]
+        self._confidence = [child(metrics.confidence, cfg.name, t) for t in names]
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -97,11 +103,16 @@ class CascadeRuntime:
             want_importance = i + 1 < len(tiers) and tier.keep_ratio < 1.0
             # A tier found unreachable moments ago is skipped while another can answer:
             # degraded answers stay fast instead of each paying for a failing connect.
-            skip = clock() < self._down_until.get(i, 0.0) and (bool(seen) or i + 1 < len(tiers))
+            down_until = self._down_until.get(i)
+            skip = (
+                down_until is not None
+                and clock() < down_until
+                and (bool(seen) or i + 1 < len(tiers))
+            )
             try:
                 if skip:
                     raise TierError(tier.name, "unavailable", "skipped: unreachable moments ago")
-                result = await self._call(client, payload, want_importance, timeout, clock)
+                result = await self._call(i, client, payload, want_importance, timeout, clock)
                 self._down_until.pop(i, None)
             except TierError as exc:
                 if not skip and exc.kind == "unavailable" and self.cfg.down_cooldown > 0:
@@ -125,8 +136,8 @@ class CascadeRuntime:
                     continue
                 break
             seen.append((i, result))
-            self.metrics.child(self.metrics.exit_layer, name, tier.name).observe(result.exit_layer)
-            self.metrics.child(self.metrics.confidence, name, tier.name).observe(result.confidence)
+            self._exit_layer[i].observe(result.exit_layer)
+            self._confidence[i].observe(result.confidence)
             decision = decide(self.policies, i, result.confidence, deadline - clock(), snapshot)
             if not decision.offload:
                 return self._answer(seen, decision.reason, degraded=False)
@@ -144,6 +155,7 @@ class CascadeRuntime:
 
     async def _call(
         self,
+        index: int,
         client: TierClient,
         payload: TierInput,
         want_importance: bool,
@@ -169,9 +181,7 @@ class CascadeRuntime:
                     raise
                 await asyncio.sleep(min(0.01 * (attempt + 1), max(timeout, 0)))
                 continue
-            self.metrics.child(self.metrics.tier_call_seconds, *labels, "ok").observe(
-                clock() - start
-            )
+            self._call_ok[index].observe(clock() - start)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 

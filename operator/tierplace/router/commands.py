@@ -20,9 +20,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench.add_argument("--tiny", action="store_true", help="build tiny variants if none exist")
     bench.add_argument("--model", default="minilm-l2")
     bench.add_argument("--rate", type=float, default=200.0, help="req/s for the overhead phases")
-    bench.add_argument("--seconds", type=float, default=15.0, help="per overhead phase")
+    bench.add_argument("--seconds", type=float, default=6.0, help="per overhead phase")
     bench.add_argument(
-        "--pairs", type=int, default=2, help="direct/router phase pairs (median taken)"
+        "--pairs",
+        type=int,
+        default=6,
+        help="direct/router phase pairs, in alternating order (median of their differences)",
     )
     bench.add_argument("--ladder", default="100,200,300,400,600", help="req/s steps")
     bench.add_argument("--soak", type=float, default=60.0, help="seconds of load for memory")

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_api_client import PrometheusConnect
 from urllib3 import Retry
@@ -21,6 +21,7 @@ from urllib3 import Retry
 from tierplace.router.config import CascadeConfig, PrometheusConfig, RouterConfig, TierConfig
 from tierplace.router.metrics import PREFIX, RouterMetrics
 from tierplace.router.policy import (
+    STATIC,
     MetricsSnapshot,
     TierLatency,
     effective_thresholds,
@@ -63,6 +64,7 @@ def tier_queries(cascade: str, tier: TierConfig, cfg: PrometheusConfig) -> dict[
 class _Reading:
     at: float
     tiers: dict[str, dict[str, TierLatency]]
+    snapshots: dict[str, MetricsSnapshot] = field(default_factory=dict)  # built on first use
 
 
 class LatencyFeed:
@@ -92,10 +94,15 @@ class LatencyFeed:
         self.publish()
 
     def snapshot(self, cascade: str) -> MetricsSnapshot:
+        """The live snapshot for ``cascade``, or the static one (stale): called per request,
+        so it allocates nothing but the first snapshot of each reading."""
         r = self._reading
         if r is None or self._clock() - r.at > self.config.prometheus.stale_after:
-            return MetricsSnapshot(stale=True)
-        return MetricsSnapshot(r.tiers.get(cascade, {}), stale=False)
+            return STATIC
+        snap = r.snapshots.get(cascade)
+        if snap is None:
+            snap = r.snapshots[cascade] = MetricsSnapshot(r.tiers.get(cascade, {}), stale=False)
+        return snap
 
     def publish(self) -> None:
         """Export the thresholds and expectations in force, and staleness, as gauges."""
@@ -137,8 +144,8 @@ class LatencyFeed:
         self, client: PrometheusConnect, cascade: CascadeConfig, tier: TierConfig, timeout: float
     ) -> TierLatency:
         values: dict[str, float | None] = {}
-        for field, query in tier_queries(cascade.name, tier, self.config.prometheus).items():
-            values[field] = _scalar(client.custom_query(query, timeout=timeout))
+        for name, query in tier_queries(cascade.name, tier, self.config.prometheus).items():
+            values[name] = _scalar(client.custom_query(query, timeout=timeout))
         return TierLatency(**values)
 
     async def run(self) -> None:
