@@ -28,9 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument("--limit", type=int, default=None, help="train on the first N rows only")
     train.add_argument(
         "--teacher",
-        choices=list(VARIANTS),
+        choices=[*VARIANTS, "none"],
         default=None,
-        help="distil from this trained variant (must be in the same models directory)",
+        help="distil the other variants from this one (default: the cloud variant, as in "
+        "the catalogue; 'none' turns distillation off)",
     )
     train.add_argument("--distill-weight", type=float, default=None, help="0 turns it off")
     train.add_argument("--force", action="store_true", help="retrain even if weights exist")
@@ -60,23 +61,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tierplace.model.train import DEFAULTS, train_variant
+    from tierplace.model.train import DEFAULTS, train_order_configs, train_variant, training_order
 
     out = args.out or paths.models_dir()
     names = list(VARIANTS) if args.variant == "all" else [args.variant]
-    for name in names:
+    configs = train_order_configs(DEFAULTS, args.teacher)
+    for name in training_order(names, configs):
         target = out / name
         if (target / "tierplace.json").exists() and not args.force:
             print(f"{name}: already trained in {target} (use --force to retrain)")
             continue
-        cfg = DEFAULTS[name]
+        cfg = configs[name]
         overrides = {
             "epochs": args.epochs,
             "lr": args.lr,
             "max_length": args.max_length,
             "schedule": args.schedule,
             "limit": args.limit,
-            "teacher": args.teacher,
             "distill_weight": args.distill_weight,
         }
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

@@ -24,7 +24,7 @@ from transformers import (
 
 from tierplace.api.variants import VARIANTS
 from tierplace.model.data import load_reviews
-from tierplace.model.train import DEFAULTS, train_variant
+from tierplace.model.train import DEFAULTS, train_variant, training_order
 
 _BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _MPNET_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", "<mask>"]
@@ -66,7 +66,8 @@ def build_encoder(directory: Path, family: str, layers: int, hidden: int, vocab:
 def make_tiny_home(home: Path, train_rows: int = 4000, progress: bool = False) -> Path:
     """Write tiny trained variants to ``home/models/<variant>``; returns ``home``."""
     vocab = _words(3000)
-    for name, (layers, hidden) in TINY_SHAPES.items():
+    for name in training_order(list(TINY_SHAPES), DEFAULTS):  # the cloud teaches the others
+        layers, hidden = TINY_SHAPES[name]
         encoder_dir = home / "tiny-encoders" / name
         build_encoder(encoder_dir, VARIANTS[name].tokenizer, layers, hidden, vocab)
         cfg = replace(

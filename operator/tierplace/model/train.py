@@ -59,13 +59,34 @@ class TrainConfig:
     distill_temperature: float = 2.0
 
 
-#: Per-variant defaults, chosen to fit 2 CPU cores: the cloud variant gets fewer epochs.
+#: Per-variant defaults, chosen to fit 2 CPU cores: the cloud variant gets fewer epochs; the
+#: lower tiers learn from it (see docs/models.md for what distillation bought).
 DEFAULTS: dict[str, TrainConfig] = {
-    "minilm-l2": TrainConfig(epochs=4, lr=8e-5),
-    "minilm-l6": TrainConfig(epochs=3, lr=5e-5),
+    "minilm-l2": TrainConfig(epochs=4, lr=8e-5, teacher="mpnet-base"),
+    "minilm-l6": TrainConfig(epochs=3, lr=5e-5, teacher="mpnet-base"),
     # 110 M parameters on 2 cores: one epoch over the top 4 layers, exit heads on 4k rows.
     "mpnet-base": TrainConfig(epochs=1, lr=5e-5, frozen_layers=8, head_rows=4000),
 }
+
+
+def training_order(names: Sequence[str], configs: dict[str, TrainConfig]) -> list[str]:
+    """``names`` with every teacher before its students (teachers not in ``names`` are
+    expected to be trained already)."""
+    done: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in done:
+            return
+        if name in path:
+            raise ValueError(f"teacher cycle: {' -> '.join((*path, name))}")
+        teacher = configs[name].teacher
+        if teacher is not None and teacher in names:
+            visit(teacher, (*path, name))
+        done.append(name)
+
+    for n in names:
+        visit(n, ())
+    return done
 
 
 @dataclass
@@ -366,3 +387,17 @@ def train_variant(
     artifacts.save(out_dir, model, tokenizer, meta)
     log.info("%s: validation accuracy per exit %s (%.0f s)", variant, accuracy, seconds)
     return meta
+
+
+def train_order_configs(
+    defaults: dict[str, TrainConfig], teacher: str | None
+) -> dict[str, TrainConfig]:
+    """The per-variant configs with ``teacher`` (a variant name, or "none") replacing the
+    catalogue's choice; a variant never learns from itself."""
+    if teacher is None:
+        return dict(defaults)
+    wanted = None if teacher == "none" else teacher
+    return {
+        name: replace(cfg, teacher=None if name == wanted else wanted)
+        for name, cfg in defaults.items()
+    }
