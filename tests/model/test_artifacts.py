@@ -72,6 +72,9 @@ def test_train_accepts_any_bert_checkpoint_directory(tmp_path: Path) -> None:
     assert meta["encoder"] == str(ckpt) and meta["num_layers"] == 2
     assert len(meta["exit_accuracy"]) == 2
     assert artifacts.load(out / "minilm-l6").model.num_layers == 2
+    # its catalogue teacher (the cloud variant) is not trained here: said, and skipped
+    assert "training without distillation" in done.stderr
+    assert meta["training"]["teacher"] is None
 
 
 def test_committed_model_repository_matches_the_catalogue() -> None:

@@ -347,6 +347,15 @@ def train_variant(
     log.info(
         "%s: %d train / %d validation rows on %s", variant, len(train.ids), len(val.ids), device
     )
+    if cfg.teacher and not (out_dir.parent / cfg.teacher / artifacts.METADATA).exists():
+        log.warning(
+            "%s: teacher %s is not trained in %s; training without distillation "
+            "(train the teacher first, or pass --teacher none)",
+            variant,
+            cfg.teacher,
+            out_dir.parent,
+        )
+        cfg = replace(cfg, teacher=None)
     if cfg.teacher:
         teacher_dir = out_dir.parent / cfg.teacher
         log.info("%s: distilling from %s (%s)", variant, cfg.teacher, teacher_dir)
