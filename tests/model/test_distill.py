@@ -77,14 +77,14 @@ def test_a_student_trained_only_on_the_teacher_follows_the_teacher(
 
 
 def test_teachers_train_before_their_students() -> None:
-    from tierplace.model.train import train_order_configs, training_order
+    from tierplace.model.train import training_order, with_teacher
 
     order = training_order(["minilm-l2", "minilm-l6", "mpnet-base"], DEFAULTS)
     assert order[0] == "mpnet-base" and sorted(order) == ["minilm-l2", "minilm-l6", "mpnet-base"]
     assert training_order(["minilm-l6"], DEFAULTS) == ["minilm-l6"]
-    off = train_order_configs(DEFAULTS, "none")
+    off = with_teacher(DEFAULTS, "none")
     assert all(c.teacher is None for c in off.values())
-    edge = train_order_configs(DEFAULTS, "minilm-l6")
+    edge = with_teacher(DEFAULTS, "minilm-l6")
     assert edge["minilm-l6"].teacher is None and edge["mpnet-base"].teacher == "minilm-l6"
     cyclic = {**DEFAULTS, "mpnet-base": replace(DEFAULTS["mpnet-base"], teacher="minilm-l2")}
     with pytest.raises(ValueError, match="cycle"):

@@ -48,7 +48,7 @@ from tierplace.evaluation.systems import (
     single,
 )
 from tierplace.evaluation.tables import DEFAULT_KEEP_RATIOS, TableSet, build_tables, read_split
-from tierplace.local.processes import cancel_on_signals
+from tierplace.local.processes import run_cancellable
 from tierplace.local.stack import Stack
 
 log = logging.getLogger(__name__)
@@ -199,16 +199,10 @@ def sweeps(
 
 def run(opts: BenchOptions) -> dict[str, Any]:
     """The whole benchmark; Ctrl-C or SIGTERM stops every server it started (exit 130)."""
-    try:
-        return asyncio.run(_bench(opts))
-    except asyncio.CancelledError:
-        raise SystemExit(130) from None
+    return run_cancellable(_bench(opts))
 
 
 async def _bench(opts: BenchOptions) -> dict[str, Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    cancel_on_signals(task)
     started = time.time()
     quick = opts.quick
     limit = opts.limit if opts.limit is not None else (24 if quick else None)

@@ -13,9 +13,11 @@ import signal
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def spawn(
@@ -58,9 +60,20 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return int(proc.returncode)
 
 
-def cancel_on_signals(task: asyncio.Task[Any]) -> None:
-    """Ctrl-C or SIGTERM cancels ``task``, so its ``finally`` blocks stop what it started
-    (a KeyboardInterrupt raised at an arbitrary point of the loop may skip them)."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+def run_cancellable(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where Ctrl-C or SIGTERM cancels ``main`` so its ``finally``
+    blocks stop what it started (a KeyboardInterrupt raised at an arbitrary point of the loop
+    may skip them); a cancelled run exits with 130."""
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await main
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        raise SystemExit(130) from None

@@ -61,11 +61,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tierplace.model.train import DEFAULTS, train_order_configs, train_variant, training_order
+    from tierplace.model.train import DEFAULTS, train_variant, training_order, with_teacher
 
     out = args.out or paths.models_dir()
     names = list(VARIANTS) if args.variant == "all" else [args.variant]
-    configs = train_order_configs(DEFAULTS, args.teacher)
+    configs = with_teacher(DEFAULTS, args.teacher)
     for name in training_order(names, configs):
         target = out / name
         if (target / "tierplace.json").exists() and not args.force:

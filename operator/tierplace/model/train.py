@@ -89,6 +89,18 @@ def training_order(names: Sequence[str], configs: dict[str, TrainConfig]) -> lis
     return done
 
 
+def with_teacher(defaults: dict[str, TrainConfig], teacher: str | None) -> dict[str, TrainConfig]:
+    """The per-variant configs with ``teacher`` (a variant name, or "none") replacing the
+    catalogue's choice; a variant never learns from itself."""
+    if teacher is None:
+        return dict(defaults)
+    wanted = None if teacher == "none" else teacher
+    return {
+        name: replace(cfg, teacher=None if name == wanted else wanted)
+        for name, cfg in defaults.items()
+    }
+
+
 @dataclass
 class Encoded:
     ids: list[list[int]]
@@ -347,7 +359,8 @@ def train_variant(
     log.info(
         "%s: %d train / %d validation rows on %s", variant, len(train.ids), len(val.ids), device
     )
-    if cfg.teacher and not (out_dir.parent / cfg.teacher / artifacts.METADATA).exists():
+    teacher_dir = out_dir.parent / cfg.teacher if cfg.teacher else None
+    if teacher_dir is not None and not (teacher_dir / artifacts.METADATA).exists():
         log.warning(
             "%s: teacher %s is not trained in %s; training without distillation "
             "(train the teacher first, or pass --teacher none)",
@@ -355,9 +368,8 @@ def train_variant(
             cfg.teacher,
             out_dir.parent,
         )
-        cfg = replace(cfg, teacher=None)
-    if cfg.teacher:
-        teacher_dir = out_dir.parent / cfg.teacher
+        cfg, teacher_dir = replace(cfg, teacher=None), None
+    if teacher_dir is not None:
         log.info("%s: distilling from %s (%s)", variant, cfg.teacher, teacher_dir)
         key = (str(teacher_dir.resolve()), len(train_rows))
         if key not in _TEACHER_MEMO:  # `train --variant all` distils two students from one
@@ -396,17 +408,3 @@ def train_variant(
     artifacts.save(out_dir, model, tokenizer, meta)
     log.info("%s: validation accuracy per exit %s (%.0f s)", variant, accuracy, seconds)
     return meta
-
-
-def train_order_configs(
-    defaults: dict[str, TrainConfig], teacher: str | None
-) -> dict[str, TrainConfig]:
-    """The per-variant configs with ``teacher`` (a variant name, or "none") replacing the
-    catalogue's choice; a variant never learns from itself."""
-    if teacher is None:
-        return dict(defaults)
-    wanted = None if teacher == "none" else teacher
-    return {
-        name: replace(cfg, teacher=None if name == wanted else wanted)
-        for name, cfg in defaults.items()
-    }
