@@ -10,6 +10,7 @@ import yaml
 
 from tierplace import cli
 from tierplace.evaluation import tables
+from tierplace.evaluation.systems import NO_EXIT
 from tierplace.model.data import Split, load_reviews
 from tierplace.router.config import parse
 
@@ -35,14 +36,20 @@ def test_calibrate_writes_thresholds_and_never_reads_the_test_split(
     assert result["accuracy"] >= result["reference_accuracy"] - 0.02 - 1e-9
     frag = yaml.safe_load((out / "inference-cascade.yaml").read_text())
     assert frag["kind"] == "InferenceCascade"
-    assert [t["tierClass"] for t in frag["spec"]["tiers"]] == ["Device", "Edge", "Cloud"]
+    chosen = result["setting"]
+    # whichever tiers calibration kept (all three, or a pair ending in the cloud)
+    assert chosen["tiers"][-1] == "cloud"
+    assert [t["tierClass"] for t in frag["spec"]["tiers"]] == [
+        t.capitalize() for t in chosen["tiers"]
+    ]
     router = parse(yaml.safe_load((out / "router.yaml").read_text()))
-    device = router.cascades[0].tiers[0]
-    # a lower tier's exit threshold is its offload threshold
-    assert device.exit_threshold == pytest.approx(result["setting"]["device_threshold"])
-    assert device.offload_threshold == pytest.approx(
-        min(result["setting"]["device_threshold"], 1.0)
-    )
+    assert [t.name for t in router.cascades[0].tiers] == chosen["tiers"]
+    lowest = router.cascades[0].tiers[0]
+    threshold = chosen[f"{chosen['tiers'][0]}_threshold"]
+    assert lowest.offload_threshold == pytest.approx(min(threshold, 1.0))
+    # a lower tier exits early at its offload threshold, or runs to its last layer
+    expected_exit = threshold if chosen["lower_early_exit"] else NO_EXIT
+    assert lowest.exit_threshold == pytest.approx(expected_exit)
 
 
 def test_calibrate_refuses_two_targets() -> None:
