@@ -51,7 +51,11 @@ bench: setup
 	$(BIN)/tierplace bench-models
 
 # Router overhead vs calling Triton directly (p50/p99 per hop, throughput, memory); writes JSON.
+# Twice: behind a tiny variant (Triton has headroom, so the difference is the router's own)
+# and behind the real device model (one Triton thread near saturation at 200 req/s).
 bench-router: setup
+	$(BIN)/tierplace bench-router --tiny --home bench-results/tiny-home \
+		--out bench-results/router-overhead-tiny.json
 	$(BIN)/tierplace bench-router --out bench-results/router-overhead.json
 
 # The cascade against its baselines, live on the test split (docs/benchmarks.md; ~25 min).

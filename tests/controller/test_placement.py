@@ -77,7 +77,7 @@ def test_explicit_variant_is_checked_not_upgraded() -> None:
 
 def test_latency_limit_on_slow_nodes_picks_a_faster_variant() -> None:
     slow = [node("d", "device", 8192, latency_factor_permille=2000)]  # 2x slower
-    # mpnet-base 131.5ms*2 and minilm-l6 16.6ms*2 exceed 30ms; minilm-l2 12.8ms*2 fits.
+    # mpnet-base 99.8ms*2 and minilm-l6 16.6ms*2 exceed 30ms; minilm-l2 6.2ms*2 fits.
     result = place(tier("Device", placement={"maxLatency": "30ms"}), slow)
     assert result.variant == VARIANTS["minilm-l2"]
 

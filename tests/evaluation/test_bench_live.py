@@ -49,6 +49,12 @@ def test_bench_writes_json_markdown_and_plots(bench: tuple[Path, Path]) -> None:
         live = result["systems"][name]["live"]
         assert live["requests"] == result["settings"]["test_requests"] > 0
         assert 0.0 <= live["accuracy"] <= 1.0 and live["p95_ms"] >= live["p50_ms"] > 0
+        # the gap to cloud only is the two accuracies' difference, inside its own interval
+        gap = live["gap_to_cloud"]
+        cloud = result["systems"]["cloud-only"]["live"]["accuracy"]
+        assert gap["points"] == pytest.approx((cloud - live["accuracy"]) * 100)
+        assert gap["low"] <= gap["points"] <= gap["high"]
+    assert result["systems"]["cloud-only"]["live"]["gap_to_cloud"]["high"] == 0.0
     assert result["calibration"]["split"] == "validation"
     assert set(result["load"]) == {"load-cloud-only", "load-cloud-ee", "load-tierplace"}
     assert result["slow_uplink"]["systems"]["cloud-only"]["mean_ms"] > 200  # 200 ms RTT

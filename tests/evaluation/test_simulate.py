@@ -172,6 +172,20 @@ def test_a_gap_won_by_a_few_lucky_requests_is_not_trusted() -> None:
     assert cal.gap_bound(_answers(ours), _answers(ref), 0.95) > bound
 
 
+def test_a_gap_interval_is_as_wide_as_the_disagreements_make_it() -> None:
+    ref = [True] * 22 + [False] * 18 + [True] * 300 + [False] * 60
+    ours = [False] * 22 + [True] * 18 + [True] * 300 + [False] * 60
+    gap, low, high = cal.gap_interval(ref, ours, 0.95)
+    assert gap == pytest.approx(4 / 400)
+    # 40 disagreements in 400: the interval spans zero although the point gap is one point
+    assert low < 0 < gap < high
+    assert gap - low == pytest.approx(high - gap)
+    # it agrees with the one-sided bound at the matching level
+    assert high == pytest.approx(cal.gap_bound(_answers(ours), _answers(ref), 0.975))
+    # identical answers: no gap and no spread
+    assert cal.gap_interval(ref, ref) == (0.0, 0.0, 0.0)
+
+
 def test_calibration_at_a_confidence_keeps_its_bound_and_is_never_faster(val: TableSet) -> None:
     loose = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=0.02), NOMINAL, (1.0,))
     strict = cal.calibrate(

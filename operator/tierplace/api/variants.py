@@ -58,7 +58,7 @@ VARIANTS: dict[str, VariantProfile] = {
             hidden_size=384,
             params_m=12.8,
             memory_mib=500,
-            latency_ms=12.8,
+            latency_ms=6.2,
             default_tier=TierClass.DEVICE,
         ),
         VariantProfile(
@@ -80,7 +80,7 @@ VARIANTS: dict[str, VariantProfile] = {
             hidden_size=768,
             params_m=109.5,
             memory_mib=900,
-            latency_ms=131.5,
+            latency_ms=99.8,
             default_tier=TierClass.CLOUD,
         ),
     )

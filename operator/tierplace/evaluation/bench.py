@@ -296,6 +296,8 @@ async def _bench(opts: BenchOptions) -> dict[str, Any]:
         }
         for s in systems
     }
+    for name, gap in gaps_to_cloud(runs, test_labels).items():
+        result["systems"][name]["live"]["gap_to_cloud"] = gap
     result["load"] = {
         s.name: summarize_live(load_runs[s.name], test_labels, [t.name for t in s.tiers])
         | {"clients": opts.load_clients, "max_in_flight": opts.load_max_in_flight}
@@ -391,6 +393,33 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def gaps_to_cloud(
+    runs: Mapping[str, LiveRun], labels: Sequence[int], level: float = 0.95
+) -> dict[str, dict[str, float]]:
+    """Each system's live accuracy gap to cloud only (points) with its paired ``level``
+    interval, over the test requests both answered: the noise a 0.5-point goal sits in."""
+    ref = runs["cloud-only"]
+    ref_ok = {i: lab == labels[i] for i, lab in zip(ref.index, ref.label, strict=True)}
+    out: dict[str, dict[str, float]] = {}
+    for name, run in runs.items():
+        pairs = [
+            (ref_ok[i], lab == labels[i])
+            for i, lab in zip(run.index, run.label, strict=True)
+            if i in ref_ok
+        ]
+        if not pairs:
+            continue
+        gap, low, high = cal.gap_interval([r for r, _ in pairs], [o for _, o in pairs], level)
+        out[name] = {
+            "points": gap * 100,
+            "low": low * 100,
+            "high": high * 100,
+            "level": level,
+            "requests": len(pairs),
+        }
+    return out
+
+
 def goals(result: Mapping[str, Any]) -> dict[str, Any]:
     """The issue's goals, measured live on the test split."""
     sysd = result["systems"]
@@ -399,6 +428,7 @@ def goals(result: Mapping[str, Any]) -> dict[str, Any]:
     ours = sysd["tierplace"]["live"]
     return {
         "accuracy_gap_points": (cloud["accuracy"] - ours["accuracy"]) * 100,
+        "accuracy_gap_interval": ours.get("gap_to_cloud"),
         "within_0.5_points": cloud["accuracy"] - ours["accuracy"] <= 0.005 + 1e-12,
         "latency_cut_vs_cloud": 1 - ours["mean_ms"] / cloud["mean_ms"],
         "latency_cut_vs_cloud_ee": 1 - ours["mean_ms"] / ee["mean_ms"],
@@ -414,6 +444,12 @@ def _pct(d: Mapping[str, float]) -> str:
     return " / ".join(f"{k} {v * 100:.0f}%" for k, v in d.items()) or "—"
 
 
+def _gap(g: Mapping[str, float] | None) -> str:
+    if not g:
+        return "—"
+    return f"{g['points']:+.2f} ({g['low']:+.2f} … {g['high']:+.2f})"
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     st = result["settings"]
     n = st["network"]
@@ -425,16 +461,18 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"{st['threads']['device']}/{st['threads']['edge']}/{st['threads']['cloud']}; "
         f"{st['cpu']}, {st['cores']} cores.",
         "",
-        "| system | accuracy | mean ms | p50 ms | p95 ms | answered at | offloaded from "
-        "| bytes up / req | GFLOP / req (sim) | sim agrees (tier/exit/label) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| system | accuracy | gap to cloud only, points (95% CI) | mean ms | p50 ms | p95 ms "
+        "| answered at | offloaded from | bytes up / req | GFLOP / req (sim) "
+        "| sim agrees (tier/exit/label) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in result["systems"].items():
         live = s["live"]
         sim = result.get("simulated", {}).get(name, {})
         agr = sim.get("agreement", {})
         lines.append(
-            f"| {name} | {live['accuracy']:.4f} | {live['mean_ms']:.1f} | {live['p50_ms']:.1f} "
+            f"| {name} | {live['accuracy']:.4f} | {_gap(live.get('gap_to_cloud'))} "
+            f"| {live['mean_ms']:.1f} | {live['p50_ms']:.1f} "
             f"| {live['p95_ms']:.1f} | {_pct(live['answered_at'])} | {_pct(live['offload_ratio'])} "
             f"| {live['bytes_up_mean']:.0f} | {sim.get('gflops_mean', float('nan')):.2f} "
             f"| {agr.get('tier', float('nan')) * 100:.0f}/{agr.get('exit', float('nan')) * 100:.0f}"
@@ -459,7 +497,14 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"{c['baselines']['sedna_threshold']}.",
         "",
         f"Goals: accuracy gap to cloud only {g['accuracy_gap_points']:.2f} points "
-        f"({'within' if g['within_0.5_points'] else 'NOT within'} 0.5); mean latency "
+        f"({'within' if g['within_0.5_points'] else 'NOT within'} 0.5"
+        + (
+            f"; 95% paired interval {g['accuracy_gap_interval']['low']:+.2f} … "
+            f"{g['accuracy_gap_interval']['high']:+.2f}"
+            if g.get("accuracy_gap_interval")
+            else ""
+        )
+        + "); mean latency "
         f"{g['latency_cut_vs_cloud'] * 100:.1f}% lower than cloud only (goal ≥ 40%: "
         f"{'met' if g['goal_40pct_vs_cloud'] else 'not met'}), "
         f"{g['latency_cut_vs_cloud_ee'] * 100:.1f}% lower than cloud only with early exit "

@@ -24,6 +24,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tierplace.evaluation.simulate import Outcome, System, TierCost, simulate
 from tierplace.evaluation.systems import (
@@ -84,18 +85,35 @@ class Target:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
 
 
+def _paired(reference_correct: npt.ArrayLike, correct: npt.ArrayLike) -> tuple[float, float]:
+    """Mean and standard error of reference-right minus ours-right, over paired requests."""
+    diff = np.asarray(reference_correct, np.float64) - np.asarray(correct, np.float64)
+    n = len(diff)
+    if n < 2:
+        return (float(diff.mean()) if n else 0.0), 0.0
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(n))
+
+
 def gap_bound(out: Outcome, reference: Outcome, confidence: float) -> float:
     """Upper confidence bound on ``reference``'s accuracy minus ``out``'s (a fraction).
 
     Normal approximation to the paired difference: only requests where the two disagree
     contribute to its spread.
     """
-    diff = reference.correct.astype(np.float64) - out.correct.astype(np.float64)
-    n = len(diff)
-    if n < 2 or confidence <= 0.5:
-        return float(diff.mean()) if n else 0.0
-    z = NormalDist().inv_cdf(confidence)
-    return float(diff.mean() + z * diff.std(ddof=1) / np.sqrt(n))
+    mean, se = _paired(reference.correct, out.correct)
+    if confidence <= 0.5:
+        return mean
+    return mean + NormalDist().inv_cdf(confidence) * se
+
+
+def gap_interval(
+    reference_correct: npt.ArrayLike, correct: npt.ArrayLike, level: float = 0.95
+) -> tuple[float, float, float]:
+    """The accuracy gap (reference minus ours, a fraction) and its two-sided ``level``
+    interval: how far a measured gap on a split this size can be from the true one."""
+    mean, se = _paired(reference_correct, correct)
+    half = NormalDist().inv_cdf(0.5 + level / 2) * se
+    return mean, mean - half, mean + half
 
 
 @dataclass(frozen=True)
