@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.procs import alive, descendants
 from tierplace import cli
 
 pytestmark = [pytest.mark.triton, pytest.mark.prometheus, pytest.mark.slow]
@@ -81,31 +82,6 @@ def test_the_replay_matches_the_live_router_request_by_request(bench: tuple[Path
         assert (agree["tier"], agree["exit"], agree["label"]) == (1.0, 1.0, 1.0), name
 
 
-def _descendants(pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        kids = {c for c, pp in parents.items() if pp == p}
-        found |= kids
-        todo += list(kids)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.timeout(300)
 def test_a_terminated_bench_stops_every_server_it_started(eval_home: Path, tmp_path: Path) -> None:
     import os
@@ -128,14 +104,14 @@ def test_a_terminated_bench_stops_every_server_it_started(eval_home: Path, tmp_p
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.5)
         time.sleep(2)
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         assert len(children) >= 4  # three tritonservers, Prometheus, the router
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) != 0
         deadline = time.monotonic() + 20
-        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        while any(alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not [c for c in children if _alive(c)]
+        assert not [c for c in children if alive(c)]
     finally:
         if proc.poll() is None:
             proc.kill()

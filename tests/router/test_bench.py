@@ -7,7 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
+
+from tests.procs import alive, descendants
 from tierplace.router.bench import Phase, _fmt, _tree_cpu_s, open_loop
 
 
@@ -60,3 +64,40 @@ def test_phase_lines_show_cpu_per_request_when_measured() -> None:
     assert "CPU/req" not in _fmt(phase)
     line = _fmt(Phase("router", 200, 5, 1000, 1000, 0, 199.9, 5.0, 6.0, 8.0, 9.0, 0.412, 2.5, 12.0))
     assert "CPU/req router 0.412 triton 2.500 ms, others 12%" in line
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_router_bench_stops_triton_and_the_router(
+    tiny_model_home: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    out = tmp_path / "overhead.json"
+    cmd = [sys.executable, "-m", "tierplace.cli", "bench-router", "--home", str(tiny_model_home)]
+    proc = subprocess.Popen(
+        [*cmd, "--pairs", "4", "--seconds", "30", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # measuring: Triton and the router are both up
+            if line.startswith("one at a time"):
+                break
+        children = descendants(proc.pid)
+        assert len(children) >= 2  # tritonserver (with its backend stub) and the router
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) != 0
+        deadline = time.monotonic() + 20
+        while any(alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [c for c in children if alive(c)]
+        assert not out.exists()  # an interrupted run claims no numbers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
