@@ -570,18 +570,19 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
             ax.step(xs, ys, where="post", color=color, label=f"{name} (sim sweep)", alpha=0.7)
         live = result["systems"].get(name, {}).get("live")
         if live is not None:
+            ours = name == "tierplace"  # on top: ablations often land on the same spot
             ax.plot(
                 live["mean_ms"],
                 live["accuracy"],
-                "o",
+                "*" if ours else "o",
+                markersize=14 if ours else 7,
+                markeredgecolor="black" if ours else color,
+                zorder=4 if ours else 3,
                 color=color,
                 label=f"{name} (live)" if len(front) > 1 else name,
             )
         elif len(front) == 1:
             ax.plot(xs, ys, "x", color=color, label=f"{name} (sim)")
-    ee = result["systems"].get("cloud-ee", {}).get("live")
-    if ee is not None:
-        ax.plot(ee["mean_ms"], ee["accuracy"], "s", color="black", label="cloud-ee (live)")
     ax.set_xlabel("mean latency per request (ms)")
     ax.set_ylabel("accuracy (test split)")
     ax.set_title("Accuracy against latency: simulated sweeps, live calibrated points")
