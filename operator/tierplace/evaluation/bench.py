@@ -479,6 +479,12 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"/{agr.get('label', float('nan')) * 100:.0f}% |"
         )
     g = result["goals"]
+    interval = g.get("accuracy_gap_interval")
+    spread = (
+        f"; 95% paired interval {interval['low']:+.2f} … {interval['high']:+.2f}"
+        if interval
+        else ""
+    )
     c = result["calibration"]
     cs = c["setting"]
     lines += [
@@ -497,14 +503,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"{c['baselines']['sedna_threshold']}.",
         "",
         f"Goals: accuracy gap to cloud only {g['accuracy_gap_points']:.2f} points "
-        f"({'within' if g['within_0.5_points'] else 'NOT within'} 0.5"
-        + (
-            f"; 95% paired interval {g['accuracy_gap_interval']['low']:+.2f} … "
-            f"{g['accuracy_gap_interval']['high']:+.2f}"
-            if g.get("accuracy_gap_interval")
-            else ""
-        )
-        + "); mean latency "
+        f"({'within' if g['within_0.5_points'] else 'NOT within'} 0.5{spread}); mean latency "
         f"{g['latency_cut_vs_cloud'] * 100:.1f}% lower than cloud only (goal ≥ 40%: "
         f"{'met' if g['goal_40pct_vs_cloud'] else 'not met'}), "
         f"{g['latency_cut_vs_cloud_ee'] * 100:.1f}% lower than cloud only with early exit "
