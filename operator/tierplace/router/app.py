@@ -1,9 +1,12 @@
 """The router's HTTP face: the Open Inference Protocol (KServe v2 REST) over aiohttp.
 
-Each cascade appears as one model. Requests are validated at the door (4xx with a reason),
-admitted against a per-cascade in-flight bound (429 with Retry-After, never a hang), and
-answered by the cascade. Config reloads swap whole cascade runtimes; requests in flight finish
-on the runtime they started with.
+Each cascade appears as one model (version 1). Requests are validated at the door (4xx with a
+reason: the body's decompressed size, the texts' number and length, every field), admitted
+against a per-cascade in-flight bound (429 with Retry-After, never a hang), and answered by the
+cascade. Every error is a v2 JSON ``{"error": ...}``; only the router's own failure or the
+tiers' may be a 5xx. docs/protocol.md lists every endpoint, parameter, limit and error.
+Config reloads swap whole cascade runtimes; requests in flight finish on the runtime they
+started with.
 """
 
 from __future__ import annotations
@@ -11,17 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tierplace import __version__
@@ -36,7 +39,39 @@ log = logging.getLogger(__name__)
 
 BUDGET_HEADER = "X-Latency-Budget-Ms"
 BUDGET_PARAMETER = "latency_budget_ms"
+TRUNCATE_PARAMETER = "truncate"
+BINARY_OUTPUT_PARAMETER = "binary_data_output"
+JSON_SIZE_HEADER = "Inference-Header-Content-Length"
 INPUT_NAME = "TEXT"
+MODEL_VERSION = "1"  # a cascade is one model with one version: its running config
+#: Characters of one text the router keeps. Every tier's model reads at most 512 tokens, which
+#: English text fills in about 2,500 characters; longer texts are cut here (or refused, with
+#: ``"truncate": false``) so that neither tokenising nor shipping a huge text can outlast the
+#: latency budget.
+MAX_TEXT_CHARS = 4096
+#: The largest latency budget a request may ask for; past the config's call_timeout a larger
+#: budget buys nothing, and an absurd one is more likely a unit mistake than a wish.
+MAX_BUDGET_MS = 60_000.0
+#: What ``GET /v2`` advertises: only what the router really serves.
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters")
+#: The outputs, in the order a response lists them when the request names none.
+OUTPUTS: dict[str, str] = {
+    "LABEL": "BYTES",
+    "PROBS": "FP32",
+    "TIER": "BYTES",
+    "EXIT_LAYER": "INT32",
+    "CONFIDENCE": "FP32",
+    "REASON": "BYTES",
+    "DEGRADED": "BOOL",
+}
+_CONFIG_TYPES = {
+    "BYTES": "TYPE_STRING",
+    "FP32": "TYPE_FP32",
+    "INT32": "TYPE_INT32",
+    "BOOL": "TYPE_BOOL",
+}
+_REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
+_REQUEST_PARAMETERS = frozenset({BUDGET_PARAMETER, TRUNCATE_PARAMETER, BINARY_OUTPUT_PARAMETER})
 _HARD_BODY_CAP = 64 << 20  # aiohttp's own cap; the config's max_body_bytes is enforced below
 
 
@@ -50,12 +85,22 @@ class BadRequest(Exception):
 
 
 @dataclass(frozen=True)
+class RequestedOutput:
+    """One output the response carries, as JSON data or as a binary tensor."""
+
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
 class InferRequest:
-    """A validated v2 request: the texts, the budget and the caller's id."""
+    """A validated v2 request: the texts, the budget, the caller's id and what to answer."""
 
     texts: tuple[str, ...]
     budget_s: float
     request_id: str | None
+    outputs: tuple[RequestedOutput, ...] = tuple(RequestedOutput(n, False) for n in OUTPUTS)
+    truncated: int = 0  # texts cut to MAX_TEXT_CHARS
 
 
 def _json(doc: dict[str, Any]) -> web.Response:
@@ -67,117 +112,394 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def parse_infer(
-    body: bytes, header_budget: str | None, default_budget_s: float, max_batch: int
-) -> InferRequest:
-    """Validate a v2 JSON inference request with one BYTES input named TEXT."""
+def _show(value: object, limit: int = 60) -> str:
+    """A client's value quoted in an error: ASCII-safe and short, whatever was sent."""
     try:
-        doc = codec.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = ascii(value)
+    except ValueError:  # an integer past sys.get_int_max_str_digits
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text_error(row: int, value: object) -> str | None:
+    """Why one text cannot be classified, or None when it can."""
+    if not isinstance(value, str):
+        return f"element {row} must be a string, got {type(value).__name__}"
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        return (
+            f"element {row} is not valid Unicode ({exc.reason} at character {exc.start}); "
+            "send UTF-8 text without lone surrogates"
+        )
+    if "\x00" in value:
+        return f"element {row} contains a NUL character at {value.index(chr(0))}; remove it"
+    return None
+
+
+def parse_infer(
+    body: bytes,
+    header_budget: str | None,
+    default_budget_s: float,
+    max_batch: int,
+    json_size: str | None = None,
+) -> InferRequest:
+    """Validate a v2 inference request with one BYTES input named TEXT.
+
+    ``json_size`` is the ``Inference-Header-Content-Length`` of the binary tensor extension:
+    the JSON header's length, binary input tensors following it in input order.
+    """
+    header, binary = _split_binary(body, json_size)
+    try:
+        doc = codec.loads(header)
+    except RecursionError:
+        raise BadRequest(
+            400, "BadJson", "request body nests too deeply to be a v2 request"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers past 4300 digits
         raise BadRequest(400, "BadJson", f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest(400, "BadJson", "request body must be a JSON object")
-    inputs = doc.get("inputs")
+    unknown = sorted(set(doc) - _REQUEST_KEYS)
+    if unknown:
+        raise BadRequest(
+            400,
+            "UnknownField",
+            f"unknown request field(s) {_show(unknown)}; a v2 request has "
+            f"{', '.join(sorted(_REQUEST_KEYS))}",
+        )
+    texts = _texts(doc.get("inputs"), binary)
+    if len(texts) > max_batch:
+        raise BadRequest(400, "BatchTooLarge", f"{len(texts)} texts exceed the limit {max_batch}")
+    params = doc.get("parameters", {})
+    if not isinstance(params, dict):
+        raise BadRequest(400, "BadParameters", "'parameters' must be an object")
+    unknown = sorted(set(params) - _REQUEST_PARAMETERS)
+    if unknown:
+        raise BadRequest(
+            400,
+            "UnknownParameter",
+            f"unknown parameter(s) {_show(unknown)}; supported: "
+            f"{', '.join(sorted(_REQUEST_PARAMETERS))}",
+        )
+    truncate = _flag(params, TRUNCATE_PARAMETER, default=True)
+    cut = 0
+    kept: list[str] = []
+    for row, text in enumerate(texts):
+        if len(text) > MAX_TEXT_CHARS:
+            if not truncate:
+                raise BadRequest(
+                    400,
+                    "TextTooLong",
+                    f"element {row} has {len(text)} characters, above the limit "
+                    f"{MAX_TEXT_CHARS}; shorten it or drop '\"{TRUNCATE_PARAMETER}\": false'",
+                )
+            text = text[:MAX_TEXT_CHARS]
+            cut += 1
+        if not text.strip():
+            where = (
+                f" in its first {MAX_TEXT_CHARS} characters" if len(text) == MAX_TEXT_CHARS else ""
+            )
+            raise BadRequest(
+                400, "EmptyText", f"element {row} has no words{where}; send at least one word"
+            )
+        kept.append(text)
+    rid = doc.get("id")
+    if rid is not None and (not isinstance(rid, str) or _text_error(0, rid) is not None):
+        raise BadRequest(400, "BadId", f"'id' must be a UTF-8 string, got {_show(rid)}")
+    return InferRequest(
+        texts=tuple(kept),
+        budget_s=_budget(params.get(BUDGET_PARAMETER, header_budget), default_budget_s),
+        request_id=rid,
+        outputs=_outputs(doc.get("outputs"), _flag(params, BINARY_OUTPUT_PARAMETER, default=False)),
+        truncated=cut,
+    )
+
+
+def _split_binary(body: bytes, json_size: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensors after it (empty without the extension)."""
+    if json_size is None:
+        return body, b""
+    try:
+        size = int(json_size)
+    except ValueError:
+        size = -1
+    if not 0 <= size <= len(body):
+        raise BadRequest(
+            400,
+            "BadBinaryHeader",
+            f"{JSON_SIZE_HEADER} must be the JSON header's length, 0..{len(body)}, "
+            f"got {_show(json_size)}",
+        )
+    return body[:size], body[size:]
+
+
+def _texts(inputs: object, binary: bytes) -> list[str]:
+    """The TEXT input's elements, row-major, each checked to be classifiable text."""
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest(400, "MissingInput", f"'inputs' must list the {INPUT_NAME} input")
-    entry = next((i for i in inputs if isinstance(i, dict) and i.get("name") == INPUT_NAME), None)
-    if entry is None:
-        raise BadRequest(400, "MissingInput", f"missing input {INPUT_NAME}")
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        names = [i.get("name") if isinstance(i, dict) else i for i in inputs]
+        if INPUT_NAME not in names:
+            raise BadRequest(400, "MissingInput", f"missing input {INPUT_NAME}")
+        raise BadRequest(
+            400,
+            "UnknownInput",
+            f"the only input is {INPUT_NAME} (once), got inputs {_show(names)}",
+        )
+    entry: dict[str, Any] = inputs[0]
+    if entry.get("name") != INPUT_NAME:
+        raise BadRequest(
+            400, "MissingInput", f"missing input {INPUT_NAME} (got {_show(entry.get('name'))})"
+        )
+    unknown = sorted(set(entry) - {"name", "datatype", "shape", "data", "parameters"})
+    if unknown:
+        raise BadRequest(400, "UnknownField", f"unknown input field(s) {_show(unknown)}")
     if entry.get("datatype") != "BYTES":
         raise BadRequest(
             400,
             "WrongDatatype",
-            f"input {INPUT_NAME} must have datatype BYTES, got {entry.get('datatype')!r}",
+            f"input {INPUT_NAME} must have datatype BYTES, got {_show(entry.get('datatype'))}",
         )
-    data = entry.get("data")
-    if isinstance(data, list) and data and all(isinstance(d, list) for d in data):
-        data = [x for row in data for x in row]  # row-major nested form
-    if not isinstance(data, list) or not data or not all(isinstance(d, str) for d in data):
-        raise BadRequest(400, "BadData", f"input {INPUT_NAME} data must be a list of strings")
     shape = entry.get("shape")
     if (
         not isinstance(shape, list)
-        or not all(isinstance(s, int) and s >= 0 for s in shape)
-        or math.prod(shape) != len(data)
+        or not 1 <= len(shape) <= 2
+        or not all(_is_int(s) and s >= 0 for s in shape)
     ):
-        raise BadRequest(400, "BadShape", f"shape {shape!r} does not match {len(data)} elements")
-    if len(data) > max_batch:
-        raise BadRequest(400, "BatchTooLarge", f"{len(data)} texts exceed the limit {max_batch}")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise BadRequest(400, "BadParameters", "'parameters' must be an object")
-    budget_s = default_budget_s
-    raw = params.get(BUDGET_PARAMETER, header_budget)
-    if raw is not None:
+        raise BadRequest(
+            400, "BadShape", f"shape must be 1 or 2 non-negative integers, got {_show(shape)}"
+        )
+    count = math.prod(shape)
+    params = entry.get("parameters", {})
+    if not isinstance(params, dict) or set(params) - {"binary_data_size"}:
+        raise BadRequest(
+            400,
+            "BadParameters",
+            f"input parameters may only hold binary_data_size, got {_show(params)}",
+        )
+    data: list[Any]
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if "data" in entry or not _is_int(size) or size != len(binary):
+            raise BadRequest(
+                400,
+                "BadBinaryData",
+                f"binary_data_size {_show(size)} must be the {len(binary)} bytes after the JSON "
+                "header, and the input must have no 'data'",
+            )
         try:
-            ms = float(raw)
-        except (TypeError, ValueError):
-            ms = math.nan
-        if not math.isfinite(ms) or ms < 0 or isinstance(raw, bool):
-            raise BadRequest(400, "BadBudget", f"latency budget must be milliseconds, got {raw!r}")
-        budget_s = ms / 1000.0
-    rid = doc.get("id")
-    return InferRequest(tuple(data), budget_s, str(rid) if rid is not None else None)
+            raw = codec.unpack_bytes(binary, count) if count else []
+        except ValueError as exc:
+            raise BadRequest(400, "BadBinaryData", f"{INPUT_NAME} binary tensor: {exc}") from None
+        data = []
+        for row, item in enumerate(raw):
+            try:
+                data.append(item.decode())
+            except UnicodeDecodeError as exc:
+                raise BadRequest(
+                    400,
+                    "BadText",
+                    f"element {row} is not valid UTF-8 (bad byte at offset {exc.start}); "
+                    "send UTF-8 text",
+                ) from None
+    else:
+        if binary:
+            raise BadRequest(
+                400, "BadBinaryData", f"{len(binary)} binary bytes but no binary input"
+            )
+        sent = entry.get("data")
+        if isinstance(sent, list) and sent and all(isinstance(d, list) for d in sent):
+            sent = [x for row in sent for x in row]  # row-major nested form
+        if not isinstance(sent, list):
+            raise BadRequest(400, "BadData", f"input {INPUT_NAME} data must be a list of strings")
+        data = sent
+    if count != len(data):
+        raise BadRequest(
+            400, "BadShape", f"shape {_show(shape)} does not match {len(data)} elements"
+        )
+    if not data:
+        raise BadRequest(
+            400, "BadData", f"input {INPUT_NAME} has no elements; send one text or more"
+        )
+    for row, value in enumerate(data):
+        problem = _text_error(row, value)
+        if problem is not None:
+            raise BadRequest(400, "BadText", f"input {INPUT_NAME} {problem}")
+    return data  # every element checked to be a str above
 
 
-def infer_response(cascade: str, req: InferRequest, answers: list[Answer]) -> dict[str, Any]:
-    """The v2 response: the answer as outputs; for one text also as response parameters."""
+def _flag(params: dict[str, Any], name: str, *, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise BadRequest(
+            400, "BadParameters", f"parameter {name} must be true or false, got {_show(value)}"
+        )
+    return value
+
+
+def _budget(raw: object, default_s: float) -> float:
+    """The latency budget in seconds from milliseconds as sent (parameter or header)."""
+    if raw is None:
+        return default_s
+    try:
+        ms = math.nan if isinstance(raw, bool) else float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        ms = math.nan
+    if not 0 <= ms <= MAX_BUDGET_MS:  # NaN and infinities fail this too
+        raise BadRequest(
+            400,
+            "BadBudget",
+            f"latency budget must be milliseconds from 0 to {MAX_BUDGET_MS:g}, got {_show(raw)}",
+        )
+    return ms / 1000.0
+
+
+def _outputs(raw: object, binary_default: bool) -> tuple[RequestedOutput, ...]:
+    """The outputs asked for, in the order asked; all of them when none are named."""
+    if raw is None or raw == []:
+        return tuple(RequestedOutput(n, binary_default) for n in OUTPUTS)
+    if not isinstance(raw, list):
+        raise BadRequest(400, "BadOutputs", "'outputs' must be a list of {\"name\": ...} objects")
+    chosen: list[RequestedOutput] = []
+    for entry in raw:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or name not in OUTPUTS:
+            raise BadRequest(
+                400,
+                "UnknownOutput",
+                f"unknown output {_show(name if name is not None else entry)}; outputs are "
+                f"{', '.join(OUTPUTS)}",
+            )
+        assert isinstance(entry, dict)
+        if any(o.name == name for o in chosen):
+            raise BadRequest(400, "DuplicateOutput", f"output {name} is requested twice")
+        unknown = sorted(set(entry) - {"name", "parameters"})
+        params = entry.get("parameters", {})
+        if unknown or not isinstance(params, dict) or set(params) - {"binary_data"}:
+            raise BadRequest(
+                400,
+                "BadOutputs",
+                f"output {name} may only carry parameters.binary_data "
+                f"(classification is not supported), got {_show(entry)}",
+            )
+        chosen.append(RequestedOutput(name, _flag(params, "binary_data", default=binary_default)))
+    return tuple(chosen)
+
+
+def _output_data(name: str, answers: list[Answer]) -> list[Any]:
+    if name == "LABEL":
+        return [a.label for a in answers]
+    if name == "PROBS":
+        return [p for a in answers for p in a.probs]
+    if name == "TIER":
+        return [a.tier for a in answers]
+    if name == "EXIT_LAYER":
+        return [a.exit_layer for a in answers]
+    if name == "CONFIDENCE":
+        return [a.confidence for a in answers]
+    if name == "REASON":
+        return [str(a.reason) for a in answers]
+    return [a.degraded for a in answers]
+
+
+def infer_response(
+    cascade: str, req: InferRequest, answers: list[Answer]
+) -> tuple[dict[str, Any], bytes]:
+    """The v2 response: the requested outputs; for one text also as response parameters.
+
+    Returns the JSON document and the binary tensors that follow it (empty when every output
+    goes as JSON)."""
     n = len(answers)
     width = len(answers[0].probs)
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for want in req.outputs:
+        datatype = OUTPUTS[want.name]
+        entry: dict[str, Any] = {
+            "name": want.name,
+            "datatype": datatype,
+            "shape": [n, width] if want.name == "PROBS" else [n],
+        }
+        data = _output_data(want.name, answers)
+        if want.binary:
+            blob = codec.pack(datatype, data)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = data
+        outputs.append(entry)
     out: dict[str, Any] = {
         "model_name": cascade,
-        "outputs": [
-            {
-                "name": "LABEL",
-                "datatype": "BYTES",
-                "shape": [n],
-                "data": [a.label for a in answers],
-            },
-            {
-                "name": "PROBS",
-                "datatype": "FP32",
-                "shape": [n, width],
-                "data": [p for a in answers for p in a.probs],
-            },
-            {"name": "TIER", "datatype": "BYTES", "shape": [n], "data": [a.tier for a in answers]},
-            {
-                "name": "EXIT_LAYER",
-                "datatype": "INT32",
-                "shape": [n],
-                "data": [a.exit_layer for a in answers],
-            },
-            {
-                "name": "CONFIDENCE",
-                "datatype": "FP32",
-                "shape": [n],
-                "data": [a.confidence for a in answers],
-            },
-            {
-                "name": "REASON",
-                "datatype": "BYTES",
-                "shape": [n],
-                "data": [str(a.reason) for a in answers],
-            },
-            {
-                "name": "DEGRADED",
-                "datatype": "BOOL",
-                "shape": [n],
-                "data": [a.degraded for a in answers],
-            },
-        ],
+        "model_version": MODEL_VERSION,
+        "outputs": outputs,
     }
     if req.request_id is not None:
         out["id"] = req.request_id
+    params: dict[str, Any] = {}
     if n == 1:
         a = answers[0]
-        out["parameters"] = {
+        params = {
             "tier": a.tier,
             "exit_layer": a.exit_layer,
             "reason": str(a.reason),
             "degraded": a.degraded,
             "path": ",".join(a.path),
         }
-    return out
+    if req.truncated:
+        params["truncated_texts"] = req.truncated
+        params["max_text_chars"] = MAX_TEXT_CHARS
+    if params:
+        out["parameters"] = params
+    return out, b"".join(blobs)
+
+
+@dataclass
+class ModelStats:
+    """What ``/v2/models/{m}/stats`` reports, in Triton's shape; survives config reloads."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    inference_count: int = 0
+    last_inference_ms: int = 0
+
+    def record(self, ok: bool, texts: int, elapsed_s: float) -> None:
+        ns = int(elapsed_s * 1e9)
+        if ok:
+            self.success_count += 1
+            self.success_ns += ns
+            self.inference_count += texts
+        else:
+            self.fail_count += 1
+            self.fail_ns += ns
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def document(self, name: str) -> dict[str, Any]:
+        zero = {"count": 0, "ns": 0}
+        return {
+            "name": name,
+            "version": MODEL_VERSION,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.success_count,
+            "inference_stats": {
+                "success": {"count": self.success_count, "ns": self.success_ns},
+                "fail": {"count": self.fail_count, "ns": self.fail_ns},
+                "queue": zero,
+                "compute_input": zero,
+                "compute_infer": zero,
+                "compute_output": zero,
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "batch_stats": [],
+        }
 
 
 class Router:
@@ -201,6 +523,7 @@ class Router:
         self._reload_interval_s = reload_interval_s
         self._tasks: list[asyncio.Task[None]] = []
         self._retiring: set[asyncio.Task[None]] = set()
+        self.stats: dict[str, ModelStats] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -266,6 +589,23 @@ class Router:
 
     # --- handlers -------------------------------------------------------------------------
 
+    def _runtime(self, request: web.Request) -> CascadeRuntime:
+        """The cascade a ``/v2/models/{cascade}[/versions/{version}]`` path names, or 404."""
+        name = request.match_info["cascade"]
+        rt = self.runtimes.get(name)
+        if rt is None:
+            raise BadRequest(
+                404, "UnknownModel", f"unknown model {name!r}; models: {', '.join(self.runtimes)}"
+            )
+        version = request.match_info.get("version", MODEL_VERSION)
+        if version != MODEL_VERSION:
+            raise BadRequest(
+                404,
+                "UnknownVersion",
+                f"model {name!r} has no version {version!r}; its only version is {MODEL_VERSION}",
+            )
+        return rt
+
     async def live(self, _: web.Request) -> web.Response:
         return web.json_response({"live": True})
 
@@ -276,27 +616,20 @@ class Router:
 
     async def server_metadata(self, _: web.Request) -> web.Response:
         return web.json_response(
-            {"name": "tierplace-router", "version": __version__, "extensions": []}
+            {"name": "tierplace-router", "version": __version__, "extensions": list(EXTENSIONS)}
         )
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        rt = self.runtimes.get(request.match_info["cascade"])
-        if rt is None:
-            return _error(404, f"unknown cascade {request.match_info['cascade']!r}")
+        rt = self._runtime(request)
         return web.json_response(
             {
                 "name": rt.cfg.name,
-                "versions": ["1"],
+                "versions": [MODEL_VERSION],
                 "platform": "tierplace-cascade",
                 "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [
-                    {"name": "LABEL", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "PROBS", "datatype": "FP32", "shape": [-1, 2]},
-                    {"name": "TIER", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "EXIT_LAYER", "datatype": "INT32", "shape": [-1]},
-                    {"name": "CONFIDENCE", "datatype": "FP32", "shape": [-1]},
-                    {"name": "REASON", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "DEGRADED", "datatype": "BOOL", "shape": [-1]},
+                    {"name": n, "datatype": d, "shape": [-1, 2] if n == "PROBS" else [-1]}
+                    for n, d in OUTPUTS.items()
                 ],
                 "parameters": {
                     "tiers": [{"name": t.name, "model": t.model} for t in rt.cfg.tiers],
@@ -305,10 +638,81 @@ class Router:
             }
         )
 
+    async def model_config(self, request: web.Request) -> web.Response:
+        """Triton's model configuration, as far as a cascade has one: its tensors and limits."""
+        rt = self._runtime(request)
+        cfg = rt.cfg
+
+        def param(value: object) -> dict[str, str]:
+            return {"string_value": str(value)}
+
+        return web.json_response(
+            {
+                "name": cfg.name,
+                "platform": "tierplace-cascade",
+                "backend": "",
+                "version_policy": {"specific": {"versions": [int(MODEL_VERSION)]}},
+                "max_batch_size": 0,  # the batch is the TEXT input's length, up to max_batch
+                "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
+                "output": [
+                    {
+                        "name": n,
+                        "data_type": _CONFIG_TYPES[d],
+                        "dims": [-1, 2] if n == "PROBS" else [-1],
+                    }
+                    for n, d in OUTPUTS.items()
+                ],
+                "parameters": {
+                    "tiers": param(",".join(f"{t.name}:{t.model}" for t in cfg.tiers)),
+                    "budget_ms": param(round(cfg.budget * 1000, 3)),
+                    "max_batch": param(cfg.max_batch),
+                    "max_text_chars": param(MAX_TEXT_CHARS),
+                    "max_body_bytes": param(self.config.max_body_bytes),
+                    "max_budget_ms": param(MAX_BUDGET_MS),
+                },
+            }
+        )
+
+    async def model_stats(self, request: web.Request) -> web.Response:
+        """Per-cascade request counts and times; ``/v2/models/stats`` lists every cascade."""
+        if "cascade" in request.match_info:
+            names = [self._runtime(request).cfg.name]
+        else:
+            names = list(self.runtimes)
+        return web.json_response(
+            {"model_stats": [self.stats.setdefault(n, ModelStats()).document(n) for n in names]}
+        )
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        """The cascades as a model repository; ``{"ready": true}`` keeps only ready ones."""
+        body = await request.read()
+        ready_only = False
+        if body.strip():
+            try:
+                doc = codec.loads(body)
+            except (ValueError, RecursionError):
+                doc = None
+            if not isinstance(doc, dict) or set(doc) - {"ready"}:
+                raise BadRequest(
+                    400, "BadJson", 'repository index body must be empty or {"ready": true|false}'
+                )
+            ready_only = _flag(doc, "ready", default=False)
+        names = list(self.runtimes)
+        states = await asyncio.gather(*(self.runtimes[n].ready() for n in names))
+        index = [
+            {
+                "name": n,
+                "version": MODEL_VERSION,
+                "state": "READY" if ok else "UNAVAILABLE",
+                "reason": "" if ok else "no tier answers its readiness probe",
+            }
+            for n, ok in zip(names, states, strict=True)
+            if ok or not ready_only
+        ]
+        return web.json_response(index)
+
     async def model_ready(self, request: web.Request) -> web.Response:
-        rt = self.runtimes.get(request.match_info["cascade"])
-        if rt is None:
-            return _error(404, f"unknown cascade {request.match_info['cascade']!r}")
+        rt = self._runtime(request)
         ok = await rt.ready()
         return web.json_response({"ready": ok}, status=200 if ok else 503)
 
@@ -322,13 +726,12 @@ class Router:
     async def infer(self, request: web.Request) -> web.Response:
         arrival = self.clock()
         name = request.match_info["cascade"]
-        rt = self.runtimes.get(name)
-        if rt is None:
-            return _error(404, f"unknown cascade {name!r}")
         try:
+            rt = self._runtime(request)
             req = await self._read_request(request, rt)
         except BadRequest as exc:
-            self.metrics.child(self.metrics.rejections, name, exc.reason).inc()
+            if name in self.runtimes:
+                self.metrics.child(self.metrics.rejections, name, exc.reason).inc()
             return _error(exc.status, str(exc))
         refusal = self._admit(rt, len(req.texts))
         if refusal is not None:
@@ -339,6 +742,7 @@ class Router:
                 headers={"Retry-After": "1"},
             )
         n = len(req.texts)
+        stats = self.stats.setdefault(name, ModelStats())
         self._enter(rt, n)
         try:
             deadline = arrival + req.budget_s
@@ -357,6 +761,8 @@ class Router:
         finally:
             self._leave(rt, n)
         failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            stats.record(False, n, self.clock() - arrival)
         for r in failures:
             if not isinstance(r, NoAnswer):
                 raise r
@@ -365,33 +771,61 @@ class Router:
             return _error(503, f"no tier could answer: {detail}", headers={"Retry-After": "1"})
         answers = [r for r in results if isinstance(r, Answer)]
         elapsed = self.clock() - arrival
+        stats.record(True, n, elapsed)
         for a in answers:
             self.metrics.child(self.metrics.request_seconds, name, a.tier).observe(elapsed)
-        return _json(infer_response(name, req, answers))
+        doc, binary = infer_response(name, req, answers)
+        if not binary:
+            return _json(doc)
+        head = codec.dumps(doc)
+        return web.Response(
+            body=head + binary,
+            content_type="application/octet-stream",
+            headers={JSON_SIZE_HEADER: str(len(head))},
+        )
 
     async def _read_request(self, request: web.Request, rt: CascadeRuntime) -> InferRequest:
-        if "Inference-Header-Content-Length" in request.headers:
-            raise BadRequest(400, "Unsupported", "the binary tensor extension is not supported")
+        body = await self._read_body(request)
+        return parse_infer(
+            body,
+            request.headers.get(BUDGET_HEADER),
+            rt.cfg.budget,
+            rt.cfg.max_batch,
+            request.headers.get(JSON_SIZE_HEADER),
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body as the handler sees it (decompressed), refused past ``max_body_bytes``.
+
+        The cap counts decompressed bytes: a few KB of gzip may inflate to megabytes."""
         limit = self.config.max_body_bytes
         declared = request.content_length
         if declared is not None and declared > limit:
             raise BadRequest(413, "BodyTooLarge", f"body exceeds {limit} bytes")
-        if declared is not None and declared <= _HARD_BODY_CAP:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if declared is not None and encoding == "identity":
             # HTTP framing holds the body to its declared length: read it in one go.
-            body = await request.read()
-            return parse_infer(
-                body, request.headers.get(BUDGET_HEADER), rt.cfg.budget, rt.cfg.max_batch
-            )
+            return await request.read()
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(1 << 16):
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, "BodyTooLarge", f"body exceeds {limit} bytes")
-            chunks.append(chunk)
-        return parse_infer(
-            b"".join(chunks), request.headers.get(BUDGET_HEADER), rt.cfg.budget, rt.cfg.max_batch
-        )
+        try:
+            async for chunk in request.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(
+                        413,
+                        "BodyTooLarge",
+                        f"body exceeds {limit} bytes"
+                        + ("" if encoding == "identity" else f" once decompressed ({encoding})"),
+                    )
+                chunks.append(chunk)
+        except (web.RequestPayloadError, HttpProcessingError) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+            detail = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+            raise BadRequest(
+                400, "BadEncoding", f"body could not be decoded as {encoding}: {detail.strip()}"
+            ) from None
+        return b"".join(chunks)
 
     def _admit(self, rt: CascadeRuntime, n: int) -> str | None:
         """None to admit, else the reason to refuse: the in-flight bound, or a full queue."""
@@ -443,9 +877,36 @@ def event_loop_runner() -> asyncio.Runner:
     return asyncio.Runner()
 
 
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error as a v2 JSON ``{"error": ...}``: aiohttp's own 404/405/413 are text/plain,
+    and an exception of ours would otherwise be a bare 500."""
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return _error(exc.status, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        if exc.status == 404:
+            message = f"no endpoint {request.method} {request.path}; see docs/protocol.md"
+        elif exc.status == 405:
+            allowed = exc.headers.get("Allow", "")
+            message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        else:
+            message = exc.text or exc.reason
+        return _error(exc.status, message, headers)
+    except Exception as exc:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error(500, f"internal error in the router: {type(exc).__name__}: {exc}")
+
+
 def build_app(router: Router) -> web.Application:
     """The aiohttp application; the router starts and stops with it."""
-    app = web.Application(client_max_size=_HARD_BODY_CAP)
+    app = web.Application(client_max_size=_HARD_BODY_CAP, middlewares=[json_errors])
     app[ROUTER_KEY] = router
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
@@ -455,13 +916,20 @@ def build_app(router: Router) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     # First: aiohttp tries the routes under /v2/models in the order they were added.
-    app.router.add_post("/v2/models/{cascade}/infer", router.infer)
-    app.router.add_get("/v2", router.server_metadata)
-    app.router.add_get("/v2/health/live", router.live)
-    app.router.add_get("/v2/health/ready", router.ready)
-    app.router.add_get("/v2/models/{cascade}", router.model_metadata)
-    app.router.add_get("/v2/models/{cascade}/ready", router.model_ready)
-    app.router.add_get("/metrics", router.metrics_endpoint)
+    add_get, add_post = app.router.add_get, app.router.add_post
+    for model in ("/v2/models/{cascade}", "/v2/models/{cascade}/versions/{version}"):
+        add_post(f"{model}/infer", router.infer)
+    add_get("/v2", router.server_metadata)
+    add_get("/v2/health/live", router.live)
+    add_get("/v2/health/ready", router.ready)
+    add_get("/v2/models/stats", router.model_stats)  # before /v2/models/{cascade}
+    add_post("/v2/repository/index", router.repository_index)
+    for model in ("/v2/models/{cascade}", "/v2/models/{cascade}/versions/{version}"):
+        add_get(model, router.model_metadata)
+        add_get(f"{model}/ready", router.model_ready)
+        add_get(f"{model}/config", router.model_config)
+        add_get(f"{model}/stats", router.model_stats)
+    add_get("/metrics", router.metrics_endpoint)
     return app
 
 
