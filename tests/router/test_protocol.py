@@ -224,6 +224,7 @@ def test_gzip_requests_work_and_count_against_the_cap_decompressed(
         headers={"Content-Encoding": "gzip"},
     )
     assert_error(resp, 400, "could not be decoded as gzip")
+    assert resp.headers["Connection"] == "close"  # the rest of that body is unreadable
 
 
 def test_a_huge_text_is_cut_to_the_limit_and_the_response_says_so(served: RouterThread) -> None:

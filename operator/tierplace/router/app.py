@@ -72,6 +72,7 @@ _CONFIG_TYPES = {
 }
 _REQUEST_KEYS = frozenset({"id", "inputs", "outputs", "parameters"})
 _REQUEST_PARAMETERS = frozenset({BUDGET_PARAMETER, TRUNCATE_PARAMETER, BINARY_OUTPUT_PARAMETER})
+_UNREAD_BODY = frozenset({"BodyTooLarge", "BadEncoding"})  # refusals that end the connection
 _HARD_BODY_CAP = 64 << 20  # aiohttp's own cap; the config's max_body_bytes is enforced below
 
 
@@ -732,7 +733,12 @@ class Router:
         except BadRequest as exc:
             if name in self.runtimes:
                 self.metrics.child(self.metrics.rejections, name, exc.reason).inc()
-            return _error(exc.status, str(exc))
+            resp = _error(exc.status, str(exc))
+            if exc.reason in _UNREAD_BODY:
+                # The rest of the body is unread or undecodable: the connection cannot carry
+                # another request, so say so rather than let the client reuse it and fail.
+                resp.force_close()
+            return resp
         refusal = self._admit(rt, len(req.texts))
         if refusal is not None:
             self.metrics.child(self.metrics.rejections, name, refusal).inc()
