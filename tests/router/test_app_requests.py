@@ -160,3 +160,22 @@ def _rewrite(path: Path, text: str) -> None:
     before = path.stat().st_mtime_ns
     path.write_text(text)
     os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
+
+
+async def test_a_router_bug_is_a_500_json_error_with_its_cause_and_counted(router: Router) -> None:
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the fusion table is missing")
+
+    async with running_router(router) as client:
+        router.runtimes["sentiment"].classify = broken  # type: ignore[method-assign]
+        resp = await client.post("/v2/models/sentiment/infer", json=text_request("fine film"))
+        assert resp.status == 500
+        assert resp.content_type == "application/json"
+        assert (await resp.json())["error"] == (
+            "internal error in the router: RuntimeError: the fusion table is missing"
+        )
+        stats = await (await client.get("/v2/models/sentiment/stats")).json()
+        text = await (await client.get("/metrics")).text()
+    assert stats["model_stats"][0]["inference_stats"]["fail"]["count"] == 1
+    failures = "tierplace_router_failures_total"
+    assert metric_value(text, failures, cascade="sentiment", reason="InternalError") == 1.0

@@ -93,6 +93,10 @@ class RequestedOutput:
     binary: bool
 
 
+#: Every output, as JSON (False) or as binary tensors (True): what a request naming none gets.
+_ALL_OUTPUTS = {b: tuple(RequestedOutput(n, b) for n in OUTPUTS) for b in (False, True)}
+
+
 @dataclass(frozen=True)
 class InferRequest:
     """A validated v2 request: the texts, the budget, the caller's id and what to answer."""
@@ -100,7 +104,7 @@ class InferRequest:
     texts: tuple[str, ...]
     budget_s: float
     request_id: str | None
-    outputs: tuple[RequestedOutput, ...] = tuple(RequestedOutput(n, False) for n in OUTPUTS)
+    outputs: tuple[RequestedOutput, ...] = _ALL_OUTPUTS[False]
     truncated: int = 0  # texts cut to MAX_TEXT_CHARS
 
 
@@ -131,7 +135,8 @@ def _text_error(row: int, value: object) -> str | None:
     if not isinstance(value, str):
         return f"element {row} must be a string, got {type(value).__name__}"
     try:
-        value.encode()
+        if not value.isascii():  # ASCII cannot hold a surrogate: skip the copy
+            value.encode()
     except UnicodeEncodeError as exc:
         return (
             f"element {row} is not valid Unicode ({exc.reason} at character {exc.start}); "
@@ -201,7 +206,7 @@ def parse_infer(
                 )
             text = text[:MAX_TEXT_CHARS]
             cut += 1
-        if not text.strip():
+        if not text or text.isspace():  # what str.strip() would empty, without a copy
             where = (
                 f" in its first {MAX_TEXT_CHARS} characters" if len(text) == MAX_TEXT_CHARS else ""
             )
@@ -363,7 +368,7 @@ def _budget(raw: object, default_s: float) -> float:
 def _outputs(raw: object, binary_default: bool) -> tuple[RequestedOutput, ...]:
     """The outputs asked for, in the order asked; all of them when none are named."""
     if raw is None or raw == []:
-        return tuple(RequestedOutput(n, binary_default) for n in OUTPUTS)
+        return _ALL_OUTPUTS[binary_default]
     if not isinstance(raw, list):
         raise BadRequest(400, "BadOutputs", "'outputs' must be a list of {\"name\": ...} objects")
     chosen: list[RequestedOutput] = []
@@ -771,7 +776,8 @@ class Router:
             stats.record(False, n, self.clock() - arrival)
         for r in failures:
             if not isinstance(r, NoAnswer):
-                raise r
+                self.metrics.child(self.metrics.failures, name, "InternalError").inc()
+                raise r  # json_errors answers 500 with its type and message, and logs it
         if failures:
             detail = "; ".join(sorted({str(f) for f in failures}))
             return _error(503, f"no tier could answer: {detail}", headers={"Retry-After": "1"})
