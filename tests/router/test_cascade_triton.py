@@ -273,6 +273,7 @@ async def test_a_slow_upper_tier_cuts_offloading_until_prometheus_goes_away(
     """The closed loop with real parts: router -> Prometheus -> thresholds -> decisions."""
     adaptive = {
         **OFFLOAD_ALWAYS,
+        "threshold_floor": 0.0,  # as if calibration certified any threshold
         "latency_sensitivity": 0.5,
         "expected_latency": "20ms",
         "keep_ratio": 1.0,

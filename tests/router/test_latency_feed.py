@@ -58,7 +58,12 @@ def test_unreachable_prometheus_is_stale_and_static_without_raising() -> None:
 @pytest.mark.prometheus
 @pytest.mark.slow
 async def test_live_latency_moves_thresholds_and_a_stopped_prometheus_restores_them() -> None:
-    tier = {"latency_sensitivity": 0.2, "threshold_bounds": [0.5, 0.95], "expected_latency": "50ms"}
+    tier = {
+        "latency_sensitivity": 0.2,
+        "threshold_bounds": [0.5, 0.95],
+        "threshold_floor": 0.5,  # calibrated: without it adaptation would only raise
+        "expected_latency": "50ms",
+    }
     router = Router(cascade_config(DOWN, tier=tier))
     async with running_router(router) as client:
         prom = PrometheusServer([ScrapeTarget("router", f"127.0.0.1:{client.port}")])

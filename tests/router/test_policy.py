@@ -1,6 +1,9 @@
-"""The pure routing policy: decisions, threshold adaptation, pruning and fusion."""
+"""The pure routing policy: decisions, threshold adaptation, validation, pruning and fusion."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -12,8 +15,11 @@ from tierplace.router.policy import (
     Reason,
     TierLatency,
     TierPolicy,
+    answer_confidence,
+    check_answer,
     decide,
     effective_thresholds,
+    expected_latency,
     fuse,
     keep_count,
     prune,
@@ -28,6 +34,7 @@ DEVICE = TierPolicy(
     latency_sensitivity=0.2,
     expected_latency_s=0.005,
     keep_ratio=0.5,
+    threshold_floor=0.5,  # as if calibrated: the lowest threshold that met the target
 )
 EDGE = TierPolicy(
     "edge",
@@ -36,6 +43,7 @@ EDGE = TierPolicy(
     threshold_bounds=(0.6, 0.95),
     latency_sensitivity=0.2,
     expected_latency_s=0.02,
+    threshold_floor=0.6,
 )
 CLOUD = TierPolicy("cloud", "mpnet", offload_threshold=0.9, expected_latency_s=0.08)
 LADDER = (DEVICE, EDGE, CLOUD)
@@ -77,9 +85,31 @@ def test_slow_upper_tier_lowers_the_threshold_below_it_within_bounds() -> None:
     slow_edge = effective_thresholds(LADDER, live(edge=0.04))  # twice the prior
     assert slow_edge[0] == pytest.approx(0.8 - 0.2)
     very_slow = effective_thresholds(LADDER, live(edge=10.0))
-    assert very_slow[0] == 0.5  # the lower bound
+    assert very_slow[0] == 0.5  # the calibrated floor
     fast_edge = effective_thresholds(LADDER, live(edge=0.0))
     assert fast_edge[0] == pytest.approx(0.95)  # raised, capped by the upper bound
+
+
+def test_without_a_calibrated_floor_adaptation_only_raises_thresholds() -> None:
+    """A constant 0.5 floor means 'every answer is confident' on two classes: without a floor
+    from calibration the static threshold is the floor."""
+    uncalibrated = (replace(DEVICE, threshold_floor=None), EDGE, CLOUD)
+    assert effective_thresholds(uncalibrated, live(edge=10.0))[0] == 0.8
+    assert effective_thresholds(uncalibrated, live(edge=0.0))[0] == pytest.approx(0.95)
+    assert replace(DEVICE, threshold_floor=None).lowest_threshold == 0.8
+    # A floor below the configured lower bound does not loosen past the bound either.
+    assert replace(DEVICE, threshold_floor=0.1).lowest_threshold == 0.5
+
+
+def test_a_call_in_flight_longer_than_expected_shows_a_hang_even_when_stale() -> None:
+    hung = MetricsSnapshot(stale=True, in_flight_s={"edge": 2.0})
+    assert expected_latency(EDGE, hung) == 2.0
+    assert decide(LADDER, 0, 0.45, 0.5, hung).reason is Reason.BUDGET_EXHAUSTED
+    assert decide(LADDER, 0, 0.45, 0.5, STATIC).offload  # without it: offload into the hang
+    assert effective_thresholds(LADDER, hung)[0] == 0.5  # pressure, down to the floor
+    # A young call in flight says nothing the measurement does not.
+    young = MetricsSnapshot(stale=False, tiers={"edge": TierLatency(call_s=0.03)})
+    assert expected_latency(EDGE, replace(young, in_flight_s={"edge": 0.01})) == 0.03
 
 
 def test_stale_snapshot_gives_static_thresholds() -> None:
@@ -130,11 +160,14 @@ def test_decision_is_deterministic_for_a_snapshot(
     )
 
 
-@given(snap=snapshots)
-def test_thresholds_stay_within_bounds(snap: MetricsSnapshot) -> None:
-    for tier, value in zip(LADDER, effective_thresholds(LADDER, snap), strict=True):
+@given(snap=snapshots, floor=st.none() | unit)
+def test_thresholds_stay_within_bounds_and_above_the_floor(
+    snap: MetricsSnapshot, floor: float | None
+) -> None:
+    ladder = (replace(DEVICE, threshold_floor=min(floor, 0.8) if floor else None), EDGE, CLOUD)
+    for tier, value in zip(ladder, effective_thresholds(ladder, snap), strict=True):
         low, high = tier.threshold_bounds
-        assert low <= value <= high
+        assert low <= tier.lowest_threshold <= value <= high
 
 
 @given(a=st.floats(0, 5), b=st.floats(0, 5))
@@ -144,6 +177,106 @@ def test_slower_upper_tier_never_raises_offloading(a: float, b: float) -> None:
         effective_thresholds(LADDER, live(edge=slow))[0]
         <= (effective_thresholds(LADDER, live(edge=fast))[0])
     )
+
+
+# --- answer validation --------------------------------------------------------------------
+
+
+def _ok(
+    probs: tuple[float, ...], conf: float | None = None, layer: int = 1, metric: str = "confidence"
+) -> str | None:
+    c = answer_confidence(probs, metric) if conf is None else conf
+    bad = check_answer(probs, c, layer, classes=2, layers=2, metric=metric)
+    return None if bad is None else bad.check
+
+
+def test_the_measured_bad_answers_are_refused_with_their_check() -> None:
+    assert _ok((0.25, 0.75)) is None
+    assert _ok((0.25, 0.75), metric="entropy") is None
+    assert _ok((0.2, 0.3, 0.5)) == "probs_shape"  # wrong length
+    assert _ok(()) == "probs_shape"  # empty
+    assert _ok((math.nan, math.nan), conf=0.9) == "probs_not_finite"
+    assert _ok((-0.5, 1.5), conf=0.9) == "probs_range"
+    assert _ok((0.5, 0.6), conf=0.6) == "probs_sum"
+    assert _ok((0.25, 0.75), conf=7.5) == "confidence_range"
+    assert _ok((0.25, 0.75), conf=math.nan) == "confidence_range"
+    assert _ok((0.25, 0.75), conf=0.99) == "confidence_mismatch"
+    assert _ok((0.25, 0.75), metric="entropy", conf=0.75) == "confidence_mismatch"
+    assert _ok((0.25, 0.75), layer=3) == "exit_layer"
+    assert _ok((0.25, 0.75), layer=0) == "exit_layer"
+    bad = check_answer((0.25, 0.75), 0.75, 1, classes=2, layers=2, importance=(0.1, math.inf))
+    assert bad is not None and bad.check == "importance_not_finite"
+
+
+def _softmax(logits: list[float]) -> tuple[float, ...]:
+    top = max(logits)
+    e = [math.exp(x - top) for x in logits]
+    return tuple(x / sum(e) for x in e)
+
+
+logits = st.lists(st.floats(-30, 30), min_size=2, max_size=5)
+metrics_ = st.sampled_from(["confidence", "entropy"])
+any_float = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@given(logits=logits, metric=metrics_, layers=st.integers(1, 12), data=st.data())
+def test_every_well_formed_answer_is_believed(
+    logits: list[float], metric: str, layers: int, data: st.DataObject
+) -> None:
+    probs = _softmax(logits)
+    layer = data.draw(st.integers(1, layers))
+    conf = answer_confidence(probs, metric)
+    assert (
+        check_answer(probs, conf, layer, classes=len(probs), layers=layers, metric=metric) is None
+    )
+
+
+@given(
+    probs=st.lists(any_float, max_size=6),
+    conf=any_float,
+    layer=st.integers(-5, 20),
+    classes=st.integers(0, 4),
+    metric=metrics_,
+)
+def test_validation_never_raises_and_what_it_believes_is_sane(
+    probs: list[float], conf: float, layer: int, classes: int, metric: str
+) -> None:
+    bad = check_answer(probs, conf, layer, classes=classes, layers=6, metric=metric)
+    if bad is None:  # what fusion and the policy may rely on
+        assert len(probs) == classes >= 1
+        assert all(0.0 <= p <= 1.0 for p in probs)
+        assert math.fsum(probs) == pytest.approx(1.0, abs=1e-3)
+        assert 0.0 <= conf <= 1.0 and 1 <= layer <= 6
+
+
+@given(logits=logits, metric=metrics_, where=st.integers(0, 4), junk=any_float)
+def test_one_corrupted_probability_is_refused_or_harmless(
+    logits: list[float], metric: str, where: int, junk: float
+) -> None:
+    probs = list(_softmax(logits))
+    conf = answer_confidence(probs, metric)
+    i = where % len(probs)
+    corrupt = [*probs[:i], junk, *probs[i + 1 :]]
+    bad = check_answer(corrupt, conf, 1, classes=len(probs), layers=1, metric=metric)
+    if not math.isfinite(junk) or not 0.0 <= junk <= 1.0 or abs(junk - probs[i]) > 1e-3:
+        assert bad is not None
+
+
+@given(logits=logits, metric=metrics_, off=st.floats(2e-3, 10) | st.floats(-10, -2e-3))
+def test_a_confidence_that_disagrees_with_probs_is_refused(
+    logits: list[float], metric: str, off: float
+) -> None:
+    probs = _softmax(logits)
+    conf = answer_confidence(probs, metric) + off
+    assert check_answer(probs, conf, 1, classes=len(probs), layers=1, metric=metric) is not None
+
+
+@given(logits=logits, extra=st.floats(0, 1))
+def test_a_wrong_class_count_is_refused(logits: list[float], extra: float) -> None:
+    probs = _softmax(logits)
+    conf = max(probs)
+    assert check_answer((*probs, extra), conf, 1, classes=len(probs), layers=1) is not None
+    assert check_answer(probs[:-1], conf, 1, classes=len(probs), layers=1) is not None
 
 
 # --- pruning ------------------------------------------------------------------------------

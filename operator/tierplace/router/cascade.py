@@ -2,21 +2,44 @@
 
 The loop owns the I/O and the clock; every choice is the policy's. A request that some tier
 answered is never lost: an upper tier's failure returns the best answer so far, flagged
-degraded; a lower tier's failure sends the original text straight up.
+degraded; a lower tier's failure sends the original text straight up. What a tier sends is
+checked before it is believed (``TierClient.check``): a refused answer is a failure of that
+tier, never fused nor returned. Every call is bounded by what is left of the request's budget,
+and a tier that keeps failing (refused, hung, invalid) is skipped by its breaker
+(docs/faults.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tierplace.api.variants import LABELS
 from tierplace.router.config import CascadeConfig, TierConfig
 from tierplace.router.metrics import RouterMetrics
-from tierplace.router.policy import MetricsSnapshot, Reason, decide, fuse, prune
-from tierplace.router.tiers import TierClient, TierError, TierInput, TierResult
+from tierplace.router.policy import (
+    MetricsSnapshot,
+    Reason,
+    decide,
+    expected_latency,
+    fuse,
+    prune,
+)
+from tierplace.router.tiers import FailureKind, TierClient, TierError, TierInput, TierResult
+
+#: What an answer still needs once its last tier call returned (fusion, encoding, the write):
+#: kept out of every call's timeout and of the budget the policy sees, so the budget holds end
+#: to end rather than only up to the last call.
+ANSWER_MARGIN_S = 0.005
+
+#: Until some tier answered, a call gets at least this many times its tier's expected latency
+#: (a request with a tiny budget still gets an answer that could be had); and only a timeout
+#: after at least that long counts against a tier: a shorter one is the request's tight
+#: budget, not the tier's fault.
+FAIR_CHANCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +64,63 @@ class NoAnswer(Exception):
         self.reason = reason
 
 
+class Breaker:
+    """One tier's circuit breaker: why a failing or hung tier costs one request, not each.
+
+    - closed: calls go through; ``open_after`` consecutive failed calls open it. Failures are
+      refusals, timeouts after a fair chance (``FAIR_CHANCE``), 5xx and invalid answers alike:
+      a hung tier must not cost every request its whole timeout.
+    - open: the tier is skipped for ``cooldown_s`` while another tier can answer.
+    - half-open: after the cool-down, one request probes the tier while the others keep
+      skipping it; the probe's success closes the breaker, its failure opens it for another
+      cool-down. A probe that ends without a verdict (cancelled, or timed out before a fair
+      chance) lets the next request probe; one stuck past ``probe_timeout_s`` is forgotten.
+
+    ``cooldown_s`` of 0 disables it: the tier is always called. ``cause`` is the kind of the
+    last failure: a skipped call reports it, so a tier skipped for invalid answers still makes
+    the answers it is missing from degraded.
+    """
+
+    def __init__(self, open_after: int, cooldown_s: float, probe_timeout_s: float) -> None:
+        self.open_after = open_after
+        self.cooldown_s = cooldown_s
+        self.probe_timeout_s = probe_timeout_s
+        self.failures = 0
+        self.cause: FailureKind = "unavailable"
+        self._open_until: float | None = None
+        self._probe_since: float | None = None
+
+    def is_closed(self) -> bool:
+        return self._open_until is None
+
+    def admit(self, now: float) -> bool:
+        """May a call go to the tier now? True for the probe when half-open."""
+        if self._open_until is None:
+            return True
+        if now < self._open_until:
+            return False
+        if self._probe_since is not None and now - self._probe_since < self.probe_timeout_s:
+            return False  # another request is probing
+        self._probe_since = now
+        return True
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self._open_until = None
+        self._probe_since = None
+
+    def failed(self, now: float, kind: FailureKind = "unavailable") -> None:
+        self.failures += 1
+        self.cause = kind
+        probing, self._probe_since = self._probe_since is not None, None
+        if self.cooldown_s > 0 and (probing or self.failures >= self.open_after):
+            self._open_until = now + self.cooldown_s
+
+    def released(self) -> None:
+        """A call ended without a verdict on the tier: a probe gives way to the next one."""
+        self._probe_since = None
+
+
 class CascadeRuntime:
     """A cascade's config with its open tier clients; replaced whole on config reload."""
 
@@ -53,16 +133,24 @@ class CascadeRuntime:
             for t in cfg.tiers
         )
         self.max_timeout_s = max_timeout_s
+        self.breakers = tuple(
+            Breaker(cfg.open_after, cfg.down_cooldown, max_timeout_s) for _ in cfg.tiers
+        )
         # The per-tier series every answered request touches, bound once (no label lookups).
         child = metrics.child
         names = [t.name for t in cfg.tiers]
         self._call_ok = [child(metrics.tier_call_seconds, cfg.name, t, "ok") for t in names]
         self._exit_layer = [child(metrics.exit_layer, cfg.name, t) for t in names]
         self._confidence = [child(metrics.confidence, cfg.name, t) for t in names]
+        self._open = [child(metrics.tier_open, cfg.name, t) for t in names]
+        for gauge in self._open:
+            gauge.set(0)
+        # Start times of the calls in flight to each tier, oldest first (insertion order).
+        self._since: list[dict[int, float]] = [{} for _ in names]
+        self._tokens = itertools.count()
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self._down_until: dict[int, float] = {}
 
     def enter(self, n: int) -> None:
         self.in_flight += n
@@ -81,6 +169,40 @@ class CascadeRuntime:
         states = await asyncio.gather(*(c.ready() for c in self.clients))
         return any(states)
 
+    def oldest_in_flight(self, index: int, now: float) -> float | None:
+        """Age of the oldest call still in flight to tier ``index``, if any."""
+        since = self._since[index]
+        return now - next(iter(since.values())) if since else None
+
+    def live(self, snapshot: MetricsSnapshot, index: int, now: float) -> MetricsSnapshot:
+        """``snapshot`` with tier ``index``'s oldest call in flight when that is older than
+        the policy expects: a hang shows before any call to the tier has ended."""
+        if index >= len(self.policies):
+            return snapshot
+        age = self.oldest_in_flight(index, now)
+        policy = self.policies[index]
+        if age is None or age <= expected_latency(policy, snapshot):
+            return snapshot
+        return replace(snapshot, in_flight_s={**snapshot.in_flight_s, policy.name: age})
+
+    def call_limit(
+        self, index: int, remaining_s: float, snapshot: MetricsSnapshot, answered: bool, now: float
+    ) -> float:
+        """The timeout of a call to tier ``index``.
+
+        What is left of the budget less ``ANSWER_MARGIN_S``, never above the call timeout.
+        Until some tier answered, it also leaves the next tier its expected latency, so a hung
+        tier still leaves time for an answer from above, and it gets at least ``FAIR_CHANCE``
+        times its own expected latency, so a tiny budget still gets an answer.
+        """
+        limit = remaining_s - ANSWER_MARGIN_S
+        if not answered:
+            if index + 1 < len(self.policies):
+                upper = self.policies[index + 1]
+                limit -= expected_latency(upper, self.live(snapshot, index + 1, now))
+            limit = max(limit, FAIR_CHANCE * self.policies[index].expected_latency_s)
+        return min(limit, self.max_timeout_s)
+
     async def classify(
         self,
         text: str,
@@ -93,43 +215,53 @@ class CascadeRuntime:
         seen: list[tuple[int, TierResult]] = []
         payload = TierInput(text=text)
         last_error: TierError | None = None
+        refused = False  # some tier's answer failed validation: whatever we return is degraded
         i = 0
         while i < len(tiers):
-            tier, client = tiers[i], self.clients[i]
-            remaining = deadline - clock()
-            # Until some tier answered, a call may use its full timeout: the budget decides
-            # offloads, it never leaves a request without an answer that could be had.
-            timeout = remaining if seen else max(remaining, self.max_timeout_s)
-            want_importance = i + 1 < len(tiers) and tier.keep_ratio < 1.0
-            # A tier found unreachable moments ago is skipped while another can answer:
-            # degraded answers stay fast instead of each paying for a failing connect.
-            down_until = self._down_until.get(i)
-            skip = (
-                down_until is not None
-                and clock() < down_until
-                and (bool(seen) or i + 1 < len(tiers))
-            )
-            try:
-                if skip:
-                    raise TierError(tier.name, "unavailable", "skipped: unreachable moments ago")
-                result = await self._call(i, client, payload, want_importance, timeout, clock)
-                self._down_until.pop(i, None)
-            except TierError as exc:
-                if not skip and exc.kind == "unavailable" and self.cfg.down_cooldown > 0:
-                    self._down_until[i] = clock() + self.cfg.down_cooldown
-                last_error = exc
+            tier, client, breaker = tiers[i], self.clients[i], self.breakers[i]
+            now = clock()
+            # The last tier that could still answer is always tried: a breaker may make an
+            # answer degraded, never turn it into none.
+            admitted = breaker.admit(now)
+            error: TierError | None = None
+            if admitted or (not seen and i + 1 == len(tiers)):
+                limit = self.call_limit(i, deadline - now, snapshot, bool(seen), now)
+                want_importance = i + 1 < len(tiers) and tier.keep_ratio < 1.0
+                try:
+                    result = await self._call(i, client, payload, want_importance, limit, clock)
+                except TierError as exc:
+                    error = exc
+                    self._judge(i, exc, limit, clock(), admitted)
+                except BaseException:  # cancelled: no verdict on the tier
+                    if admitted:
+                        breaker.released()
+                    raise
+                else:
+                    if not breaker.is_closed():
+                        self._open[i].set(0)
+                    breaker.succeeded()
+            else:
+                self.metrics.child(self.metrics.tier_skipped, name, tier.name).inc()
+                error = TierError(
+                    tier.name, breaker.cause, f"skipped: breaker open after {breaker.cause}"
+                )
+            if error is not None:
+                last_error = error
+                invalid = error.kind == "invalid"
+                refused = refused or invalid
                 if seen:
                     self.metrics.child(
-                        self.metrics.degraded, name, tiers[seen[-1][0]].name, exc.kind
+                        self.metrics.degraded, name, tiers[seen[-1][0]].name, error.kind
                     ).inc()
-                    return self._answer(seen, Reason.UPPER_TIER_FAILED, degraded=True)
+                    reason = Reason.TIER_ANSWER_INVALID if refused else Reason.UPPER_TIER_FAILED
+                    return self._answer(seen, reason, degraded=True)
                 if i + 1 < len(tiers):
                     self.metrics.child(
                         self.metrics.offloads,
                         name,
                         tier.name,
                         tiers[i + 1].name,
-                        Reason.TIER_UNAVAILABLE,
+                        Reason.TIER_ANSWER_INVALID if invalid else Reason.TIER_UNAVAILABLE,
                     ).inc()
                     payload = TierInput(text=text)
                     i += 1
@@ -138,8 +270,17 @@ class CascadeRuntime:
             seen.append((i, result))
             self._exit_layer[i].observe(result.exit_layer)
             self._confidence[i].observe(result.confidence)
-            decision = decide(self.policies, i, result.confidence, deadline - clock(), snapshot)
+            now = clock()
+            decision = decide(
+                self.policies,
+                i,
+                result.confidence,
+                deadline - now - ANSWER_MARGIN_S,
+                self.live(snapshot, i + 1, now),
+            )
             if not decision.offload:
+                if refused:
+                    return self._answer(seen, Reason.TIER_ANSWER_INVALID, degraded=True)
                 return self._answer(seen, decision.reason, degraded=False)
             payload = self._next_input(tier, tiers[i + 1], text, result)
             self.metrics.child(
@@ -150,8 +291,36 @@ class CascadeRuntime:
             ).observe(payload.nbytes)
             i += 1
         detail = str(last_error) if last_error else "no tier configured"
-        self.metrics.child(self.metrics.failures, name, Reason.TIER_UNAVAILABLE).inc()
-        raise NoAnswer(Reason.TIER_UNAVAILABLE, detail)
+        reason = (
+            Reason.TIER_ANSWER_INVALID
+            if last_error is not None and last_error.kind == "invalid"
+            else Reason.TIER_UNAVAILABLE
+        )
+        self.metrics.child(self.metrics.failures, name, reason).inc()
+        raise NoAnswer(reason, detail)
+
+    def _judge(
+        self, index: int, exc: TierError, limit_s: float, now: float, admitted: bool
+    ) -> None:
+        """Count a failed call against its tier's breaker, or not (see ``Breaker``)."""
+        tier = self.cfg.tiers[index]
+        if exc.kind == "invalid":
+            self.metrics.child(
+                self.metrics.invalid_answers, self.cfg.name, tier.name, exc.check or "unknown"
+            ).inc()
+        breaker = self.breakers[index]
+        if exc.kind == "timeout":
+            counts = limit_s >= FAIR_CHANCE * self.policies[index].expected_latency_s
+        elif exc.kind == "failed":
+            counts = exc.status is None or exc.status >= 500  # a 4xx is about the request
+        else:
+            counts = True
+        if counts:
+            breaker.failed(now, exc.kind)
+            if not breaker.is_closed():
+                self._open[index].set(1)
+        elif admitted:
+            breaker.released()
 
     async def _call(
         self,
@@ -166,23 +335,29 @@ class CascadeRuntime:
         labels = (self.cfg.name, client.cfg.name)
         attempts = 1 + self.cfg.retries
         timeout = limit_s
-        for attempt in range(attempts):
-            start = clock()
-            try:
-                result = await client.infer(
-                    payload, want_importance=want_importance, timeout_s=timeout
-                )
-            except TierError as exc:
-                self.metrics.child(self.metrics.tier_call_seconds, *labels, exc.kind).observe(
-                    clock() - start
-                )
-                timeout -= clock() - start
-                if exc.kind != "unavailable" or attempt + 1 >= attempts or timeout <= 0:
-                    raise
-                await asyncio.sleep(min(0.01 * (attempt + 1), max(timeout, 0)))
-                continue
-            self._call_ok[index].observe(clock() - start)
-            return result
+        since = self._since[index]
+        token = next(self._tokens)
+        since[token] = clock()
+        try:
+            for attempt in range(attempts):
+                start = clock()
+                try:
+                    result = await client.infer(
+                        payload, want_importance=want_importance, timeout_s=timeout
+                    )
+                except TierError as exc:
+                    self.metrics.child(self.metrics.tier_call_seconds, *labels, exc.kind).observe(
+                        clock() - start
+                    )
+                    timeout -= clock() - start
+                    if exc.kind != "unavailable" or attempt + 1 >= attempts or timeout <= 0:
+                        raise
+                    await asyncio.sleep(min(0.01 * (attempt + 1), max(timeout, 0)))
+                    continue
+                self._call_ok[index].observe(clock() - start)
+                return result
+        finally:
+            del since[token]
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _next_input(

@@ -52,6 +52,12 @@ class TierConfig(_Frozen):
     )
     offload_threshold: Unit = 0.8
     threshold_bounds: tuple[Unit, Unit] = (0.0, 1.0)
+    threshold_floor: Unit | None = Field(
+        None,
+        description="lowest offload threshold calibration certified (it still met the accuracy "
+        "target); live adaptation never goes below it. Unset: the offload_threshold itself, so "
+        "adaptation may only raise thresholds",
+    )
     latency_sensitivity: float = Field(0.0, ge=0.0)
     exit_threshold: float = Field(1.01, ge=0.0, description=">1 runs to the last layer")
     exit_metric: Literal["confidence", "entropy"] = "confidence"
@@ -69,6 +75,11 @@ class TierConfig(_Frozen):
             raise ValueError(f"tier {self.name}: threshold_bounds low {low} > high {high}")
         if not low <= self.offload_threshold <= high:
             raise ValueError(f"tier {self.name}: offload_threshold outside threshold_bounds")
+        if self.threshold_floor is not None and self.threshold_floor > self.offload_threshold:
+            raise ValueError(
+                f"tier {self.name}: threshold_floor {self.threshold_floor} above "
+                f"offload_threshold {self.offload_threshold} (a floor only bounds lowering)"
+            )
         if self.tokenizer is None and self.model not in VARIANTS:
             raise ValueError(f"tier {self.name}: unknown model {self.model!r} needs a tokenizer")
         if ":" not in self.endpoint or "/" in self.endpoint:
@@ -78,6 +89,12 @@ class TierConfig(_Frozen):
     @property
     def tokenizer_family(self) -> str:
         return self.tokenizer or VARIANTS[self.model].tokenizer
+
+    @property
+    def num_layers(self) -> int | None:
+        """Exits of the served variant (EXIT_LAYER's upper bound); None for unknown models."""
+        variant = VARIANTS.get(self.model)
+        return variant.num_layers if variant else None
 
     @property
     def selector(self) -> str:
@@ -95,6 +112,7 @@ class TierConfig(_Frozen):
             expected_latency_s=self.expected_latency,
             keep_ratio=self.keep_ratio,
             fusion_weight=self.fusion_weight,
+            threshold_floor=self.threshold_floor,
         )
 
 
@@ -114,8 +132,12 @@ class CascadeConfig(_Frozen):
     retries: int = Field(1, ge=0, le=5, description="extra tries of a call that failed to connect")
     down_cooldown: Seconds = Field(
         default=2.0,
-        description="after a tier is found unreachable, skip it this long while another tier "
-        "can answer (0 disables)",
+        description="a tier whose breaker opened (refused, timed out, failed or answered "
+        "invalidly open_after times in a row) is skipped this long while another tier can "
+        "answer, then probed by one request (0 disables); docs/faults.md",
+    )
+    open_after: int = Field(
+        1, ge=1, description="consecutive failed calls to a tier that open its breaker"
     )
     max_batch: int = Field(32, ge=1, description="texts per request")
 

@@ -139,6 +139,24 @@ class RouterMetrics:
             ["result"],
             registry=r,
         )
+        self.invalid_answers = Counter(
+            f"{PREFIX}_invalid_answers_total",
+            "Tier answers refused by validation (never fused nor returned), by failed check.",
+            ["cascade", "tier", "check"],
+            registry=r,
+        )
+        self.tier_skipped = Counter(
+            f"{PREFIX}_tier_skipped_total",
+            "Calls not made because the tier's breaker was open (cooling down).",
+            ["cascade", "tier"],
+            registry=r,
+        )
+        self.tier_open = Gauge(
+            f"{PREFIX}_tier_open",
+            "1 while a tier's breaker is open or half-open (docs/faults.md), else 0.",
+            ["cascade", "tier"],
+            registry=r,
+        )
 
     def child(self, metric: _M, *values: str) -> _M:
         """``metric.labels(*values)``, cached: the hot path skips prometheus_client's

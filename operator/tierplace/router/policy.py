@@ -23,6 +23,7 @@ class Reason(StrEnum):
     LOW_CONFIDENCE = "LowConfidence"  # offloaded: not confident enough here
     TIER_UNAVAILABLE = "TierUnavailable"  # a lower tier failed: went straight up
     UPPER_TIER_FAILED = "UpperTierFailed"  # an upper tier failed: lower answer, degraded
+    TIER_ANSWER_INVALID = "TierAnswerInvalid"  # a tier's answer was refused: degraded
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class TierPolicy:
     ``expected_latency_s`` is the prior cost of calling this tier, link included.
     ``keep_ratio`` is the fraction of words this tier sends up when it offloads.
     ``exit_threshold`` goes to the model as a request parameter: the early exit inside the tier.
+    ``threshold_floor`` is the lowest offload threshold calibration certified (it still met the
+    accuracy target); without one the static threshold is the floor, so live adaptation may
+    raise a threshold (more offloads) but never loosen it below what was measured.
     """
 
     name: str
@@ -47,6 +51,14 @@ class TierPolicy:
     expected_latency_s: float = 0.05
     keep_ratio: float = 1.0
     fusion_weight: float = 1.0
+    threshold_floor: float | None = None
+
+    @property
+    def lowest_threshold(self) -> float:
+        """Where adaptation stops lowering: the calibrated floor, else the static threshold,
+        and never below the configured lower bound."""
+        floor = self.offload_threshold if self.threshold_floor is None else self.threshold_floor
+        return max(self.threshold_bounds[0], floor)
 
 
 @dataclass(frozen=True)
@@ -61,10 +73,16 @@ class TierLatency:
 
 @dataclass(frozen=True)
 class MetricsSnapshot:
-    """Everything the policy may know about live latency; stale means 'use the priors'."""
+    """Everything the policy may know about live latency; stale means 'use the priors'.
+
+    ``in_flight_s`` is the router's own view, always fresh: the age of the oldest call still
+    in flight to a tier. Prometheus only learns of a call when it ends, so a hung tier looks
+    healthy there until its calls time out; the age shows the hang while it happens.
+    """
 
     tiers: Mapping[str, TierLatency] = field(default_factory=dict)
     stale: bool = True
+    in_flight_s: Mapping[str, float] = field(default_factory=dict)
 
 
 STATIC = MetricsSnapshot()
@@ -77,8 +95,15 @@ def expected_latency(tier: TierPolicy, snapshot: MetricsSnapshot) -> float:
     """The latency to expect from a call to ``tier``: live when known, else the prior.
 
     The router's own call latency covers link, queue and compute; Triton's server-side view
-    lacks the link, so the prior's share is kept when only that is known.
+    lacks the link, so the prior's share is kept when only that is known. A call in flight for
+    longer than that raises the expectation to its age, stale metrics or not.
     """
+    base = _measured_latency(tier, snapshot)
+    age = snapshot.in_flight_s.get(tier.name) if snapshot.in_flight_s else None
+    return base if age is None or age <= base else age
+
+
+def _measured_latency(tier: TierPolicy, snapshot: MetricsSnapshot) -> float:
     live = None if snapshot.stale else snapshot.tiers.get(tier.name)
     if live is None:
         return tier.expected_latency_s
@@ -95,22 +120,22 @@ def effective_thresholds(
     """Each tier's offload threshold after live latency of the tier above it.
 
     A slower-than-expected upper tier lowers the threshold below it (fewer offloads), a faster
-    one raises it, always within the tier's bounds. The top tier's value is irrelevant (it never
-    offloads) and is reported as its static value. Stale metrics give the static thresholds.
+    one raises it, always within the tier's bounds and never below its ``lowest_threshold``
+    (the calibrated floor: a two-class model's 0.5 would make every answer confident). The top
+    tier's value is irrelevant (it never offloads) and is reported as its static value. Stale
+    metrics give the static thresholds, unless a call in flight shows an upper tier hanging.
     """
     out: list[float] = []
+    static = snapshot.stale and not snapshot.in_flight_s
     for i, tier in enumerate(tiers):
-        if i + 1 >= len(tiers) or snapshot.stale:
-            out.append(_clamp(tier.offload_threshold, tier.threshold_bounds))
+        bounds = (tier.lowest_threshold, tier.threshold_bounds[1])
+        if i + 1 >= len(tiers) or static:
+            out.append(_clamp(tier.offload_threshold, bounds))
             continue
         upper = tiers[i + 1]
         ratio = expected_latency(upper, snapshot) / max(upper.expected_latency_s, 1e-9)
         pressure = min(max(ratio - 1.0, -1.0), _MAX_PRESSURE)
-        out.append(
-            _clamp(
-                tier.offload_threshold - tier.latency_sensitivity * pressure, tier.threshold_bounds
-            )
-        )
+        out.append(_clamp(tier.offload_threshold - tier.latency_sensitivity * pressure, bounds))
     return tuple(out)
 
 
@@ -150,6 +175,76 @@ def decide(
     if needed > remaining_s:
         return Decision(False, Reason.BUDGET_EXHAUSTED, threshold, needed)
     return Decision(True, Reason.LOW_CONFIDENCE, threshold, needed)
+
+
+# --- answer validation --------------------------------------------------------------------
+
+#: How far a tier's float32 outputs may stray from exact arithmetic: the sum of PROBS from 1,
+#: and CONFIDENCE from the measure recomputed from PROBS (float32 rounding is ~1e-7).
+ANSWER_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class InvalidAnswer:
+    """Why a tier's answer is not believed; ``check`` is a fixed name, used as a metric label."""
+
+    check: str
+    detail: str
+
+
+def answer_confidence(probs: Sequence[float], metric: str) -> float:
+    """The confidence measure the tier was asked to report, recomputed from its PROBS (as
+    ``model/early_exit.confidence``): max probability, or 1 - normalised entropy."""
+    if metric == "entropy":
+        if len(probs) < 2:
+            return 1.0
+        entropy = -sum(p * math.log(max(p, 1e-12)) for p in probs)
+        return 1.0 - entropy / math.log(len(probs))
+    return max(probs, default=0.0)
+
+
+def check_answer(
+    probs: Sequence[float],
+    confidence: float,
+    exit_layer: int,
+    *,
+    classes: int,
+    layers: int | None,
+    metric: str = "confidence",
+    importance: Sequence[float] = (),
+    tolerance: float = ANSWER_TOLERANCE,
+) -> InvalidAnswer | None:
+    """None when a tier's answer can be believed, else the first check it fails.
+
+    A tier is another process behind a network: a bug, a bad model file or a stand-in can send
+    anything, and one bad PROBS would otherwise crash fusion (a 500) or, worse, go out as a
+    normal answer; an out-of-range CONFIDENCE would end the cascade as ``Confident``. Total:
+    never raises, whatever floats it is given.
+    """
+    if len(probs) != classes or classes < 1:
+        return InvalidAnswer("probs_shape", f"PROBS has {len(probs)} classes, expected {classes}")
+    if not all(math.isfinite(p) for p in probs):
+        return InvalidAnswer("probs_not_finite", f"PROBS not finite: {list(probs)}")
+    if not all(0.0 <= p <= 1.0 for p in probs):
+        return InvalidAnswer("probs_range", f"PROBS outside [0, 1]: {list(probs)}")
+    total = math.fsum(probs)
+    if abs(total - 1.0) > tolerance:
+        return InvalidAnswer("probs_sum", f"PROBS sum to {total}, not 1")
+    if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+        return InvalidAnswer("confidence_range", f"CONFIDENCE {confidence} outside [0, 1]")
+    expected = answer_confidence(probs, metric)
+    if abs(confidence - expected) > tolerance:
+        return InvalidAnswer(
+            "confidence_mismatch",
+            f"CONFIDENCE {confidence} but PROBS give {expected:.6f} ({metric})",
+        )
+    if exit_layer < 1 or (layers is not None and exit_layer > layers):
+        return InvalidAnswer(
+            "exit_layer", f"EXIT_LAYER {exit_layer} outside 1..{layers if layers else 'n'}"
+        )
+    if not all(math.isfinite(x) for x in importance):
+        return InvalidAnswer("importance_not_finite", "IMPORTANCE not finite")
+    return None
 
 
 # --- fusion -------------------------------------------------------------------------------

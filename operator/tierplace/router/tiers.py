@@ -1,7 +1,9 @@
 """Calls to one tier's Triton server: pooled connections, explicit timeouts, typed results.
 
 Everything Triton-specific lives here (tensor names, request parameters, error types), so the
-cascade logic sees only ``TierResult`` or ``TierError``.
+cascade logic sees only ``TierResult`` or ``TierError``. An answer is believed only after
+``policy.check_answer`` and the batch-shape checks here: anything else is a ``TierError`` of
+kind ``invalid`` and its content goes no further.
 
 The transport is tritonclient's aio ``InferenceServerClient`` (its pooled aiohttp session,
 plugins and header checks), but the hot path does not pay for its tensor objects: the request
@@ -19,7 +21,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -27,10 +29,12 @@ import numpy as np
 import tritonclient.http.aio as triton_http
 from tritonclient.utils import InferenceServerException
 
+from tierplace.api.variants import LABELS
 from tierplace.router import codec
 from tierplace.router.config import TierConfig
+from tierplace.router.policy import check_answer
 
-FailureKind = Literal["unavailable", "timeout", "failed"]
+FailureKind = Literal["unavailable", "timeout", "failed", "invalid"]
 
 #: The outputs the cascade reads: always the answer, and what pruning needs when it offloads.
 ANSWER_OUTPUTS = ("PROBS", "NUM_TOKENS", "EXIT_LAYER", "CONFIDENCE", "TRUNCATED")
@@ -39,12 +43,26 @@ _JSON_SIZE_HEADER = "Inference-Header-Content-Length"
 
 
 class TierError(Exception):
-    """A call that gave no answer; ``kind`` says whether it is worth retrying."""
+    """A call that gave no answer; ``kind`` says whether it is worth retrying.
 
-    def __init__(self, tier: str, kind: FailureKind, detail: str) -> None:
+    ``status`` is the HTTP status of a ``failed`` call when there was one; ``check`` names the
+    failed check of an ``invalid`` answer (a metric label).
+    """
+
+    def __init__(
+        self,
+        tier: str,
+        kind: FailureKind,
+        detail: str,
+        *,
+        status: int | None = None,
+        check: str | None = None,
+    ) -> None:
         super().__init__(f"tier {tier} {kind}: {detail}")
         self.tier = tier
         self.kind = kind
+        self.status = status
+        self.check = check
 
 
 @dataclass(frozen=True)
@@ -79,9 +97,18 @@ class TierInput:
 class TierClient:
     """A pooled aio client for one tier; create and close inside the running event loop."""
 
-    def __init__(self, cfg: TierConfig, *, conn_limit: int = 64, max_timeout_s: float = 5.0):
+    def __init__(
+        self,
+        cfg: TierConfig,
+        *,
+        conn_limit: int = 64,
+        max_timeout_s: float = 5.0,
+        classes: int = len(LABELS),
+    ):
         self.cfg = cfg
         self._max_timeout_s = max_timeout_s
+        self._classes = classes
+        self._layers = cfg.num_layers
         self._client = triton_http.InferenceServerClient(
             cfg.endpoint, conn_limit=conn_limit, conn_timeout=max_timeout_s
         )
@@ -167,16 +194,43 @@ class TierClient:
         except aiohttp.ClientError as exc:
             raise TierError(self.cfg.name, "failed", repr(exc)) from None
         if status != 200:
-            raise TierError(self.cfg.name, "failed", _error_message(content))
+            raise TierError(self.cfg.name, "failed", _error_message(content), status=status)
         try:
             if binary_json_size is not None:  # binary outputs after all (a proxy, a plugin)
-                result = triton_http.InferenceServerClient.parse_response_body(
+                parsed = triton_http.InferenceServerClient.parse_response_body(
                     content, header_length=binary_json_size
                 )
-                return _parse(result, want_importance)
-            return parse_outputs(codec.loads(content), want_importance)
-        except (TypeError, ValueError, IndexError, AttributeError, KeyError) as exc:
-            raise TierError(self.cfg.name, "failed", f"unexpected outputs: {exc}") from None
+                result = _parse(parsed, want_importance)
+            else:
+                result = parse_outputs(codec.loads(content), want_importance)
+        except (
+            TypeError,
+            ValueError,
+            IndexError,
+            AttributeError,
+            KeyError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
+            raise TierError(
+                self.cfg.name, "invalid", f"unexpected outputs: {exc}", check="malformed"
+            ) from None
+        self.check(result)
+        return result
+
+    def check(self, result: TierResult) -> None:
+        """Raise ``TierError(kind="invalid")`` unless the answer can be believed."""
+        bad = check_answer(
+            result.probs,
+            result.confidence,
+            result.exit_layer,
+            classes=self._classes,
+            layers=self._layers,
+            metric=self.cfg.exit_metric,
+            importance=result.importance,
+        )
+        if bad is not None:
+            raise TierError(self.cfg.name, "invalid", bad.detail, check=bad.check)
 
 
 def _tensor(payload: TierInput) -> tuple[str, list[int], str, bytes]:
@@ -203,18 +257,34 @@ def _error_message(content: bytes) -> str:
 
 
 def _first_row(outputs: Mapping[str, Mapping[str, Any]], name: str) -> Sequence[Any]:
-    """The first batch row of a JSON output, flattened (``data`` is row-major)."""
+    """The only batch row of a JSON output, flattened (``data`` is row-major); the router
+    sends one text, so the shape must say a batch of one and agree with the data."""
     out = outputs.get(name)
     if out is None:
         raise ValueError(f"missing output {name}")
     data: Sequence[Any] = out["data"]
-    return data[: math.prod(out["shape"][1:])]
+    shape = [int(d) for d in out["shape"]]
+    if not shape or shape[0] != 1 or any(d < 0 for d in shape) or len(data) != math.prod(shape):
+        raise ValueError(f"output {name} has shape {shape} with {len(data)} values, not one row")
+    return data
+
+
+_Row = TypeVar("_Row", Sequence[Any], "np.ndarray[Any, Any]")
+
+
+def _tokens_row(row: _Row, n: int, name: str) -> _Row:
+    """The first ``n`` entries of a per-token output, which must hold at least ``n``."""
+    if len(row) < n:
+        raise ValueError(f"output {name} has {len(row)} entries for {n} tokens")
+    return row[:n]
 
 
 def parse_outputs(doc: Mapping[str, Any], with_importance: bool) -> TierResult:
     """A ``TierResult`` from a v2 JSON response (outputs in JSON, batch row 0)."""
     outputs = {o["name"]: o for o in doc["outputs"]}
     n = int(_first_row(outputs, "NUM_TOKENS")[0])
+    if n < 0:
+        raise ValueError(f"NUM_TOKENS {n} is negative")
     probs = tuple(float(p) for p in _first_row(outputs, "PROBS"))
     exit_layer = int(_first_row(outputs, "EXIT_LAYER")[0])
     confidence = float(_first_row(outputs, "CONFIDENCE")[0])
@@ -227,9 +297,13 @@ def parse_outputs(doc: Mapping[str, Any], with_importance: bool) -> TierResult:
         confidence,
         n,
         truncated,
-        tokens=tuple(str(t) for t in _first_row(outputs, "TOKENS")[:n]),
-        token_ids=tuple(int(i) for i in _first_row(outputs, "TOKEN_IDS")[:n]),
-        importance=tuple(float(x) for x in _first_row(outputs, "IMPORTANCE")[:n]),
+        tokens=tuple(str(t) for t in _tokens_row(_first_row(outputs, "TOKENS"), n, "TOKENS")),
+        token_ids=tuple(
+            int(i) for i in _tokens_row(_first_row(outputs, "TOKEN_IDS"), n, "TOKEN_IDS")
+        ),
+        importance=tuple(
+            float(x) for x in _tokens_row(_first_row(outputs, "IMPORTANCE"), n, "IMPORTANCE")
+        ),
     )
 
 
@@ -237,13 +311,18 @@ def _row(result: triton_http.InferResult, name: str) -> np.ndarray[Any, Any]:
     arr = result.as_numpy(name)
     if arr is None:
         raise ValueError(f"missing output {name}")
-    row: np.ndarray[Any, Any] = np.asarray(arr)[0]
+    arr = np.asarray(arr)
+    if arr.ndim == 0 or arr.shape[0] != 1:
+        raise ValueError(f"output {name} has shape {list(arr.shape)}, not one row")
+    row: np.ndarray[Any, Any] = arr[0]
     return row
 
 
 def _parse(result: triton_http.InferResult, with_importance: bool) -> TierResult:
-    probs = _row(result, "PROBS").astype(float)
+    probs = _row(result, "PROBS").astype(float).reshape(-1)
     n = int(_row(result, "NUM_TOKENS").reshape(-1)[0])
+    if n < 0:
+        raise ValueError(f"NUM_TOKENS {n} is negative")
     out = TierResult(
         probs=tuple(float(p) for p in probs),
         exit_layer=int(_row(result, "EXIT_LAYER").reshape(-1)[0]),
@@ -254,11 +333,14 @@ def _parse(result: triton_http.InferResult, with_importance: bool) -> TierResult
     if not with_importance:
         return out
     tokens = tuple(
-        t.decode() if isinstance(t, bytes) else str(t) for t in _row(result, "TOKENS")[:n]
+        t.decode() if isinstance(t, bytes) else str(t)
+        for t in _tokens_row(_row(result, "TOKENS"), n, "TOKENS")
     )
     return replace(
         out,
         tokens=tokens,
-        token_ids=tuple(int(i) for i in _row(result, "TOKEN_IDS")[:n]),
-        importance=tuple(float(x) for x in _row(result, "IMPORTANCE")[:n]),
+        token_ids=tuple(int(i) for i in _tokens_row(_row(result, "TOKEN_IDS"), n, "TOKEN_IDS")),
+        importance=tuple(
+            float(x) for x in _tokens_row(_row(result, "IMPORTANCE"), n, "IMPORTANCE")
+        ),
     )
