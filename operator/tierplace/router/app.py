@@ -130,6 +130,17 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _encodable(value: str) -> bool:
+    """True unless ``value`` holds a lone surrogate, which no response could carry."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text_error(row: int, value: object) -> str | None:
     """Why one text cannot be classified, or None when it can."""
     if not isinstance(value, str):
@@ -178,9 +189,7 @@ def parse_infer(
             f"unknown request field(s) {_show(unknown)}; a v2 request has "
             f"{', '.join(sorted(_REQUEST_KEYS))}",
         )
-    texts = _texts(doc.get("inputs"), binary)
-    if len(texts) > max_batch:
-        raise BadRequest(400, "BatchTooLarge", f"{len(texts)} texts exceed the limit {max_batch}")
+    texts = _texts(doc.get("inputs"), binary, max_batch)
     params = doc.get("parameters", {})
     if not isinstance(params, dict):
         raise BadRequest(400, "BadParameters", "'parameters' must be an object")
@@ -215,7 +224,7 @@ def parse_infer(
             )
         kept.append(text)
     rid = doc.get("id")
-    if rid is not None and (not isinstance(rid, str) or _text_error(0, rid) is not None):
+    if rid is not None and (not isinstance(rid, str) or not _encodable(rid)):
         raise BadRequest(400, "BadId", f"'id' must be a UTF-8 string, got {_show(rid)}")
     return InferRequest(
         texts=tuple(kept),
@@ -244,8 +253,9 @@ def _split_binary(body: bytes, json_size: str | None) -> tuple[bytes, bytes]:
     return body[:size], body[size:]
 
 
-def _texts(inputs: object, binary: bytes) -> list[str]:
-    """The TEXT input's elements, row-major, each checked to be classifiable text."""
+def _texts(inputs: object, binary: bytes, max_batch: int) -> list[str]:
+    """The TEXT input's elements, row-major, each checked to be classifiable text; the batch
+    limit is checked on the shape, before any element is decoded."""
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest(400, "MissingInput", f"'inputs' must list the {INPUT_NAME} input")
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -281,6 +291,8 @@ def _texts(inputs: object, binary: bytes) -> list[str]:
             400, "BadShape", f"shape must be 1 or 2 non-negative integers, got {_show(shape)}"
         )
     count = math.prod(shape)
+    if count > max_batch:
+        raise BadRequest(400, "BatchTooLarge", f"{count} texts exceed the limit {max_batch}")
     params = entry.get("parameters", {})
     if not isinstance(params, dict) or set(params) - {"binary_data_size"}:
         raise BadRequest(
