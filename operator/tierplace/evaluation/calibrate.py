@@ -18,7 +18,7 @@ requests both get right or both get wrong.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import product
 from statistics import NormalDist
 from typing import Any
@@ -141,6 +141,9 @@ class Calibration:
     points: tuple[Point, ...]
     gap_bound: float = 0.0  # upper bound on the chosen setting's gap, at target.confidence
     three_tier_setting: Setting | None = None  # the best setting that keeps all three tiers
+    # Per lower tier: the lowest offload threshold that still met the target (the router's
+    # threshold_floor: how far live adaptation may lower it).
+    threshold_floors: Mapping[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +162,7 @@ class Calibration:
             "three_tier_setting": (
                 self.three_tier_setting.as_dict() if self.three_tier_setting else None
             ),
+            "threshold_floors": dict(self.threshold_floors),
             "baselines": {
                 "cloud_exit_threshold": self.cloud_exit_threshold,
                 "sedna_threshold": self.sedna_threshold,
@@ -246,6 +250,11 @@ def calibrate(
         split=tables.split,
         target=target,
         reference_accuracy=reference.accuracy,
+        threshold_floors=(
+            threshold_floors(full(best, net, costs), tables, costs, target, reference)
+            if met
+            else {}
+        ),
         setting=best,
         accuracy=out.accuracy,
         gap_bound=gap_bound(out, reference, target.confidence),
@@ -256,6 +265,58 @@ def calibrate(
         sedna_threshold=float(sedna_thr),
         points=tuple(Point(s, o.accuracy, o.mean_latency_s) for s, o in candidates),
     )
+
+
+def threshold_floors(
+    system: System,
+    tables: TableSet,
+    costs: Mapping[str, TierCost],
+    target: Target,
+    reference: Outcome,
+) -> dict[str, float]:
+    """Per lower tier, the lowest offload threshold (of ``THRESHOLDS``) that still meets an
+    accuracy ``target``, everything else as chosen (exit thresholds included, as live
+    adaptation leaves them): the router's ``threshold_floor``. Without it the router may only
+    raise thresholds; a constant floor (0.5) let a slow upper tier make every two-class answer
+    confident. Tiers are lowered one at a time, lowest first, each with the tiers below at
+    their floors, so the floors were replayed together. A latency target certifies no
+    accuracy: there each floor is the chosen threshold.
+    """
+    tiers = list(system.tiers)
+    floors: dict[str, float] = {}
+    for k, tier in enumerate(tiers[:-1]):
+        floor = tier.offload_threshold
+        if target.accuracy_gap is not None:
+            for value in sorted((t for t in THRESHOLDS if t < floor), reverse=True):
+                trial = tiers.copy()
+                trial[k] = replace(
+                    tier,
+                    offload_threshold=value,
+                    threshold_bounds=(
+                        min(value, tier.threshold_bounds[0]),
+                        tier.threshold_bounds[1],
+                    ),
+                )
+                out = simulate(replace(system, tiers=tuple(trial)), tables, costs)
+                if gap_bound(out, reference, target.confidence) > target.accuracy_gap + 1e-12:
+                    break
+                floor, tiers = value, trial
+        floors[tier.name] = floor
+    return floors
+
+
+def router_floors(cascade: Mapping[str, Any], cal: Calibration) -> dict[str, Any]:
+    """A router cascade entry (``systems.router_cascade``) with each tier's calibrated
+    ``threshold_floor`` (never above its offload threshold, which the router refuses)."""
+    tiers = [
+        (
+            {**t, "threshold_floor": min(cal.threshold_floors[t["name"]], t["offload_threshold"])}
+            if t["name"] in cal.threshold_floors
+            else dict(t)
+        )
+        for t in cascade["tiers"]
+    ]
+    return {**cascade, "tiers": tiers}
 
 
 def pareto(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
