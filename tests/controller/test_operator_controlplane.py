@@ -263,12 +263,16 @@ def test_cascade_creates_its_tiers_and_the_router(
         if cm is None:
             return None
         parsed = router_config.parse(yaml.safe_load(cm["data"]["router.yaml"]))
-        return parsed if len(parsed.cascades[0].tiers) == 3 else None
+        tiers = parsed.cascades[0].tiers
+        return parsed if len(tiers) == 3 and not any(".svc" in t.endpoint for t in tiers) else None
 
-    loaded = api.wait(config, "a router config over three placed tiers")
+    loaded = api.wait(config, "a router config over three placed tiers at their Service IPs")
     tiers = loaded.cascades[0].tiers
     assert [t.model for t in tiers] == ["minilm-l2", "minilm-l6", "mpnet-base"]
-    assert tiers[0].endpoint == f"sentiment-device.{ns}.svc:8000"
+    # The router reaches each tier at its Service's cluster IP, read from the API.
+    svc = api.get(f"/api/v1/namespaces/{ns}/services/sentiment-device")
+    assert svc is not None
+    assert tiers[0].endpoint == f"{svc['spec']['clusterIP']}:8000"
     assert tiers[0].offload_threshold == 0.7
     # No spec.prometheusUrl: the router reads the operator's default Prometheus.
     assert loaded.prometheus.url == operator_defaults.prometheus_url
@@ -451,3 +455,100 @@ def test_a_foreign_object_in_the_way_is_reported_not_overwritten(api: Api, ns: s
     assert api.get(deployment_path(ns, "taken")) is not None
     svc = api.get(f"/api/v1/namespaces/{ns}/services/taken")
     assert svc is not None and svc["spec"]["ports"][0]["port"] == 1234
+
+
+def test_a_users_tier_with_a_generated_name_is_never_adopted_or_deleted(
+    api: Api, ns: str
+) -> None:
+    """A user made InferenceTier ``clash-device`` first; cascade ``clash`` then wants that name
+    for its Device rung. The cascade reports the clash and leaves the tier alone, and deleting
+    the cascade deletes nothing of the user's."""
+    mine = api.create(
+        api.tiers(ns),
+        tier_body(
+            "clash-device",
+            "Device",
+            replicas=3,
+            exitThreshold="0.95",
+            triton={"image": "registry.example/mine/triton:1"},
+        ),
+    )
+    wait_deployment(api, ns, "clash-device")
+    body = {
+        "apiVersion": "tierplace.io/v1alpha1",
+        "kind": "InferenceCascade",
+        "metadata": {"name": "clash"},
+        "spec": {"tiers": [{"tierClass": "Device"}, {"tierClass": "Cloud"}]},
+    }
+    api.create(api.cascades(ns), body)
+    status = api.wait(
+        lambda: (
+            (c := api.get(api.cascades(ns, "clash")))
+            and condition(c, "TiersReady").get("reason") == "ChildOwnedElsewhere"
+            and c.get("status", {}).get("tiers", [{}, {}])[1].get("variant")
+            and c["status"]
+        ),
+        "the clash in the cascade status, the cloud rung placed",
+    )
+    message = condition({"status": status}, "TiersReady")["message"]
+    assert "InferenceTier clash-device already exists and was not created by tierplace" in message
+    assert "left untouched" in message
+    # The router routes only to what is the cascade's own: the generated cloud tier.
+    cm = api.wait(
+        lambda: api.get(f"/api/v1/namespaces/{ns}/configmaps/clash-router"), "router config"
+    )
+    routed = yaml.safe_load(cm["data"]["router.yaml"])["cascades"][0]["tiers"]
+    assert [t["name"] for t in routed] == ["clash-cloud"]
+
+    def untouched() -> dict[str, Any]:
+        tier = api.get(api.tiers(ns, "clash-device"))
+        assert tier is not None, "the user's tier was deleted"
+        assert tier["spec"] == mine["spec"]
+        assert tier["metadata"]["uid"] == mine["metadata"]["uid"]
+        assert not tier["metadata"].get("ownerReferences")
+        assert tier["metadata"].get("labels", {}) == mine["metadata"].get("labels", {})
+        return tier
+
+    untouched()
+    code, _ = api.cp.request("DELETE", api.cascades(ns, "clash"))
+    assert code == 200
+    api.wait(lambda: api.get(api.tiers(ns, "clash-cloud")) is None, "generated tier collected", 90)
+    api.wait(lambda: api.get(deployment_path(ns, "clash-router")) is None, "router collected", 90)
+    untouched()
+    dep = api.get(deployment_path(ns, "clash-device"))
+    assert dep is not None and dep["spec"]["replicas"] == 3
+
+
+def test_an_orphan_the_operator_made_for_the_same_owner_is_adopted_again(
+    api: Api, ns: str
+) -> None:
+    """Deleted with ``--cascade=orphan``, a tier's Deployment loses its owner but keeps the
+    created-for mark; the recreated tier of the same name takes it back instead of failing."""
+    api.create(api.tiers(ns), tier_body("again", "Edge"))
+    first = wait_deployment(api, ns, "again")
+    code, _ = api.cp.request(
+        "DELETE",
+        api.tiers(ns, "again"),
+        {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Orphan"},
+    )
+    assert code == 200
+    api.wait(lambda: api.get(api.tiers(ns, "again")) is None, "tier deleted", 90)
+    api.wait(
+        lambda: (
+            (d := api.get(deployment_path(ns, "again")))
+            and not d["metadata"].get("ownerReferences")
+        ),
+        "the Deployment orphaned",
+        90,
+    )
+    tier = api.create(api.tiers(ns), tier_body("again", "Edge"))
+    dep = api.wait(
+        lambda: (
+            (d := api.get(deployment_path(ns, "again")))
+            and d["metadata"].get("ownerReferences")
+            and d
+        ),
+        "the orphan adopted by the new tier",
+    )
+    assert dep["metadata"]["uid"] == first["metadata"]["uid"]
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == tier["metadata"]["uid"]

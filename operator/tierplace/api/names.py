@@ -37,6 +37,10 @@ SPEC_HASH_ANNOTATION: Final = f"{PREFIX}/spec-hash"
 LATENCY_FACTOR_ANNOTATION: Final = f"{PREFIX}/latency-factor-permille"
 
 MANAGED_BY: Final = "tierplace-operator"
+#: On every child the operator creates: ``<Kind>/<name>`` of the object it was made for. An
+#: existing object is only ever adopted when it carries this mark for the adopting owner, so
+#: a user's same-named object is reported, never taken over (and never garbage-collected).
+CREATED_FOR_ANNOTATION: Final = f"{PREFIX}/created-for"
 
 COMPONENT_TRITON: Final = "triton"
 COMPONENT_ROUTER: Final = "router"

@@ -55,7 +55,8 @@ class Conflict(ApiError):
 
 
 class OwnedElsewhere(Exception):
-    """A child with the wanted name exists but another controller owns it."""
+    """A child with the wanted name exists and is not ours: another controller owns it, or
+    nobody does and we did not create it (a user's object). Either way it is left untouched."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,37 @@ def merged(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def created_for(obj: Mapping[str, Any]) -> str | None:
+    """Whom the operator created this object for (``Kind/name``), if it created it."""
+    value = (obj.get("metadata", {}).get("annotations") or {}).get(names.CREATED_FOR_ANNOTATION)
+    return None if value is None else str(value)
+
+
+def foreign_reason(desired: Mapping[str, Any], live: Mapping[str, Any]) -> str | None:
+    """Why ``live`` may not be written to match ``desired``, or None when it is ours.
+
+    Ours means: our owner controls it, or nobody controls it and it carries our created-for
+    mark for this same owner (an orphan of ours, e.g. left by a ``--cascade=orphan`` delete).
+    Anything else, in particular an unowned object a user made, is never adopted: adopting it
+    would also hand it to the garbage collector when the owner is deleted."""
+    what = f"{desired['kind']} {desired['metadata']['name']}"
+    current = controller_uid(live)
+    if current is not None and current == controller_uid(desired):
+        return None
+    if current is not None:
+        return (
+            f"{what} exists and is controlled by another object (uid {current}); "
+            "delete it or rename this resource"
+        )
+    mark = created_for(desired)
+    if mark is not None and created_for(live) == mark:
+        return None
+    return (
+        f"{what} already exists and was not created by tierplace for {mark or 'this object'}; "
+        "it is left untouched: rename or delete it, or rename this resource"
+    )
+
+
 def controller_uid(obj: Mapping[str, Any]) -> str | None:
     for ref in obj.get("metadata", {}).get("ownerReferences", []) or []:
         if ref.get("controller"):
@@ -275,13 +307,9 @@ class Kube:
                 live = await self.get(path)
                 if live is None:
                     raise
-        owner = controller_uid(desired)
-        current = controller_uid(live)
-        if current is not None and current != owner:
-            raise OwnedElsewhere(
-                f"{desired['kind']} {desired['metadata']['name']} exists and is controlled by "
-                f"another object (uid {current}); delete it or rename this resource"
-            )
+        reason = foreign_reason(desired, live)
+        if reason is not None:
+            raise OwnedElsewhere(reason)
         if up_to_date(desired, live):
             return live
         body = merged(desired, live)

@@ -94,6 +94,10 @@ class Owner:
             "blockOwnerDeletion": True,
         }
 
+    def mark(self) -> dict[str, str]:
+        """The annotation that says a child was created for this owner (see names)."""
+        return {names.CREATED_FOR_ANNOTATION: f"{self.kind}/{self.name}"}
+
 
 def spec_hash(manifest: Mapping[str, Any]) -> str:
     """A short stable digest of a manifest, ignoring the hash annotation itself."""
@@ -114,6 +118,7 @@ def _meta(owner: Owner, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
         "name": name,
         "namespace": owner.namespace,
         "labels": dict(labels),
+        "annotations": owner.mark(),
         "ownerReferences": [owner.reference()],
     }
 
@@ -140,9 +145,11 @@ def service_host(name: str, namespace: str) -> str:
     return f"{name}.{namespace}.svc"
 
 
-def tier_endpoint(name: str, namespace: str) -> str:
-    """host:port of a tier's Triton HTTP endpoint, as the router config wants it."""
-    return f"{service_host(name, namespace)}:{HTTP_PORT}"
+def tier_endpoint(name: str, namespace: str, service_ip: str | None = None) -> str:
+    """host:port of a tier's Triton HTTP endpoint, as the router config wants it: the
+    Service's cluster IP once the API shows one (no cluster DNS needed, and no lookup on the
+    request path), its DNS name before that."""
+    return f"{service_ip or service_host(name, namespace)}:{HTTP_PORT}"
 
 
 def triton_args(spec: InferenceTierSpec, variant: VariantProfile) -> list[str]:
@@ -291,6 +298,8 @@ class PlacedTier:
     variant: str
     exit_threshold: str
     offload_threshold: str
+    #: The tier Service's cluster IP, when the API shows one.
+    service_ip: str | None = None
 
 
 def router_config(
@@ -306,7 +315,7 @@ def router_config(
         rendered.append(
             {
                 "name": tier.name,
-                "endpoint": tier_endpoint(tier.name, tier.namespace),
+                "endpoint": tier_endpoint(tier.name, tier.namespace, tier.service_ip),
                 "model": tier.variant,
                 "offload_threshold": float(tier.offload_threshold),
                 "exit_threshold": float(tier.exit_threshold),

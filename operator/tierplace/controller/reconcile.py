@@ -172,12 +172,26 @@ class TierView:
     variant: str | None = None
     exit_threshold: str = "0.9"
     reason: str = ""
+    #: The rung's generated name is taken by an object that is not ours (reason says which).
+    owned_elsewhere: bool = False
+    #: The cluster IP of the tier's Triton Service (None before it has one).
+    service_ip: str | None = None
+
+
+def foreign_tier_view(name: str, tier_class: str, offload_threshold: str, why: str) -> TierView:
+    """A rung whose generated InferenceTier name is taken by someone else's object: the
+    cascade neither adopts nor routes to it."""
+    return TierView(name, tier_class, offload_threshold, reason=why, owned_elsewhere=True)
 
 
 def tier_view(
-    name: str, tier_class: str, offload_threshold: str, tier: Mapping[str, Any] | None
+    name: str,
+    tier_class: str,
+    offload_threshold: str,
+    tier: Mapping[str, Any] | None,
+    service: Mapping[str, Any] | None = None,
 ) -> TierView:
-    """Read an InferenceTier object (or its absence) into a TierView."""
+    """Read an InferenceTier object (or its absence) and its Service into a TierView."""
     if tier is None:
         return TierView(name, tier_class, offload_threshold, reason="InferenceTier not found")
     status = tier.get("status", {}) or {}
@@ -191,7 +205,13 @@ def tier_view(
         variant=status.get("variant"),
         exit_threshold=str((tier.get("spec", {}) or {}).get("exitThreshold", "0.9")),
         reason=str(ready_cond.get("message", "not reconciled yet")),
+        service_ip=_cluster_ip(service),
     )
+
+
+def _cluster_ip(service: Mapping[str, Any] | None) -> str | None:
+    ip = ((service or {}).get("spec") or {}).get("clusterIP")
+    return str(ip) if ip and ip != "None" else None
 
 
 def cascade_tier_names(owner_name: str, spec: InferenceCascadeSpec) -> list[tuple[str, str, str]]:
@@ -227,6 +247,7 @@ def generated_tiers(owner: Owner, spec: InferenceCascadeSpec) -> list[Manifest]:
                         "app.kubernetes.io/managed-by": names.MANAGED_BY,
                         "app.kubernetes.io/part-of": "tierplace",
                     },
+                    "annotations": owner.mark(),
                     "ownerReferences": [owner.reference()],
                 },
                 "spec": {
@@ -288,7 +309,14 @@ def plan_router(
     """Router ConfigMap, Deployment and Service over the tiers that have a placed variant.
     With none placed there is nothing to route to, so no router children are planned."""
     placed = tuple(
-        PlacedTier(v.name, owner.namespace, v.variant, v.exit_threshold, v.offload_threshold)
+        PlacedTier(
+            v.name,
+            owner.namespace,
+            v.variant,
+            v.exit_threshold,
+            v.offload_threshold,
+            v.service_ip,
+        )
         for v in views
         if v.variant
     )
@@ -313,7 +341,7 @@ def _tier_entry(view: TierView, namespace: str) -> dict[str, Any]:
         "name": view.name,
         "tierClass": view.tier_class,
         "ready": view.ready,
-        "endpoint": f"http://{manifests.tier_endpoint(view.name, namespace)}",
+        "endpoint": f"http://{manifests.tier_endpoint(view.name, namespace, view.service_ip)}",
         "offloadThreshold": view.offload_threshold,
     }
     if view.variant:
@@ -328,13 +356,20 @@ def cascade_status(
     router: Mapping[str, Any] | None,
     previous: Mapping[str, Any] | None,
     generation: int | None,
+    router_conflict: str | None = None,
 ) -> dict[str, Any]:
-    """The cascade status: per-tier readiness, degraded tiers, router availability."""
+    """The cascade status: per-tier readiness, degraded tiers, router availability.
+    ``router_conflict`` says why a router child could not be written (not ours)."""
     previous = previous or {}
     problems = order_problems(spec, owner.namespace)
     not_ready = [v for v in views if not v.ready]
+    foreign = [v for v in views if v.owned_elsewhere]
     if problems:
         tiers_ready = Condition(cond.TIERS_READY, "False", "InvalidLadder", "; ".join(problems))
+    elif foreign:
+        tiers_ready = Condition(
+            cond.TIERS_READY, "False", "ChildOwnedElsewhere", "; ".join(v.reason for v in foreign)
+        )
     elif not_ready:
         tiers_ready = Condition(
             cond.TIERS_READY,
@@ -346,7 +381,11 @@ def cascade_status(
         tiers_ready = Condition(
             cond.TIERS_READY, "True", "AllTiersReady", f"{len(views)} tier(s) ready"
         )
-    if router is None:
+    if router_conflict is not None:
+        router_cond = Condition(
+            cond.ROUTER_AVAILABLE, "False", "ChildOwnedElsewhere", router_conflict
+        )
+    elif router is None:
         router_cond = Condition(
             cond.ROUTER_AVAILABLE,
             "False",

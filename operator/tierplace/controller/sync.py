@@ -104,8 +104,12 @@ async def sync_cascade(
         return reconcile.cascade_status(owner, spec, [], None, body.get("status"), generation)
 
     wanted = reconcile.generated_tiers(owner, spec)
+    foreign: dict[str, str] = {}  # generated name -> why it is not ours to write
     for tier in wanted:
-        await kube.ensure(tier)
+        try:
+            await kube.ensure(tier)
+        except OwnedElsewhere as exc:
+            foreign[tier["metadata"]["name"]] = str(exc)
     # Tiers this cascade created for rungs that are gone now.
     keep = {t["metadata"]["name"] for t in wanted}
     tier_list = resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace)
@@ -118,17 +122,32 @@ async def sync_cascade(
 
     views = []
     for name, tier_class, threshold in reconcile.cascade_tier_names(owner.name, spec):
+        if name in foreign:
+            views.append(reconcile.foreign_tier_view(name, tier_class, threshold, foreign[name]))
+            continue
         live = await kube.get(
             resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace, name)
         )
-        views.append(reconcile.tier_view(name, tier_class, threshold, live))
+        service = (
+            await kube.get(resource_path("v1", "Service", owner.namespace, name))
+            if live is not None
+            else None
+        )
+        views.append(reconcile.tier_view(name, tier_class, threshold, live, service))
     plan = reconcile.plan_router(owner, spec, views, defaults)
     router: Mapping[str, Any] | None = None
+    router_conflict: str | None = None
     for child in plan.apply:
-        live = await kube.ensure(child)
+        try:
+            live = await kube.ensure(child)
+        except OwnedElsewhere as exc:
+            router_conflict = str(exc)
+            continue
         if child["kind"] == "Deployment":
             router = live
-    status = reconcile.cascade_status(owner, spec, views, router, body.get("status"), generation)
+    status = reconcile.cascade_status(
+        owner, spec, views, router, body.get("status"), generation, router_conflict
+    )
     prometheus_url = defaults.cascade_prometheus_url(spec)
     if prometheus_url:
         status.update(await _router_metrics(prometheus_url, owner.name))
