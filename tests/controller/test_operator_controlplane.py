@@ -457,9 +457,7 @@ def test_a_foreign_object_in_the_way_is_reported_not_overwritten(api: Api, ns: s
     assert svc is not None and svc["spec"]["ports"][0]["port"] == 1234
 
 
-def test_a_users_tier_with_a_generated_name_is_never_adopted_or_deleted(
-    api: Api, ns: str
-) -> None:
+def test_a_users_tier_with_a_generated_name_is_never_adopted_or_deleted(api: Api, ns: str) -> None:
     """A user made InferenceTier ``clash-device`` first; cascade ``clash`` then wants that name
     for its Device rung. The cascade reports the clash and leaves the tier alone, and deleting
     the cascade deletes nothing of the user's."""
@@ -519,9 +517,7 @@ def test_a_users_tier_with_a_generated_name_is_never_adopted_or_deleted(
     assert dep is not None and dep["spec"]["replicas"] == 3
 
 
-def test_an_orphan_the_operator_made_for_the_same_owner_is_adopted_again(
-    api: Api, ns: str
-) -> None:
+def test_an_orphan_the_operator_made_for_the_same_owner_is_adopted_again(api: Api, ns: str) -> None:
     """Deleted with ``--cascade=orphan``, a tier's Deployment loses its owner but keeps the
     created-for mark; the recreated tier of the same name takes it back instead of failing."""
     api.create(api.tiers(ns), tier_body("again", "Edge"))
