@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,11 +18,12 @@ from pathlib import Path
 import pytest
 from prometheus_api_client import PrometheusConnect
 
+from tests.procs import alive, descendants
 from tierplace.local.commands import infer, rows
 from tierplace.local.links import LinkSpec
+from tierplace.local.probe import until
 from tierplace.local.stack import (
     DEFAULT_TIERS,
-    ChildCrashed,
     Stack,
     StackSpec,
     router_config,
@@ -67,7 +71,7 @@ def _get(url: str) -> dict[str, object]:
 @pytest.mark.triton
 @pytest.mark.prometheus
 @pytest.mark.slow
-async def test_stack_answers_is_scraped_and_reports_a_crashed_child(
+async def test_stack_answers_is_scraped_and_restarts_a_crashed_child(
     tiny_model_home: Path, tmp_path: Path
 ) -> None:
     spec = StackSpec(router_port=0, prometheus_port=0, run_dir=tmp_path / "run")
@@ -103,19 +107,86 @@ async def test_stack_answers_is_scraped_and_reports_a_crashed_child(
         request_s = float(values["request_s"][0]["value"][1])  # type: ignore[index]
         call_s = float(values["call_s"][0]["value"][1])  # type: ignore[index]
         assert 0 < request_s < 1 and 0 < call_s < 1
+        # A crashed child is reported and restarted, not fatal.
+        stop = asyncio.Event()
+        supervising = asyncio.create_task(stack.supervise(stop))
         stack.tritons[1].kill()
-        with pytest.raises(ChildCrashed, match=r"tritonserver \(edge\) exited"):
-            await asyncio.wait_for(stack.supervise(asyncio.Event()), 5)
+        edge = "tritonserver (edge)"
+        await until(
+            lambda: any(e.child == edge and e.kind == "ready" for e in stack.events),
+            180,
+            "the edge tier back",
+        )
+        assert [e.kind for e in stack.events if e.child == edge] == [
+            "crashed",
+            "restarting",
+            "ready",
+        ]
+        children = json.loads(stack.state_file.read_text())["children"]
+        assert children[edge]["state"] == "running" and children[edge]["restarts"] == 1
+        stop.set()
+        await asyncio.wait_for(supervising, 10)
     finally:
         await stack.stop()
     assert all(p is None or p.poll() is not None for p in stack.children().values())
     assert not stack.state_file.exists()
 
 
+class Lines:
+    """A child's stdout read in a thread, so a test can wait for a line with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        stdout = proc.stdout
+
+        def pump() -> None:
+            for line in stdout:
+                self._queue.put(line)
+            self._queue.put(None)
+
+        self._stdout = stdout
+        self._thread = threading.Thread(target=pump, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """After the child exited: the reader ends at EOF; the pipe is closed."""
+        self._thread.join(timeout=10)
+        self._stdout.close()
+
+    def until(self, text: str, within_s: float) -> str:
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                missing = f"no {text!r} within {within_s:.0f} s:\n"
+                raise AssertionError(missing + self.text) from None
+            if line is None:
+                raise AssertionError(f"output ended before {text!r}:\n" + self.text)
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def rest(self, within_s: float) -> str:
+        """Everything up to the end of the output."""
+        with contextlib.suppress(AssertionError):
+            self.until("\0never", within_s)
+        return self.text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
 @pytest.mark.triton
 @pytest.mark.prometheus
 @pytest.mark.slow
-def test_tierplace_up_serves_classify_and_stops_cleanly_on_ctrl_c(tiny_model_home: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_tierplace_up_serves_restarts_a_killed_tier_and_stops_cleanly(
+    tiny_model_home: Path, sig: signal.Signals
+) -> None:
     router_port = free_port()
     env = {**os.environ, "TIERPLACE_HOME": str(tiny_model_home)}
     up = subprocess.Popen(
@@ -134,38 +205,51 @@ def test_tierplace_up_serves_classify_and_stops_cleanly_on_ctrl_c(tiny_model_hom
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert up.stdout is not None
-    lines: list[str] = []
+    out = Lines(up)
+    started: set[int] = set()
     try:
-        for line in up.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        assert any("cascade 'sentiment' is up" in ln for ln in lines), "".join(lines)
-        out = subprocess.run(
+        out.until("Ctrl-C stops everything", 240)
+        assert "cascade 'sentiment' is up" in out.text, out.text
+        classify = subprocess.run(
             [sys.executable, "-m", "tierplace.cli", "classify", "a", "gorgeous", "movie"],
             env=env,
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "exit" in out.stdout and ("positive" in out.stdout or "negative" in out.stdout)
-        demo = subprocess.run(
-            [sys.executable, "-m", "tierplace.cli", "demo"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert "answered by:" in demo.stdout
-        up.send_signal(signal.SIGINT)
-        rest, _ = up.communicate(timeout=60)
+        assert classify.returncode == 0, classify.stdout + classify.stderr
+        assert "exit" in classify.stdout
+        assert "positive" in classify.stdout or "negative" in classify.stdout
+        if sig == signal.SIGINT:
+            demo = subprocess.run(
+                [sys.executable, "-m", "tierplace.cli", "demo"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert demo.returncode == 0, demo.stdout + demo.stderr
+            assert "answered by:" in demo.stdout
+        else:
+            # kill -9 the cloud tritonserver: `up` says so, restarts it, says when it is back
+            state = json.loads((tiny_model_home / "run" / "stack.json").read_text())
+            os.kill(state["children"]["tritonserver (cloud)"]["pid"], signal.SIGKILL)
+            crashed = out.until("tritonserver (cloud) (pid", 30)
+            assert "killed by SIGKILL" in crashed
+            out.until("restarting tritonserver (cloud)", 30)
+            out.until("tritonserver (cloud) is back", 180)
+        started = descendants(up.pid)
+        assert len(started) >= 5, out.text  # three tritonservers, prometheus, the router
+        up.send_signal(sig)
+        up.wait(timeout=90)
+        rest = out.rest(10)
     finally:
         if up.poll() is None:
             up.kill()
             up.wait()
-    assert up.returncode == 0, "".join(lines) + rest
+        out.close()
+    assert up.returncode == 0, rest
     assert "stopped" in rest
     assert not (tiny_model_home / "run" / "stack.json").exists()
+    left = {p for p in started if alive(p)}
+    assert not left, f"left running: {left}"

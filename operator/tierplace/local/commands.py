@@ -54,6 +54,7 @@ def _up(args: argparse.Namespace) -> int:
     import signal
 
     from tierplace.local.stack import ChildCrashed, Stack, StackSpec, ensure_weights
+    from tierplace.local.supervise import Event, format_event
 
     home = (args.home or paths.home()).resolve()
     os.environ["TIERPLACE_HOME"] = str(home)  # the children inherit it
@@ -70,7 +71,10 @@ def _up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        stack = Stack(spec, home)
+        def report(event: Event) -> None:
+            print(format_event(event), flush=True)
+
+        stack = Stack(spec, home, on_event=report)
         starting = asyncio.create_task(stack.start())
         stopping = asyncio.create_task(stop.wait())
         try:
@@ -107,6 +111,11 @@ def _print_up(stack: Any) -> None:
     print(f"  prometheus {state['prometheus']}")
     print(f"  logs       {stack.logs}")
     print('next: tierplace classify "a gorgeous, witty movie"   or   tierplace demo')
+    policy = stack.spec.restart
+    print(
+        f"a crashed child is restarted (backoff from {policy.initial_backoff_s:g} s; given up "
+        f"after {policy.max_restarts} restarts in {policy.window_s:.0f} s)"
+    )
     print("Ctrl-C stops everything.", flush=True)
 
 

@@ -60,6 +60,26 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return int(proc.returncode)
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a process group whose leader died (tritonserver's backend stubs
+    outlive a killed server and may hold its ports); nothing left is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def log_tail(path: Path, lines: int = 8, max_bytes: int = 8192) -> tuple[str, ...]:
+    """The last ``lines`` non-empty lines of a child's log (what a crash report shows)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            data = f.read()
+    except OSError:
+        return ()
+    text = data.decode("utf-8", errors="replace").splitlines()
+    return tuple(line.rstrip() for line in text if line.strip())[-lines:]
+
+
 def run_cancellable(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)``, where Ctrl-C or SIGTERM cancels ``main`` so its ``finally``
     blocks stop what it started (a KeyboardInterrupt raised at an arbitrary point of the loop

@@ -6,8 +6,11 @@ Topology (the router stands where the device is; its calls cross the emulated li
            └─ link device→edge ── edge triton
            └─ link device→edge ── link edge→cloud ── cloud triton
 
-Children are separate processes (a crash in one is seen and reported, never hidden); the links
-live in this process's event loop. ``Stack`` stops everything it started, in reverse order.
+Children are separate processes; the links live in this process's event loop. A child that
+crashes is reported and restarted (``local.supervise``: backoff, then giving up after a few
+tries) while the others keep serving: the router answers degraded while a tier is down and
+with static thresholds while Prometheus is down. ``Stack`` stops everything it started, in
+reverse order.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,20 @@ from tierplace.api.variants import VARIANTS
 from tierplace.local.links import Link, LinkSpec, parse_rate
 from tierplace.local.processes import http_ok, spawn, stop_group
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
-from tierplace.local.triton import TritonServer, free_port
+from tierplace.local.supervise import (
+    Child,
+    Event,
+    RestartPolicy,
+    Supervised,
+    Supervisor,
+)
+from tierplace.local.supervise import (
+    ChildCrashed as ChildCrashed,
+)
+from tierplace.local.supervise import (
+    GaveUp as GaveUp,
+)
+from tierplace.local.triton import TritonServer, free_port, remove_leaked_shm
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +66,9 @@ class TierSpec:
     offload_threshold: float = 0.85
     exit_threshold: float = 0.9
     keep_ratio: float = 0.7
+    #: The calibrated lowest offload threshold (``Calibration.threshold_floors``); None: the
+    #: router's default, the offload threshold itself (adaptation may only raise it).
+    threshold_floor: float | None = None
 
 
 #: Documented defaults: device→edge 10 ms RTT at 100 Mbit/s, edge→cloud 40 ms RTT at 50 Mbit/s.
@@ -70,33 +90,52 @@ class StackSpec:
     prometheus_port: int = 9090
     budget: str = "500ms"
     run_dir: Path = field(default_factory=lambda: paths.home() / "run")
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+
+#: Written above the generated router.yaml: where its thresholds come from.
+ROUTER_CONFIG_HEADER = """\
+# Router config written by `tierplace up`. Thresholds are the stack's defaults, not a
+# calibration: a tier without threshold_floor gets the router's default floor, its
+# offload_threshold itself, so live latency feedback may raise thresholds but never lower
+# them. `tierplace calibrate` writes a router.yaml with calibrated floors.
+"""
 
 
 def router_config(spec: StackSpec, endpoints: list[str], prometheus_url: str) -> dict[str, Any]:
     """The router's YAML document for this stack: endpoints through the links, priors from the
-    catalogue's CPU latency plus the links' round trips (the live feed corrects both)."""
+    catalogue's CPU latency plus the links' round trips (the live feed corrects both); a
+    tier's ``threshold_floor`` only where one was calibrated (see ``ROUTER_CONFIG_HEADER``)."""
     tiers = []
     rtt = 0.0
     for tier, endpoint in zip(spec.tiers, endpoints, strict=True):
         rtt += tier.link.rtt_s if tier.link else 0.0
         prior_ms = rtt * 1000 + VARIANTS[tier.model].latency_ms
-        tiers.append(
-            {
-                "name": tier.name,
-                "endpoint": endpoint,
-                "model": tier.model,
-                "offload_threshold": tier.offload_threshold,
-                "threshold_bounds": [0.5, 0.99],
-                "latency_sensitivity": 0.1,
-                "exit_threshold": tier.exit_threshold,
-                "keep_ratio": tier.keep_ratio,
-                "expected_latency": f"{prior_ms:.0f}ms",
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": tier.name,
+            "endpoint": endpoint,
+            "model": tier.model,
+            "offload_threshold": tier.offload_threshold,
+            "threshold_bounds": [0.5, 0.99],
+            "latency_sensitivity": 0.1,
+            "exit_threshold": tier.exit_threshold,
+            "keep_ratio": tier.keep_ratio,
+            "expected_latency": f"{prior_ms:.0f}ms",
+        }
+        if tier.threshold_floor is not None:
+            entry["threshold_floor"] = min(tier.threshold_floor, tier.offload_threshold)
+        tiers.append(entry)
     return {
         "cascades": [{"name": CASCADE, "tiers": tiers, "budget": spec.budget}],
         "prometheus": {"url": prometheus_url, "interval": "2s", "window": "15s"},
     }
+
+
+def _remove_leaked_shm() -> None:
+    """A killed tritonserver's shared memory, removed before it is restarted."""
+    removed = remove_leaked_shm()
+    if removed:
+        log.info("removed %d leaked Python-backend shared-memory regions", len(removed))
 
 
 def trained(home: Path, models: list[str]) -> list[str]:
@@ -123,22 +162,19 @@ def ensure_weights(home: Path, models: list[str], tiny: bool) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
-class ChildCrashed(RuntimeError):
-    """A child process exited while the stack was up."""
-
-
 @dataclass
 class _Router:
     config_path: Path
     port: int
     log_file: Path
+    home: Path
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, home: Path) -> None:
+    def start(self) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -149,28 +185,39 @@ class _Router:
             "--port",
             str(self.port),
         ]
-        env = {**os.environ, "TIERPLACE_HOME": str(home)}
+        env = {**os.environ, "TIERPLACE_HOME": str(self.home)}
         self.process = spawn(cmd, env, self.log_file)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise ChildCrashed(f"router exited with code {self.process.returncode}")
+            proc = self.process
+            if proc is None:  # stopped meanwhile (an interrupted start or restart)
+                raise ChildCrashed("router stopped before it was ready")
+            if proc.poll() is not None:
+                raise ChildCrashed(f"router exited with code {proc.returncode}")
             if http_ok(f"{self.url}/v2/health/ready"):
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise TimeoutError(f"router not ready after {timeout:.0f} s; see {self.log_file}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None:
-            stop_group(self.process, timeout)
+        proc, self.process = self.process, None
+        if proc is not None:
+            stop_group(proc, timeout)
 
 
 class Stack:
-    """Start with ``await start()``, watch with ``await supervise()``, end with ``stop()``."""
+    """Start with ``await start()``, keep up with ``await supervise()``, end with ``stop()``.
 
-    def __init__(self, spec: StackSpec, home: Path) -> None:
+    Every child is supervised from its first start: one that dies before it is ready is
+    restarted under the same policy as a crash later on. Each event goes to ``on_event``
+    and ``events``.
+    """
+
+    def __init__(
+        self, spec: StackSpec, home: Path, on_event: Callable[[Event], None] | None = None
+    ) -> None:
         self.spec = spec
         self.home = home
         self.logs = spec.run_dir / "logs"
@@ -178,32 +225,59 @@ class Stack:
         self.links: list[Link] = []
         self.prometheus: PrometheusServer | None = None
         self.router: _Router | None = None
+        self.events: list[Event] = []
+        self.on_event = on_event
+        self._state: dict[str, Any] = {}
+        self._supervisor = Supervisor([], spec.restart, self._record)
 
     @property
     def state_file(self) -> Path:
         return self.spec.run_dir / "stack.json"
 
+    def _record(self, event: Event) -> None:
+        self.events.append(event)
+        self._write_state()
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _watch(self, name: str, child: Child, without: str, **kw: Any) -> Supervised:
+        sup = Supervised(name, child, without=without, **kw)
+        self._supervisor.children.append(sup)
+        return sup
+
     async def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         repo = paths.model_repository()
-        for tier in self.spec.tiers:
-            self.tritons.append(
-                TritonServer(
-                    repo,
-                    [tier.model],
-                    self.home,
-                    threads=tier.threads,
-                    log_file=self.logs / f"triton-{tier.name}.log",
-                ).start()
+        names = [t.name for t in self.spec.tiers]
+        tier_sups = []
+        for i, tier in enumerate(self.spec.tiers):
+            server = TritonServer(
+                repo,
+                [tier.model],
+                self.home,
+                threads=tier.threads,
+                log_file=self.logs / f"triton-{tier.name}.log",
+            )
+            self.tritons.append(server.start())
+            if i == len(names) - 1:
+                without = f"answers come from {' and '.join(names[:-1]) or 'nowhere'}, DEGRADED"
+            else:
+                without = f"requests skip the {tier.name} tier (answers marked DEGRADED)"
+            tier_sups.append(
+                self._watch(
+                    f"tritonserver ({tier.name})", server, without, cleanup=_remove_leaked_shm
+                )
             )
         endpoints = await self._start_links()
         router_port = self.spec.router_port or free_port()
         prom_port = self.spec.prometheus_port or free_port()
         prom_url = f"http://127.0.0.1:{prom_port}"
         config_path = self.spec.run_dir / "router.yaml"
-        config_path.write_text(yaml.safe_dump(router_config(self.spec, endpoints, prom_url)))
-        for server in self.tritons:
-            await asyncio.to_thread(server.wait_ready)
+        config_path.write_text(
+            ROUTER_CONFIG_HEADER
+            + yaml.safe_dump(router_config(self.spec, endpoints, prom_url), sort_keys=False)
+        )
+        await asyncio.gather(*(self._supervisor.bring_up(sup) for sup in tier_sups))
         targets = [
             ScrapeTarget("triton", f"127.0.0.1:{t.metrics_port}", {"tier": tier.name})
             for t, tier in zip(self.tritons, self.spec.tiers, strict=True)
@@ -215,27 +289,36 @@ class Stack:
             data_dir=self.spec.run_dir / "prometheus",
             log_file=self.logs / "prometheus.log",
         )
-        await asyncio.to_thread(self.prometheus.__enter__)
-        self.router = _Router(config_path, router_port, self.logs / "router.log")
-        self.router.start(self.home)
-        await asyncio.to_thread(self.router.wait_ready)
-        self.state_file.write_text(
-            json.dumps(
-                {
-                    "router": self.router.url,
-                    "cascade": CASCADE,
-                    "prometheus": prom_url,
-                    "config": str(config_path),
-                    "tiers": {
-                        tier.name: {"model": tier.model, "triton": t.http_url, "via": endpoint}
-                        for tier, t, endpoint in zip(
-                            self.spec.tiers, self.tritons, endpoints, strict=True
-                        )
-                    },
-                },
-                indent=2,
-            )
-        )
+        self.prometheus.start()
+        without = "the router keeps answering with its static thresholds"
+        await self._supervisor.bring_up(self._watch("prometheus", self.prometheus, without))
+        self.router = _Router(config_path, router_port, self.logs / "router.log", self.home)
+        self.router.start()
+        without = "nothing answers requests without it: stopping the stack"
+        await self._supervisor.bring_up(self._watch("router", self.router, without, essential=True))
+        self._state = {
+            "router": self.router.url,
+            "cascade": CASCADE,
+            "prometheus": prom_url,
+            "config": str(config_path),
+            "tiers": {
+                tier.name: {"model": tier.model, "triton": t.http_url, "via": endpoint}
+                for tier, t, endpoint in zip(self.spec.tiers, self.tritons, endpoints, strict=True)
+            },
+        }
+        self._write_state()
+
+    def _write_state(self) -> None:
+        """stack.json (once up): where everything is, and each child's pid and state."""
+        if "router" not in self._state:
+            return
+        self._state["children"] = {
+            s.name: {"pid": s.pid, "state": s.state, "restarts": s.total_restarts}
+            for s in self._supervisor.children
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state, indent=2))
+        tmp.replace(self.state_file)
 
     async def _start_links(self) -> list[str]:
         """Endpoints as the router sees them: each tier behind every link below it."""
@@ -263,18 +346,29 @@ class Stack:
         out["router"] = self.router.process if self.router else None
         return out
 
-    async def supervise(self, stop: asyncio.Event) -> None:
-        """Return when ``stop`` is set; raise ``ChildCrashed`` naming a child that exited."""
-        while not stop.is_set():
-            for name, proc in self.children().items():
-                if proc is not None and proc.poll() is not None:
-                    raise ChildCrashed(
-                        f"{name} exited with code {proc.returncode}; logs in {self.logs}"
-                    )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+    async def supervise(
+        self, stop: asyncio.Event, on_event: Callable[[Event], None] | None = None
+    ) -> None:
+        """Keep the children up until ``stop`` is set: restart a crashed one (each event goes
+        to ``on_event``, if given here or to the constructor, and ``self.events``); raise
+        ``GaveUp`` when the router cannot be brought back."""
+        if on_event is not None:
+            self.on_event = on_event
+        running = asyncio.create_task(self._supervisor.run())
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if running.done():
+                running.result()  # GaveUp (or a supervisor bug) surfaces here
+                await stopped  # every child given up on, none essential: wait for the stop
+        finally:
+            self._supervisor.stopping = True
+            for task in (running, stopped):
+                task.cancel()
+            await asyncio.gather(running, stopped, return_exceptions=True)
 
     async def stop(self) -> None:
+        self._supervisor.stopping = True  # no restart begins from here on
         if self.router is not None:
             await asyncio.to_thread(self.router.stop)
         if self.prometheus is not None:

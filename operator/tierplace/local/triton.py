@@ -72,6 +72,43 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_SHM_DIR = Path("/dev/shm")
+_SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def remove_leaked_shm(min_age_s: float = 1.0) -> list[str]:
+    """Delete Python-backend shared-memory regions no live process maps any more.
+
+    A tritonserver killed with SIGKILL never unlinks its regions (1 MiB or more each, in RAM),
+    so a crash loop would fill /dev/shm. Only regions of this user, older than ``min_age_s``
+    (a server that just created one maps it at once), are candidates.
+    """
+    try:
+        regions = {
+            p.name: p
+            for p in _SHM_DIR.glob(f"{_SHM_PREFIX}*")
+            if p.stat().st_uid == os.getuid() and time.time() - p.stat().st_ctime > min_age_s
+        }
+    except OSError:
+        return []
+    if not regions:
+        return []
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:
+            continue
+        mapped.update(name for name in regions if name in text)
+    removed = []
+    for name, path in regions.items():
+        if name not in mapped:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(name)
+    return removed
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
