@@ -13,9 +13,12 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 from prometheus_api_client import PrometheusConnect
 
 from tests.procs import alive, descendants
@@ -24,6 +27,7 @@ from tierplace.local.links import LinkSpec
 from tierplace.local.probe import until
 from tierplace.local.stack import (
     DEFAULT_TIERS,
+    ROUTER_CONFIG_HEADER,
     Stack,
     StackSpec,
     router_config,
@@ -253,3 +257,41 @@ def test_tierplace_up_serves_restarts_a_killed_tier_and_stops_cleanly(
     assert not (tiny_model_home / "run" / "stack.json").exists()
     left = {p for p in started if alive(p)}
     assert not left, f"left running: {left}"
+
+
+def test_router_config_carries_a_floor_only_where_one_was_calibrated(tmp_path: Path) -> None:
+    device = DEFAULT_TIERS[0]
+    calibrated = (replace(device, threshold_floor=0.7), *DEFAULT_TIERS[1:])
+    doc = router_config(StackSpec(tiers=calibrated), ["a:1", "b:2", "c:3"], "http://p:9090")
+    assert [t.get("threshold_floor") for t in doc["cascades"][0]["tiers"]] == [0.7, None, None]
+    policies = parse(doc).cascades[0].policies()
+    assert policies[0].lowest_threshold == 0.7
+    # without a calibration the floor is the static threshold, and the file says so
+    assert policies[1].lowest_threshold == DEFAULT_TIERS[1].offload_threshold
+    assert "threshold_floor" in ROUTER_CONFIG_HEADER and "never lower" in ROUTER_CONFIG_HEADER
+    path = tmp_path / "router.yaml"
+    path.write_text(ROUTER_CONFIG_HEADER + yaml.safe_dump(doc))
+    assert load(path).cascades[0].tiers[0].threshold_floor == 0.7
+
+
+def test_benchmark_and_calibration_router_configs_carry_calibrated_floors() -> None:
+    from tierplace.evaluation.commands import _router_header
+    from tierplace.evaluation.simulate import TierCost
+    from tierplace.evaluation.systems import NOMINAL, Setting, full, router_cascade
+
+    costs = {v: TierCost(0.002, 0.001, 1e-5) for v in ("minilm-l2", "minilm-l6", "mpnet-base")}
+    system = full(Setting(0.9, 0.8), NOMINAL, costs)
+    ends = {"device": "a:1", "edge": "b:2", "cloud": "c:3"}
+    plain = router_cascade(system, ends)
+    assert all("threshold_floor" not in t for t in plain["tiers"])
+    floored = router_cascade(system, ends, floors={"device": 0.75, "edge": 0.95})
+    # the edge's floor is capped at its offload threshold (the router refuses a higher one)
+    assert [t.get("threshold_floor") for t in floored["tiers"]] == [0.75, 0.8, None]
+    parse({"cascades": [floored]})
+
+    target = SimpleNamespace(accuracy_gap=0.005)
+    assert "device 0.75" in _router_header(
+        SimpleNamespace(threshold_floors={"device": 0.75}, target=target)
+    )
+    unmet = SimpleNamespace(threshold_floors={}, target=target)
+    assert "no floor is certified" in _router_header(unmet)

@@ -92,7 +92,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     result = cal.calibrate(tables, costs, target, NOMINAL, keeps)
     endpoints, prom = _endpoints()
     system = full(result.setting, NOMINAL, costs, name="sentiment")
-    router: dict[str, Any] = {"cascades": [router_cascade(system, endpoints, budget="500ms")]}
+    cascade = cal.router_floors(router_cascade(system, endpoints, budget="500ms"), result)
+    router: dict[str, Any] = {"cascades": [cascade]}
     if prom:
         router["prometheus"] = {"url": prom, "interval": "2s", "window": "15s"}
     parse(router)  # what we write is a config the router accepts
@@ -105,7 +106,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         "# spec.exitThreshold (a lower tier's exit threshold equals its offload threshold).\n"
         + yaml.safe_dump(cal.cascade_fragment(result), sort_keys=False)
     )
-    (out / "router.yaml").write_text(yaml.safe_dump(router, sort_keys=False))
+    (out / "router.yaml").write_text(
+        _router_header(result) + yaml.safe_dump(router, sort_keys=False)
+    )
     s = result.setting
     print(
         f"reference (cloud only, validation): {result.reference_accuracy:.4f}\n"
@@ -120,6 +123,28 @@ def _calibrate(args: argparse.Namespace) -> int:
         f"wrote {out}/calibration.json, inference-cascade.yaml, router.yaml"
     )
     return 0 if result.met else 1
+
+
+def _router_header(result: Any) -> str:
+    """The comment above the calibrated router.yaml: where each threshold_floor comes from."""
+    if result.threshold_floors:
+        floors = ", ".join(f"{k} {v:g}" for k, v in result.threshold_floors.items())
+        why = (
+            "the lowest offload threshold that still met the accuracy target on the validation "
+            "split"
+            if result.target.accuracy_gap is not None
+            else "the chosen threshold (a latency target certifies no accuracy, so no lowering)"
+        )
+        return (
+            "# Router config written by `tierplace calibrate` (validation split).\n"
+            f"# threshold_floor per lower tier ({floors}): {why}; live latency feedback never\n"
+            "# lowers a tier's offload threshold below it.\n"
+        )
+    return (
+        "# Router config written by `tierplace calibrate` (validation split). The target was\n"
+        "# not met, so no floor is certified: every tier has the router's default floor, its\n"
+        "# offload_threshold (live latency feedback may raise thresholds, never lower them).\n"
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,12 +89,19 @@ class LiveBench:
         return {name: str(t["via"]) for name, t in self.state["tiers"].items()}
 
     async def configure(
-        self, systems: Sequence[System], max_in_flight: dict[str, int] | None = None
+        self,
+        systems: Sequence[System],
+        max_in_flight: dict[str, int] | None = None,
+        floors: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
-        """Serve ``systems`` (one cascade each) and wait until the router reloaded them."""
+        """Serve ``systems`` (one cascade each) and wait until the router reloaded them.
+
+        ``floors`` maps a system's name to its calibrated threshold floors by tier
+        (``Calibration.threshold_floors``, for the systems run with the calibrated setting);
+        any other system keeps the router's default floor, its static thresholds."""
         cascades = []
         for s in systems:
-            c = router_cascade(s, self.endpoints())
+            c = router_cascade(s, self.endpoints(), floors=(floors or {}).get(s.name))
             if max_in_flight and s.name in max_in_flight:
                 c["max_in_flight"] = max_in_flight[s.name]
             cascades.append(c)
@@ -102,8 +109,13 @@ class LiveBench:
             "cascades": cascades,
             "prometheus": {"url": self.state["prometheus"], "interval": "1s", "window": "10s"},
         }
+        header = (
+            "# Router config written by the benchmark: one cascade per system. A tier's\n"
+            "# threshold_floor is calibration's; a tier without one has the router's default\n"
+            "# floor, its offload_threshold (adaptation may only raise it).\n"
+        )
         await asyncio.to_thread(
-            Path(self.state["config"]).write_text, yaml.safe_dump(doc, sort_keys=False)
+            Path(self.state["config"]).write_text, header + yaml.safe_dump(doc, sort_keys=False)
         )
         assert self.session is not None
         deadline = time.monotonic() + 60

@@ -210,24 +210,34 @@ def sedna(threshold: float, net: Network, costs: Mapping[str, TierCost]) -> Syst
 
 
 def router_cascade(
-    system: System, endpoints: Mapping[str, str], budget: str = "60s"
+    system: System,
+    endpoints: Mapping[str, str],
+    budget: str = "60s",
+    floors: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The router's YAML for one system; ``endpoints`` maps a tier to host:port."""
+    """The router's YAML for one system; ``endpoints`` maps a tier to host:port.
+
+    ``floors`` are calibrated threshold floors by tier (``Calibration.threshold_floors``, valid
+    only for the setting they were calibrated with); a tier without one gets no
+    ``threshold_floor`` and so the router's default, its offload threshold (adaptation may
+    only raise it)."""
     tiers = []
     for t in system.tiers:
-        tiers.append(
-            {
-                "name": t.name,
-                "endpoint": endpoints[t.name],
-                "model": t.variant,
-                "offload_threshold": min(t.offload_threshold, 1.0),
-                "threshold_bounds": list(t.threshold_bounds),
-                "latency_sensitivity": t.latency_sensitivity,
-                "exit_threshold": t.exit_threshold,
-                "exit_metric": t.exit_metric,
-                "keep_ratio": t.keep_ratio,
-                "fusion_weight": t.fusion_weight,
-                "expected_latency": f"{t.expected_latency_s * 1000:.1f}ms",
-            }
-        )
+        offload = min(t.offload_threshold, 1.0)
+        entry: dict[str, Any] = {
+            "name": t.name,
+            "endpoint": endpoints[t.name],
+            "model": t.variant,
+            "offload_threshold": offload,
+            "threshold_bounds": list(t.threshold_bounds),
+            "latency_sensitivity": t.latency_sensitivity,
+            "exit_threshold": t.exit_threshold,
+            "exit_metric": t.exit_metric,
+            "keep_ratio": t.keep_ratio,
+            "fusion_weight": t.fusion_weight,
+            "expected_latency": f"{t.expected_latency_s * 1000:.1f}ms",
+        }
+        if floors and t.name in floors:  # never above the offload threshold: refused
+            entry["threshold_floor"] = min(floors[t.name], offload)
+        tiers.append(entry)
     return {"name": system.name, "tiers": tiers, "budget": budget}
