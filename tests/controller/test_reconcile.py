@@ -48,6 +48,24 @@ def test_placed_tier_plans_children_and_reports_pods_not_ready() -> None:
     assert status["endpoint"] == "http://edge.ns.svc:8000"
 
 
+def test_pods_on_a_node_whose_kubelet_stopped_say_so() -> None:
+    from tierplace.controller.placement import node_info
+
+    gone = node_info(
+        {
+            "metadata": {"name": "e0", "labels": {POOL: "edge"}},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]},
+        }
+    )
+    assert not gone.ready
+    plan = reconcile.plan_tier(OWNER, tier(), [EDGE], "policy/v1")
+    obs = reconcile.TierObservation({"status": {"readyReplicas": 0}}, ("e0",), None, ("e0",))
+    status = reconcile.tier_status(OWNER, tier(), plan, obs, None, 1)
+    serving = next(c for c in status["conditions"] if c["type"] == "ServingAvailable")
+    assert (serving["status"], serving["reason"]) == ("False", "NodeNotReady")
+    assert "node e0 is NotReady" in serving["message"]
+
+
 def test_empty_pool_plans_nothing_and_says_pool_unavailable() -> None:
     plan = reconcile.plan_tier(OWNER, tier(), [], "policy/v1")
     assert plan.apply == ()

@@ -40,6 +40,8 @@ class NodeInfo:
     unschedulable: bool = False
     #: Node latency relative to the catalogue's reference CPU, per-mille (1000 = same speed).
     latency_factor_permille: int = 1000
+    #: The Ready condition is True (its kubelet reports); False or Unknown is not ready.
+    ready: bool = True
 
 
 def node_info(node: Mapping[str, Any]) -> NodeInfo:
@@ -72,7 +74,17 @@ def node_info(node: Mapping[str, Any]) -> NodeInfo:
         gpus=qty(GPU_RESOURCE, 1),
         unschedulable=bool(spec.get("unschedulable", False)),
         latency_factor_permille=max(factor, 1),
+        ready=_ready(node),
     )
+
+
+def _ready(node: Mapping[str, Any]) -> bool:
+    """No conditions at all (a Node object made by hand) counts as ready."""
+    conditions = node.get("status", {}).get("conditions") or []
+    for c in conditions:
+        if c.get("type") == "Ready":
+            return bool(c.get("status") == "True")
+    return True
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Taint) -> bool:

@@ -73,6 +73,8 @@ class TierObservation:
     pod_nodes: tuple[str, ...] = ()
     #: Why a child could not be written (a same-named object another controller owns).
     conflict: str | None = None
+    #: Nodes among ``pod_nodes`` whose kubelet does not report Ready.
+    not_ready_nodes: tuple[str, ...] = ()
 
 
 def _pool_condition(spec: InferenceTierSpec, placement: Placement) -> Condition:
@@ -112,6 +114,14 @@ def _serving_condition(spec: InferenceTierSpec, obs: TierObservation) -> Conditi
         )
     if ready == 0:
         where = f"scheduled on {', '.join(obs.pod_nodes)}" if obs.pod_nodes else "not scheduled yet"
+        if obs.not_ready_nodes:
+            return Condition(
+                cond.SERVING_AVAILABLE,
+                "False",
+                "NodeNotReady",
+                f"0/{spec.replicas} Triton replicas ready: node {', '.join(obs.not_ready_nodes)} "
+                f"is NotReady (its kubelet stopped reporting; pods {where})",
+            )
         return Condition(
             cond.SERVING_AVAILABLE,
             "False",

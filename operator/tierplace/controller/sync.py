@@ -59,12 +59,13 @@ async def sync_tier(
 ) -> dict[str, Any]:
     """Converge one InferenceTier's children and compute its status."""
     owner = owner_of(body)
+    pool = list(nodes)
     try:
         spec = InferenceTierSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         return invalid_status(body, _describe(exc))
     pdb_version = await kube.pdb_api_version()
-    plan = reconcile.plan_tier(owner, spec, list(nodes), pdb_version, defaults)
+    plan = reconcile.plan_tier(owner, spec, pool, pdb_version, defaults)
     deployment: Mapping[str, Any] | None = None
     conflict: str | None = None
     for child in plan.apply:
@@ -84,7 +85,8 @@ async def sync_tier(
     pod_nodes: tuple[str, ...] = ()
     if deployment is not None:
         pod_nodes = await kube.pod_nodes(owner.namespace, manifests.tier_selector(owner.name))
-    obs = reconcile.TierObservation(deployment, pod_nodes, conflict)
+    not_ready = tuple(n.name for n in pool if n.name in pod_nodes and not n.ready)
+    obs = reconcile.TierObservation(deployment, pod_nodes, conflict, not_ready)
     return reconcile.tier_status(
         owner, spec, plan, obs, body.get("status"), body["metadata"].get("generation")
     )
