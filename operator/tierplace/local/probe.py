@@ -68,6 +68,8 @@ def tally(answers: Sequence[Answer]) -> dict[str, int]:
     }
     reasons = Counter(a.reason for a in answers if a.degraded)
     out.update({f"reason_{k}": v for k, v in sorted(reasons.items())})
+    errors = Counter(a.status for a in answers if a.status >= 400)
+    out.update({f"status_{k}": v for k, v in sorted(errors.items())})
     return out
 
 
