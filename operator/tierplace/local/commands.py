@@ -28,7 +28,21 @@ DEMO_REVIEWS = (
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    up = sub.add_parser("up", help="run device, edge and cloud tiers, Prometheus and the router")
+    from tierplace.local.supervise import RestartPolicy
+
+    policy = RestartPolicy()
+    up = sub.add_parser(
+        "up",
+        help="run device, edge and cloud tiers, Prometheus and the router",
+        description="Runs the whole cascade on this machine until Ctrl-C or SIGTERM, which stop "
+        "everything it started. A child that dies (a tritonserver, Prometheus, the router) is "
+        "reported with its exit code and the tail of its log and restarted, after "
+        f"{policy.initial_backoff_s:g} s doubling up to {policy.max_backoff_s:g} s; after "
+        f"{policy.max_restarts} restarts within {policy.window_s:g} s it is left down and said "
+        "so. Meanwhile the rest keeps serving: degraded answers while a tier is down, static "
+        "thresholds while Prometheus is down. Without the router nothing answers, so giving up "
+        "on it stops the stack (exit code 1).",
+    )
     up.add_argument("--home", type=Path, default=None, help="default: $TIERPLACE_HOME")
     up.add_argument("--tiny", action="store_true", help="tiny variants (seconds) if none exist")
     up.add_argument("--router-port", type=int, default=8080)
@@ -71,6 +85,7 @@ def _up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+
         def report(event: Event) -> None:
             print(format_event(event), flush=True)
 

@@ -122,7 +122,7 @@ class Supervised:
     without: str = ""
     #: Called after a crash, before the restart: clears what the dead child left behind.
     cleanup: Callable[[], None] | None = None
-    state: Literal["running", "restarting", "gave-up", "stopped"] = "running"
+    state: Literal["running", "restarting", "gave-up"] = "running"
     restarts: deque[float] = field(default_factory=deque)
     total_restarts: int = 0
 
