@@ -133,9 +133,9 @@ class Supervised:
 
 
 class Supervisor:
-    """Watches every child; ``run()`` returns only when cancelled or an essential child is lost
-    (``GaveUp``). ``stopping`` is set by the stack before it stops children, so no restart
-    begins after it."""
+    """Watches every child. ``run()`` raises ``GaveUp`` when an essential child is lost and
+    returns once ``stopping`` is set (or every child was given up on). The stack sets
+    ``stopping`` before it stops children, so no restart begins after that."""
 
     def __init__(
         self,
