@@ -71,8 +71,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.login()
 def login(**kwargs: Any) -> Any:
-    """kopf's own dependency-free logins: the service account in a pod, kubeconfig outside."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """Through the ``kubernetes`` client's config loading: in a pod, the service account at
+    $KUBERNETES_SERVICE_HOST (kopf's own service-account login dials the DNS name
+    kubernetes.default.svc, which a cluster without cluster DNS cannot resolve); outside,
+    the kubeconfig."""
+    return kopf.login_via_client(**kwargs)
 
 
 @kopf.on.cleanup()

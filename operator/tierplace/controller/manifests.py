@@ -145,6 +145,10 @@ def service_host(name: str, namespace: str) -> str:
     return f"{name}.{namespace}.svc"
 
 
+#: Up to 10 minutes (x 5 s) for tritonserver to load its model before liveness takes over.
+STARTUP_PROBE_FAILURES = 120
+
+
 def tier_endpoint(name: str, namespace: str, service_ip: str | None = None) -> str:
     """host:port of a tier's Triton HTTP endpoint, as the router config wants it: the
     Service's cluster IP once the API shows one (no cluster DNS needed, and no lookup on the
@@ -197,6 +201,14 @@ def triton_deployment(
                     {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                     {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
                 ],
+                # Loading a torch model takes seconds alone and minutes when a node starts
+                # many at once (seen on real nodes: 9 tiers on 2 cores took over a minute, and
+                # a liveness probe alone killed them mid-load). Liveness starts once live.
+                "startupProbe": {
+                    "httpGet": {"path": "/v2/health/live", "port": "http"},
+                    "periodSeconds": 5,
+                    "failureThreshold": STARTUP_PROBE_FAILURES,
+                },
                 "readinessProbe": {
                     "httpGet": {"path": "/v2/health/ready", "port": "http"},
                     "periodSeconds": 5,

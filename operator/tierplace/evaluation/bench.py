@@ -274,9 +274,18 @@ async def _bench(opts: BenchOptions) -> dict[str, Any]:
             replace(systems[1], name="load-cloud-ee"),
             replace(systems[5], name="load-tierplace"),
         ]
+        # Calibration certified floors for its own setting: the systems run with it (the
+        # cascade, its load twin and the ablations) may adapt down to them, no further.
+        calibrated = {
+            "tierplace",
+            "load-tierplace",
+            *(s.name for s in ablations(setting, net, costs)),
+        }
+        floors = {name: calib.threshold_floors for name in calibrated}
         await bench.configure(
             systems + load_systems,
             max_in_flight={s.name: opts.load_max_in_flight for s in load_systems},
+            floors=floors,
         )
         # 4. the test split, live.
         nominal_thresholds: dict[str, dict[str, float]] = {}
@@ -313,7 +322,9 @@ async def _bench(opts: BenchOptions) -> dict[str, Any]:
     slow_bench = LiveBench(Stack(stack_spec(SLOW_UPLINK, opts.out_dir / "run-slow"), home))
     try:
         await slow_bench.start()
-        await slow_bench.configure(slow_systems)
+        await slow_bench.configure(
+            slow_systems, floors={s.name: floors[s.name] for s in slow_systems if s.name in floors}
+        )
         # Let the latency feed see the slow link before measuring.
         await slow_bench.run("tierplace", val_texts[: (4 if quick else 40)])
         await slow_bench.run("no-latency-feedback", val_texts[:4])
