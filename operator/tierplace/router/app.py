@@ -85,6 +85,15 @@ class BadRequest(Exception):
         self.reason = reason
 
 
+class Unavailable(Exception):
+    """A valid request the cascade cannot answer now: admission refused it (429) or no tier
+    answered (503). Unlike a BadRequest, retrying it later may succeed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class RequestedOutput:
     """One output the response carries, as JSON data or as a binary tensor."""
@@ -179,6 +188,20 @@ def parse_infer(
         ) from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers past 4300 digits
         raise BadRequest(400, "BadJson", f"request body is not valid JSON: {exc}") from None
+    return validate_infer(doc, binary, header_budget, default_budget_s, max_batch)
+
+
+def validate_infer(
+    doc: object,
+    binary: bytes,
+    header_budget: str | None,
+    default_budget_s: float,
+    max_batch: int,
+) -> InferRequest:
+    """Validate a decoded v2 request document; ``binary`` holds its binary input tensors.
+
+    Both doors end here (gRPC translates its request into this document), so a request is
+    held to one set of rules and a refusal reads the same on either."""
     if not isinstance(doc, dict):
         raise BadRequest(400, "BadJson", "request body must be a JSON object")
     unknown = sorted(set(doc) - _REQUEST_KEYS)
@@ -476,6 +499,24 @@ def infer_response(
     return out, b"".join(blobs)
 
 
+def model_metadata_document(rt: CascadeRuntime) -> dict[str, Any]:
+    """The v2 model metadata of a cascade: one TEXT input, the outputs, its tiers and budget."""
+    return {
+        "name": rt.cfg.name,
+        "versions": [MODEL_VERSION],
+        "platform": "tierplace-cascade",
+        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": n, "datatype": d, "shape": [-1, 2] if n == "PROBS" else [-1]}
+            for n, d in OUTPUTS.items()
+        ],
+        "parameters": {
+            "tiers": [{"name": t.name, "model": t.model} for t in rt.cfg.tiers],
+            "budget_ms": round(rt.cfg.budget * 1000, 3),
+        },
+    }
+
+
 @dataclass
 class ModelStats:
     """What ``/v2/models/{m}/stats`` reports, in Triton's shape; survives config reloads."""
@@ -609,14 +650,18 @@ class Router:
 
     def _runtime(self, request: web.Request) -> CascadeRuntime:
         """The cascade a ``/v2/models/{cascade}[/versions/{version}]`` path names, or 404."""
-        name = request.match_info["cascade"]
+        return self.runtime(
+            request.match_info["cascade"], request.match_info.get("version", MODEL_VERSION)
+        )
+
+    def runtime(self, name: str, version: str = MODEL_VERSION) -> CascadeRuntime:
+        """The cascade ``name`` at ``version`` (empty or "1"), or a 404 BadRequest."""
         rt = self.runtimes.get(name)
         if rt is None:
             raise BadRequest(
                 404, "UnknownModel", f"unknown model {name!r}; models: {', '.join(self.runtimes)}"
             )
-        version = request.match_info.get("version", MODEL_VERSION)
-        if version != MODEL_VERSION:
+        if version not in (MODEL_VERSION, ""):  # gRPC's unset version is ""
             raise BadRequest(
                 404,
                 "UnknownVersion",
@@ -628,9 +673,13 @@ class Router:
         return web.json_response({"live": True})
 
     async def ready(self, _: web.Request) -> web.Response:
-        states = await asyncio.gather(*(rt.ready() for rt in self.runtimes.values()))
-        ok = bool(states) and all(states)
+        ok = await self.is_ready()
         return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+    async def is_ready(self) -> bool:
+        """Every cascade has a tier that answers its readiness probe."""
+        states = await asyncio.gather(*(rt.ready() for rt in self.runtimes.values()))
+        return bool(states) and all(states)
 
     async def server_metadata(self, _: web.Request) -> web.Response:
         return web.json_response(
@@ -638,58 +687,43 @@ class Router:
         )
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        rt = self._runtime(request)
-        return web.json_response(
-            {
-                "name": rt.cfg.name,
-                "versions": [MODEL_VERSION],
-                "platform": "tierplace-cascade",
-                "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [
-                    {"name": n, "datatype": d, "shape": [-1, 2] if n == "PROBS" else [-1]}
-                    for n, d in OUTPUTS.items()
-                ],
-                "parameters": {
-                    "tiers": [{"name": t.name, "model": t.model} for t in rt.cfg.tiers],
-                    "budget_ms": round(rt.cfg.budget * 1000, 3),
-                },
-            }
-        )
+        return web.json_response(model_metadata_document(self._runtime(request)))
 
     async def model_config(self, request: web.Request) -> web.Response:
         """Triton's model configuration, as far as a cascade has one: its tensors and limits."""
-        rt = self._runtime(request)
+        return web.json_response(self.model_config_document(self._runtime(request)))
+
+    def model_config_document(self, rt: CascadeRuntime) -> dict[str, Any]:
+        """The model configuration in Triton's JSON form (the ModelConfig proto's mapping)."""
         cfg = rt.cfg
 
         def param(value: object) -> dict[str, str]:
             return {"string_value": str(value)}
 
-        return web.json_response(
-            {
-                "name": cfg.name,
-                "platform": "tierplace-cascade",
-                "backend": "",
-                "version_policy": {"specific": {"versions": [int(MODEL_VERSION)]}},
-                "max_batch_size": 0,  # the batch is the TEXT input's length, up to max_batch
-                "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
-                "output": [
-                    {
-                        "name": n,
-                        "data_type": _CONFIG_TYPES[d],
-                        "dims": [-1, 2] if n == "PROBS" else [-1],
-                    }
-                    for n, d in OUTPUTS.items()
-                ],
-                "parameters": {
-                    "tiers": param(",".join(f"{t.name}:{t.model}" for t in cfg.tiers)),
-                    "budget_ms": param(round(cfg.budget * 1000, 3)),
-                    "max_batch": param(cfg.max_batch),
-                    "max_text_chars": param(MAX_TEXT_CHARS),
-                    "max_body_bytes": param(self.config.max_body_bytes),
-                    "max_budget_ms": param(MAX_BUDGET_MS),
-                },
-            }
-        )
+        return {
+            "name": cfg.name,
+            "platform": "tierplace-cascade",
+            "backend": "",
+            "version_policy": {"specific": {"versions": [int(MODEL_VERSION)]}},
+            "max_batch_size": 0,  # the batch is the TEXT input's length, up to max_batch
+            "input": [{"name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [-1]}],
+            "output": [
+                {
+                    "name": n,
+                    "data_type": _CONFIG_TYPES[d],
+                    "dims": [-1, 2] if n == "PROBS" else [-1],
+                }
+                for n, d in OUTPUTS.items()
+            ],
+            "parameters": {
+                "tiers": param(",".join(f"{t.name}:{t.model}" for t in cfg.tiers)),
+                "budget_ms": param(round(cfg.budget * 1000, 3)),
+                "max_batch": param(cfg.max_batch),
+                "max_text_chars": param(MAX_TEXT_CHARS),
+                "max_body_bytes": param(self.config.max_body_bytes),
+                "max_budget_ms": param(MAX_BUDGET_MS),
+            },
+        }
 
     async def model_stats(self, request: web.Request) -> web.Response:
         """Per-cascade request counts and times; ``/v2/models/stats`` lists every cascade."""
@@ -748,22 +782,43 @@ class Router:
             rt = self._runtime(request)
             req = await self._read_request(request, rt)
         except BadRequest as exc:
-            if name in self.runtimes:
-                self.metrics.child(self.metrics.rejections, name, exc.reason).inc()
+            self.count_rejection(name, exc.reason)
             resp = _error(exc.status, str(exc))
             if exc.reason in _UNREAD_BODY:
                 # The rest of the body is unread or undecodable: the connection cannot carry
                 # another request, so say so rather than let the client reuse it and fail.
                 resp.force_close()
             return resp
+        try:
+            answers = await self.answer(rt, req, arrival)
+        except Unavailable as exc:
+            return _error(exc.status, str(exc), headers={"Retry-After": "1"})
+        doc, binary = infer_response(name, req, answers)
+        if not binary:
+            return _json(doc)
+        head = codec.dumps(doc)
+        return web.Response(
+            body=head + binary,
+            content_type="application/octet-stream",
+            headers={JSON_SIZE_HEADER: str(len(head))},
+        )
+
+    def count_rejection(self, name: str, reason: str) -> None:
+        """Count a request refused at the door, under its cascade when it names one."""
+        if name in self.runtimes:
+            self.metrics.child(self.metrics.rejections, name, reason).inc()
+
+    async def answer(self, rt: CascadeRuntime, req: InferRequest, arrival: float) -> list[Answer]:
+        """The cascade's answer to each text of a validated request: admission, the in-flight
+        count, the cascade itself, statistics and metrics, shared by the REST and gRPC doors.
+
+        Raises Unavailable when admission refuses the request or no tier answers it; any
+        other failure is a bug of the router's and propagates (counted as InternalError)."""
+        name = rt.cfg.name
         refusal = self._admit(rt, len(req.texts))
         if refusal is not None:
             self.metrics.child(self.metrics.rejections, name, refusal).inc()
-            return _error(
-                429,
-                f"cascade {name} is overloaded ({refusal}); retry later",
-                headers={"Retry-After": "1"},
-            )
+            raise Unavailable(429, f"cascade {name} is overloaded ({refusal}); retry later")
         n = len(req.texts)
         stats = self.stats.setdefault(name, ModelStats())
         self._enter(rt, n)
@@ -792,21 +847,13 @@ class Router:
                 raise r  # json_errors answers 500 with its type and message, and logs it
         if failures:
             detail = "; ".join(sorted({str(f) for f in failures}))
-            return _error(503, f"no tier could answer: {detail}", headers={"Retry-After": "1"})
+            raise Unavailable(503, f"no tier could answer: {detail}")
         answers = [r for r in results if isinstance(r, Answer)]
         elapsed = self.clock() - arrival
         stats.record(True, n, elapsed)
         for a in answers:
             self.metrics.child(self.metrics.request_seconds, name, a.tier).observe(elapsed)
-        doc, binary = infer_response(name, req, answers)
-        if not binary:
-            return _json(doc)
-        head = codec.dumps(doc)
-        return web.Response(
-            body=head + binary,
-            content_type="application/octet-stream",
-            headers={JSON_SIZE_HEADER: str(len(head))},
-        )
+        return answers
 
     async def _read_request(self, request: web.Request, rt: CascadeRuntime) -> InferRequest:
         body = await self._read_body(request)
@@ -957,17 +1004,34 @@ def build_app(router: Router) -> web.Application:
     return app
 
 
-async def serve(config_path: Path, host: str, port: int, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set: load the config, serve, then drain and close."""
+async def serve(
+    config_path: Path, host: str, port: int, stop: asyncio.Event, grpc_port: int | None = None
+) -> None:
+    """Run until ``stop`` is set: load the config, serve, then drain and close.
+
+    With ``grpc_port`` the gRPC door (``grpc_server``) serves the same router from this
+    event loop; it opens before the REST port, so REST readiness implies both are up, and
+    it drains first, while the router it calls is still running."""
     from tierplace.router.config import load
 
     router = Router(load(config_path), config_path)
     runner = web.AppRunner(build_app(router), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("router listening on http://%s:%d (config %s)", host, port, config_path)
+    door = None
     try:
+        if grpc_port is not None:
+            from tierplace.router.grpc_server import GrpcServer
+
+            door = GrpcServer(router)
+            await door.start(host, grpc_port)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        grpc_note = f", gRPC on port {door.port}" if door is not None else ""
+        log.info(
+            "router listening on http://%s:%d%s (config %s)", host, port, grpc_note, config_path
+        )
         await stop.wait()
     finally:
+        if door is not None:
+            await door.stop(router.config.call_timeout)
         await runner.cleanup()

@@ -5,14 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: The gRPC door's port: the REST port's neighbour, as Triton puts gRPC next to HTTP.
+DEFAULT_GRPC_PORT = 8081
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    route = sub.add_parser("route", help="serve the cascade router (KServe v2 REST)")
+    route = sub.add_parser("route", help="serve the cascade router (KServe v2 REST and gRPC)")
     route.add_argument(
         "--config", type=Path, required=True, help="router YAML (reloaded on change)"
     )
     route.add_argument("--host", default="127.0.0.1")
-    route.add_argument("--port", type=int, default=8080)
+    route.add_argument("--port", type=int, default=8080, help="REST (HTTP) port")
+    route.add_argument(
+        "--grpc-port",
+        type=int,
+        default=DEFAULT_GRPC_PORT,
+        help=f"gRPC port (inference.GRPCInferenceService), default {DEFAULT_GRPC_PORT}; 0 disables",
+    )
     route.set_defaults(func=_route)
 
     bench = sub.add_parser("bench-router", help="router overhead vs calling Triton directly")
@@ -45,7 +54,7 @@ def _route(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args.config, args.host, args.port, stop)
+        await serve(args.config, args.host, args.port, stop, args.grpc_port or None)
 
     try:
         with event_loop_runner() as runner:
