@@ -139,6 +139,28 @@ def test_router_container_runs_the_real_route_command() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
 
 
+def test_router_serves_grpc_on_the_next_port_in_its_pod_and_service() -> None:
+    spec = cascade_spec()
+    cm = manifests.router_configmap(CASCADE_OWNER, {"cascades": []})
+    container = manifests.router_deployment(CASCADE_OWNER, spec, cm)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    parser = argparse.ArgumentParser()
+    router_commands.register(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(container["args"][1:]).grpc_port == 8081
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": 8080,
+        "grpc": 8081,
+    }
+    svc = manifests.router_service(CASCADE_OWNER, spec)
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        "http": (8080, "http"),
+        "grpc": (8081, "grpc"),
+    }
+    moved = spec.model_copy(update={"router": spec.router.model_copy(update={"port": 65535})})
+    assert manifests.router_grpc_port(moved) == 65534
+
+
 DEFAULTS = SpecDefaults(
     triton_image="registry.example/triton-cpu:1.2",
     router_image="registry.example/tierplace:1.2",

@@ -379,6 +379,13 @@ def router_configmap(owner: Owner, config: Mapping[str, Any]) -> Manifest:
     )
 
 
+def router_grpc_port(spec: InferenceCascadeSpec) -> int:
+    """The router's gRPC port: the REST port's neighbour (``spec.router.port`` + 1, or - 1 at
+    65535), as Triton puts gRPC next to HTTP; the spec has no field of its own for it."""
+    port = spec.router.port
+    return port + 1 if port < 65535 else port - 1
+
+
 def router_deployment(
     owner: Owner,
     spec: InferenceCascadeSpec,
@@ -420,8 +427,12 @@ def router_deployment(
                                     f"--config={ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}",
                                     "--host=0.0.0.0",
                                     f"--port={port}",
+                                    f"--grpc-port={router_grpc_port(spec)}",
                                 ],
-                                "ports": [{"name": "http", "containerPort": port}],
+                                "ports": [
+                                    {"name": "http", "containerPort": port},
+                                    {"name": "grpc", "containerPort": router_grpc_port(spec)},
+                                ],
                                 "readinessProbe": {
                                     "httpGet": {"path": "/v2/health/ready", "port": "http"},
                                     "periodSeconds": 5,
@@ -458,7 +469,10 @@ def router_service(owner: Owner, spec: InferenceCascadeSpec) -> Manifest:
             "spec": {
                 "type": "ClusterIP",
                 "selector": selector,
-                "ports": [{"name": "http", "port": spec.router.port, "targetPort": "http"}],
+                "ports": [
+                    {"name": "http", "port": spec.router.port, "targetPort": "http"},
+                    {"name": "grpc", "port": router_grpc_port(spec), "targetPort": "grpc"},
+                ],
             },
         }
     )
