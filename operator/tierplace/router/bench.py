@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from tierplace.router import codec
 from tierplace.router.app import event_loop_runner
 from tierplace.router.config import TierConfig
 from tierplace.router.tiers import TierClient, TierInput
@@ -216,13 +217,18 @@ def run(
     soak_seconds: float,
     out: Path,
     pairs: int = 2,
+    grpc: bool = False,
 ) -> dict[str, Any]:
-    """Start one tritonserver and a router in front of it, measure, stop both, write JSON."""
+    """Start one tritonserver and a router in front of it, measure, stop both, write JSON.
+
+    With ``grpc`` each pair also has a phase through the router's gRPC door, against the
+    same direct (HTTP) baseline: what a hop costs a tritonclient.grpc caller."""
     from tierplace import paths
     from tierplace.local.triton import TritonServer, free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="tierplace-bench-"))
     router_port = free_port()
+    grpc_port = free_port() if grpc else 0  # 0: no gRPC door (not the default 8081)
     with TritonServer(paths.model_repository(), [model], home, threads=1) as triton:
         config = tmp / "router.yaml"
         tier = {"name": "device", "endpoint": triton.http_url, "model": model}
@@ -231,7 +237,9 @@ def run(
         cmd = [sys.executable, "-m", "tierplace.cli", "route", "--config", str(config)]
         with (tmp / "router.log").open("ab") as log_file:
             router = subprocess.Popen(
-                [*cmd, "--port", str(router_port)], stdout=log_file, stderr=subprocess.STDOUT
+                [*cmd, "--port", str(router_port), "--grpc-port", str(grpc_port)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
         load_before = os.getloadavg()
         try:
@@ -250,6 +258,7 @@ def run(
                         ladder,
                         soak_seconds,
                         pairs,
+                        grpc_url=f"127.0.0.1:{grpc_port}" if grpc else None,
                     )
                 )
         finally:
@@ -277,6 +286,7 @@ async def _measure(
     soak_seconds: float,
     n_pairs: int = 2,
     warmup_s: float = 0.5,
+    grpc_url: str | None = None,
 ) -> dict[str, Any]:
     # Direct calls send Triton exactly what the router's tier client sends it (binary input,
     # the outputs the cascade reads, no gzip), so the two phases ask Triton for the same work.
@@ -318,6 +328,8 @@ async def _measure(
         async def routed() -> bool:
             return await post(routed_url, routed_body, routed_headers)
 
+        routed_grpc, close_grpc = _grpc_call(grpc_url, "bench") if grpc_url else (None, None)
+
         for _ in range(300):  # router ready
             try:
                 async with http.get(f"http://{router_url}/v2/health/ready") as probe:
@@ -329,9 +341,17 @@ async def _measure(
         await open_loop("warmup-direct", direct, 50, 2)
         await open_loop("warmup-router", routed, 50, 2)
 
+        if routed_grpc is not None:
+            await open_loop("warmup-grpc", routed_grpc, 50, 2)
         serial_ms: dict[str, list[float]] = {"direct": [], "router": []}
+        order: tuple[tuple[str, Callable[[], Awaitable[bool]]], ...] = (
+            ("direct", direct),
+            ("router", routed),
+        )
+        if routed_grpc is not None:
+            serial_ms["router-grpc"] = []
+            order += (("router-grpc", routed_grpc),)
         for i in range(300):  # one at a time, alternating call by call, who goes first too
-            order = (("direct", direct), ("router", routed))
             for key, call in order if i % 2 == 0 else order[::-1]:
                 t0 = time.perf_counter()
                 await call()
@@ -347,6 +367,13 @@ async def _measure(
                 unloaded["router"]["p50_ms"] - unloaded["direct"]["p50_ms"],
             )
         )
+        if routed_grpc is not None:
+            print(
+                "one at a time: router over gRPC p50 {:.2f} ms (+{:.2f} ms)".format(
+                    unloaded["router-grpc"]["p50_ms"],
+                    unloaded["router-grpc"]["p50_ms"] - unloaded["direct"]["p50_ms"],
+                )
+            )
 
         async def measured(name: str, call: Callable[[], Awaitable[bool]]) -> Phase:
             before = meter.mark()
@@ -356,16 +383,23 @@ async def _measure(
             return meter.annotate(phase, before, after, max(1, int(rate * seconds)))
 
         pairs = []
+        grpc_phases: list[Phase] = []
         # Short phases, alternating direct/router then router/direct: slow drift of a shared
         # machine hits both sides alike, and the median of the pairs' differences shrugs off
-        # a pair that other work disturbed.
+        # a pair that other work disturbed. The gRPC phase, if any, goes last, then first.
         for k in range(n_pairs):
             if k % 2 == 0:
                 d = await measured("direct", direct)
                 r = await measured("router", routed)
                 print(_fmt(d))
                 print(_fmt(r))
+                if routed_grpc is not None:
+                    grpc_phases.append(await measured("grpc", routed_grpc))
+                    print(_fmt(grpc_phases[-1]))
             else:
+                if routed_grpc is not None:
+                    grpc_phases.append(await measured("grpc", routed_grpc))
+                    print(_fmt(grpc_phases[-1]))
                 r = await measured("router", routed)
                 d = await measured("direct", direct)
                 print(_fmt(r))
@@ -396,6 +430,24 @@ async def _measure(
             f"other work up to {overhead['other_cpu_pct_max']}% of the CPUs"
         )
 
+        overhead_grpc: dict[str, Any] | None = None
+        if grpc_phases:
+            grpc_cpu = [g.router_cpu_ms for g in grpc_phases if g.router_cpu_ms is not None]
+            overhead_grpc = {
+                "p50_ms": statistics.median(
+                    g.p50_ms - d.p50_ms for (d, _), g in zip(pairs, grpc_phases, strict=True)
+                ),
+                "p99_ms": statistics.median(
+                    g.p99_ms - d.p99_ms for (d, _), g in zip(pairs, grpc_phases, strict=True)
+                ),
+                "router_cpu_ms_per_request": statistics.median(grpc_cpu) if grpc_cpu else None,
+            }
+            print(
+                f"added per hop over gRPC at {rate:.0f} req/s: p50 {overhead_grpc['p50_ms']:+.2f}"
+                f" ms, p99 {overhead_grpc['p99_ms']:+.2f} ms; router CPU "
+                f"{overhead_grpc['router_cpu_ms_per_request']:.3f} ms per request"
+            )
+
         steps = []
         for step_rate in ladder:
             p = await open_loop("router", routed, step_rate, max(5.0, seconds / 2))
@@ -415,6 +467,8 @@ async def _measure(
             await asyncio.sleep(1.0)
         soak = await soak_task
         print(_fmt(soak))
+        if close_grpc is not None:
+            await close_grpc()
     settled = [m for t, m in rss if t >= 5.0] or [m for _, m in rss]
     memory: dict[str, Any] = {
         "start_mib": settled[0],
@@ -442,8 +496,11 @@ async def _measure(
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         },
         "rate_rps": rate,
-        "phases": [asdict(p) for pair in pairs for p in pair],
+        "phases": [asdict(p) for pair in pairs for p in pair] + [asdict(g) for g in grpc_phases],
         "overhead_per_hop": overhead,
+        # The same hop for a tritonclient.grpc caller (router's gRPC door), against the same
+        # direct HTTP baseline; absent unless --grpc.
+        **({"overhead_per_hop_grpc": overhead_grpc} if overhead_grpc is not None else {}),
         "unloaded": unloaded,
         "ladder": [asdict(p) for p in steps],
         "max_sustainable_rps": max(sustainable) if sustainable else None,
@@ -456,6 +513,34 @@ async def _measure(
             "memory_flat_within_10pct": memory["growth_mib"] <= 0.1 * memory["start_mib"],
         },
     }
+
+
+def _grpc_call(
+    url: str, model: str
+) -> tuple[Callable[[], Awaitable[bool]], Callable[[], Awaitable[None]]]:
+    """A ModelInfer call to the router's gRPC door and the close of its channel. The request
+    is built once, as REST's body is: the raw request tritonclient.grpc would send, without
+    that client's own per-call work."""
+    import grpc  # type: ignore[import-untyped]
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(url)
+    infer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(codec.pack("BYTES", [TEXT]))
+
+    async def call() -> bool:
+        try:
+            await infer(request, timeout=10)
+        except grpc.RpcError:
+            return False
+        return True
+
+    async def close() -> None:
+        await channel.close()
+
+    return call, close
 
 
 def _fmt(p: Phase) -> str:

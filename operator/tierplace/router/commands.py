@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     bench.add_argument("--ladder", default="100,200,300,400,600", help="req/s steps")
     bench.add_argument("--soak", type=float, default=60.0, help="seconds of load for memory")
+    bench.add_argument(
+        "--grpc",
+        action="store_true",
+        help="also measure each pair through the router's gRPC door (same direct baseline)",
+    )
     bench.add_argument("--out", type=Path, default=Path("bench-results/router-overhead.json"))
     bench.set_defaults(func=_bench)
 
@@ -73,6 +78,16 @@ def _bench(args: argparse.Namespace) -> int:
     home = (args.home or paths.home()).resolve()
     ensure_weights(home, [args.model], tiny=args.tiny)
     ladder = [float(x) for x in args.ladder.split(",") if x]
-    run(home, args.model, args.rate, args.seconds, ladder, args.soak, args.out, args.pairs)
+    run(
+        home,
+        args.model,
+        args.rate,
+        args.seconds,
+        ladder,
+        args.soak,
+        args.out,
+        args.pairs,
+        grpc=args.grpc,
+    )
     print(f"wrote {args.out}")
     return 0
