@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tritonclient.grpc.aio as triton_grpc_aio
 import yaml
 from prometheus_api_client import PrometheusConnect
 
@@ -85,6 +86,12 @@ async def test_stack_answers_is_scraped_and_restarts_a_crashed_child(
         state = json.loads(stack.state_file.read_text())
         answer = rows(await asyncio.to_thread(infer, state["router"], "sentiment", ["fine"], None))
         assert answer[0]["tier"] in ("device", "edge", "cloud")
+        # The router's gRPC door is up too, on the port stack.json names.
+        door = triton_grpc_aio.InferenceServerClient(state["grpc"])
+        try:
+            assert await door.is_model_ready("sentiment", "1")
+        finally:
+            await door.close()
         # Prometheus scrapes all three tiers and the router.
         deadline = time.monotonic() + 15
         up: list[object] = []

@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--home", type=Path, default=None, help="default: $TIERPLACE_HOME")
     up.add_argument("--tiny", action="store_true", help="tiny variants (seconds) if none exist")
     up.add_argument("--router-port", type=int, default=8080)
+    up.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="the router's gRPC port (default: router port + 1, i.e. 8081; 0: a free one)",
+    )
     up.add_argument("--prometheus-port", type=int, default=9090)
     up.add_argument("--budget", default="500ms", help="default latency budget per request")
     up.set_defaults(func=_up)
@@ -74,6 +80,7 @@ def _up(args: argparse.Namespace) -> int:
     os.environ["TIERPLACE_HOME"] = str(home)  # the children inherit it
     spec = StackSpec(
         router_port=args.router_port,
+        grpc_port=args.grpc_port,
         prometheus_port=args.prometheus_port,
         budget=args.budget,
         run_dir=home / "run",
@@ -123,6 +130,7 @@ def _print_up(stack: Any) -> None:
             f"  {name:<7} {tier['model']:<11} triton {tier['triton']}  (router calls {tier['via']})"
         )
     print(f"  router     {state['router']}/v2/models/{state['cascade']}/infer")
+    print(f"  gRPC       {state['grpc']}  (inference.GRPCInferenceService, tritonclient.grpc)")
     print(f"  prometheus {state['prometheus']}")
     print(f"  logs       {stack.logs}")
     print('next: tierplace classify "a gorgeous, witty movie"   or   tierplace demo')

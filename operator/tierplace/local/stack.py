@@ -89,6 +89,8 @@ class StackSpec:
     router_port: int = 8080
     prometheus_port: int = 9090
     budget: str = "500ms"
+    #: The router's gRPC door; None: the REST port + 1 (8081), or a free one when that is 0.
+    grpc_port: int | None = None
     run_dir: Path = field(default_factory=lambda: paths.home() / "run")
     restart: RestartPolicy = field(default_factory=RestartPolicy)
 
@@ -168,6 +170,7 @@ class _Router:
     port: int
     log_file: Path
     home: Path
+    grpc_port: int = 0  # 0: no gRPC door
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -184,6 +187,8 @@ class _Router:
             str(self.config_path),
             "--port",
             str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
         ]
         env = {**os.environ, "TIERPLACE_HOME": str(self.home)}
         self.process = spawn(cmd, env, self.log_file)
@@ -270,6 +275,10 @@ class Stack:
             )
         endpoints = await self._start_links()
         router_port = self.spec.router_port or free_port()
+        grpc_port = self.spec.grpc_port
+        if grpc_port is None:
+            grpc_port = self.spec.router_port + 1 if self.spec.router_port else 0
+        grpc_port = grpc_port or free_port()
         prom_port = self.spec.prometheus_port or free_port()
         prom_url = f"http://127.0.0.1:{prom_port}"
         config_path = self.spec.run_dir / "router.yaml"
@@ -292,12 +301,15 @@ class Stack:
         self.prometheus.start()
         without = "the router keeps answering with its static thresholds"
         await self._supervisor.bring_up(self._watch("prometheus", self.prometheus, without))
-        self.router = _Router(config_path, router_port, self.logs / "router.log", self.home)
+        self.router = _Router(
+            config_path, router_port, self.logs / "router.log", self.home, grpc_port
+        )
         self.router.start()
         without = "nothing answers requests without it: stopping the stack"
         await self._supervisor.bring_up(self._watch("router", self.router, without, essential=True))
         self._state = {
             "router": self.router.url,
+            "grpc": f"127.0.0.1:{grpc_port}",
             "cascade": CASCADE,
             "prometheus": prom_url,
             "config": str(config_path),
