@@ -92,6 +92,46 @@ def test_cluster_role_is_exactly_the_operators_least_privilege_rules(helm: Helm)
     (deployment,) = _kind(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert not _kind(docs, "Role") and not _kind(docs, "RoleBinding")
+
+
+def test_watched_namespaces_get_roles_and_only_cluster_scoped_rules_stay_cluster_wide(
+    helm: Helm,
+) -> None:
+    """operator.watchNamespaces: the operator watches only those (--namespace) and may write
+    only there; what its ClusterRole still grants is read access to cluster-scoped kinds."""
+    watched = ["team-a", "team-b"]
+    docs = helm.template(sets={f"operator.watchNamespaces[{i}]": n for i, n in enumerate(watched)})
+    (account,) = _kind(docs, "ServiceAccount")
+    subject = {
+        "kind": "ServiceAccount",
+        "name": account["metadata"]["name"],
+        "namespace": "tierplace",
+    }
+    (role,) = [r for r in _kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("operator")]
+    assert (
+        role["rules"] == rbac.cluster_role(manage_webhooks=False, watch_namespaces=watched)["rules"]
+    )
+    assert {v for rule in role["rules"] for v in rule["verbs"]} <= {"get", "list", "watch"}
+    roles = _kind(docs, "Role")
+    assert [r["metadata"]["namespace"] for r in roles] == watched
+    for r in roles:
+        assert r["rules"] == rbac.role(r["metadata"]["namespace"])["rules"]
+        assert r["metadata"]["name"] == role["metadata"]["name"]
+    bindings = _kind(docs, "RoleBinding")
+    assert [b["metadata"]["namespace"] for b in bindings] == watched
+    for b in bindings:
+        assert b["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert b["subjects"] == [subject]
+    (deployment,) = _kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith("--namespace")] == [
+        f"--namespace={n}" for n in watched
+    ]
 
 
 def test_operator_runs_non_root_with_a_read_only_root_filesystem(helm: Helm) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tierplace.testing import pki
-from tierplace.testing.cluster import Api, tier_body
+from tierplace.testing.cluster import Api, condition, tier_body
 from tierplace.testing.controlplane import free_port
 from tierplace.testing.operator import OperatorProcess
 
@@ -159,3 +159,133 @@ def test_unmanaged_operator_serves_webhooks_without_touching_their_configuration
                 lambda k=kind: (api.get(f"{k}/tierplace.io") or {}).get("webhooks"),
                 f"the managed operator's configuration {kind.rsplit('/', 1)[-1]} back",
             )
+
+
+def test_names_too_long_for_their_children_are_refused_with_the_longest_allowed(
+    api: Api, ns: str
+) -> None:
+    code, out = api.cp.request("POST", api.tiers(ns), tier_body("t" * 64, "Edge"))
+    assert code == 422, out
+    assert "63" in out["message"], out["message"]
+    code, out = api.cp.request(
+        "POST", api.cascades(ns), cascade_body("c" * 57, [{"tierClass": "Device"}])
+    )
+    assert code == 422, out
+    assert "56" in out["message"], out["message"]
+    # The longest allowed name works: its router and generated tier are created.
+    longest = "c" * 56
+    api.create(api.cascades(ns), cascade_body(longest, [{"tierClass": "Device"}]))
+    api.wait(lambda: api.get(api.tiers(ns, f"{longest}-device")), "the 63-character tier")
+    api.wait(
+        lambda: api.get(f"/api/v1/namespaces/{ns}/configmaps/{longest}-router"),
+        "the router ConfigMap of the 56-character cascade",
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"keepRatio": "0"}, "spec.keepRatio: '0' would send no tokens at all"),
+        ({"latencyBudget": "0ms"}, "spec.latencyBudget: '0ms' leaves no time"),
+    ],
+)
+def test_zero_keep_ratio_and_latency_budget_are_refused(
+    api: Api, ns: str, spec: dict[str, Any], message: str
+) -> None:
+    body = cascade_body("zero", [{"tierClass": "Edge"}], **spec)
+    code, out = api.cp.request("POST", api.cascades(ns), body)
+    assert code == 422, out
+    assert message in out["message"]
+    assert "e.g." in out["message"]
+
+
+def test_one_tier_for_two_rungs_is_refused(api: Api, ns: str) -> None:
+    tiers = [
+        {"tierClass": "Device", "tierRef": {"name": "shared"}},
+        {"tierClass": "Edge", "tierRef": {"name": "shared"}},
+    ]
+    code, out = api.cp.request("POST", api.cascades(ns), cascade_body("twice", tiers))
+    assert code == 422, out
+    assert "spec.tiers[0] and spec.tiers[1] both use InferenceTier 'shared'" in out["message"]
+    # A tierRef naming the tier another rung generates is the same mistake.
+    tiers = [{"tierClass": "Device"}, {"tierClass": "Edge", "tierRef": {"name": "own-device"}}]
+    code, out = api.cp.request("POST", api.cascades(ns), cascade_body("own", tiers))
+    assert code == 422, out
+    assert "both use InferenceTier 'own-device'" in out["message"]
+
+
+def test_a_device_rung_on_a_cloud_tier_is_refused_then_reported_if_it_appears_later(
+    api: Api, ns: str
+) -> None:
+    api.create(api.tiers(ns), tier_body("big", "Cloud"))
+    tiers = [{"tierClass": "Device", "tierRef": {"name": "big"}}]
+    code, out = api.cp.request("POST", api.cascades(ns), cascade_body("mixed", tiers))
+    assert code == 422, out
+    assert "spec.tiers[0].tierRef names InferenceTier 'big' of class Cloud" in out["message"]
+    # The webhook cannot check a tier that does not exist yet: the status does once it does.
+    later = [{"tierClass": "Device", "tierRef": {"name": "later"}}]
+    api.create(api.cascades(ns), cascade_body("early", later))
+    api.create(api.tiers(ns), tier_body("later", "Cloud"))
+    cascade = api.wait(
+        lambda: (
+            (c := api.get(api.cascades(ns, "early")))
+            and condition(c, "TiersReady").get("reason") == "TierClassMismatch"
+            and c
+        ),
+        "TiersReady=False TierClassMismatch",
+    )
+    assert "spec.tiers[0].tierRef" in condition(cascade, "TiersReady")["message"]
+
+
+def test_memory_below_every_variant_is_refused_naming_the_field(api: Api, ns: str) -> None:
+    body = tier_body("starved", "Edge", resources={"memory": "64Mi"})
+    code, out = api.cp.request("POST", api.tiers(ns), body)
+    assert code == 422, out
+    assert "spec.resources.memory 64Mi is below the smallest variant's footprint" in out["message"]
+
+
+def test_operator_writes_go_through_on_a_bad_spec_that_slipped_in(api: Api, ns: str) -> None:
+    """With the operator down, its (managed) webhooks are gone and a zero keepRatio gets in.
+    Back up, the operator must still annotate the object (an UPDATE the webhook sees, spec
+    unchanged) and write its status (the status subresource, which no webhook covers)."""
+    api.operator.stop()
+    try:
+        api.create(
+            api.cascades(ns), cascade_body("slipped", [{"tierClass": "Edge"}], keepRatio="0")
+        )
+    finally:
+        api.operator.start()
+    cascade = api.wait(
+        lambda: (
+            (c := api.get(api.cascades(ns, "slipped")))
+            and condition(c, "Ready").get("reason") == "InvalidSpec"
+            and c
+        ),
+        "Ready=False InvalidSpec on the slipped-in cascade",
+    )
+    assert "spec.keepRatio" in condition(cascade, "Ready")["message"]
+    annotations = cascade["metadata"].get("annotations") or {}
+    assert any(k.startswith("tierplace.io/") for k in annotations), annotations
+    assert api.get(api.tiers(ns, "slipped-edge")) is None  # nothing created from a bad spec
+    assert "denied the request" not in api.operator.tail(400)
+    # A user's edit is still checked, and the fix goes through.
+    code, out = api.cp.request(
+        "PATCH",
+        api.cascades(ns, "slipped"),
+        {"spec": {"keepRatio": "0"}, "metadata": {"labels": {"x": "y"}}},
+        "application/merge-patch+json",
+    )
+    assert code == 200, out  # the spec did not change: nothing new to refuse
+    api.wait(
+        lambda: (api.get(f"{VALIDATING}/tierplace.io") or {}).get("webhooks"),
+        "the operator's webhooks configured again",
+    )
+    code, out = api.cp.request(
+        "PATCH",
+        api.cascades(ns, "slipped"),
+        {"spec": {"latencyBudget": "0ms"}},
+        "application/merge-patch+json",
+    )
+    assert code == 422, out
+    api.merge_patch(api.cascades(ns, "slipped"), {"spec": {"keepRatio": "0.5"}})
+    api.wait(lambda: api.get(api.tiers(ns, "slipped-edge")), "the tier once the spec is fixed")

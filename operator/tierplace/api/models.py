@@ -191,7 +191,11 @@ class InferenceCascadeSpec(_Wire):
     @field_validator("keep_ratio")
     @classmethod
     def _ratio(cls, value: str) -> str:
-        quantities.parse_unit_decimal(value)
+        if quantities.parse_unit_decimal(value) <= 0:
+            raise ValueError(
+                f"{value!r} would send no tokens at all when a request is offloaded; use a "
+                'decimal above 0 and at most 1 with up to three digits, e.g. "0.5"'
+            )
         return value
 
     @field_validator("fusion_weights")
@@ -204,5 +208,9 @@ class InferenceCascadeSpec(_Wire):
     @field_validator("latency_budget")
     @classmethod
     def _budget(cls, value: str) -> str:
-        quantities.parse_duration_ms(value)
+        if quantities.parse_duration_ms(value) <= 0:
+            raise ValueError(
+                f"{value!r} leaves no time to answer any request; use a duration above zero, "
+                'e.g. "150ms" or "2s"'
+            )
         return value

@@ -2,7 +2,8 @@
 
 The CRD schema already rejects malformed values (patterns, enums, ranges); these rules add what
 a schema cannot say on Kubernetes 1.20 (no CEL): relations between fields, the ladder's order,
-namespaces, and the variant catalogue. Every message says what to change.
+namespaces, names that must still fit once suffixed, and the variant catalogue. Every message
+says what to change.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tierplace.api import names, quantities
-from tierplace.api.models import AUTO, InferenceCascadeSpec, InferenceTierSpec
-from tierplace.api.variants import VARIANTS, TierClass
-from tierplace.controller.reconcile import order_problems
+from tierplace.api import names
+from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
+from tierplace.api.variants import TierClass
+from tierplace.controller.reconcile import class_mismatch_message, memory_problem, order_problems
 
 
 def _pydantic_problems(exc: ValidationError) -> list[str]:
@@ -26,31 +27,69 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
     return out
 
 
-def tier_problems(spec: Mapping[str, Any]) -> list[str]:
-    """Why an InferenceTier spec is unacceptable (empty when it is fine)."""
+def spec_unchanged(
+    operation: str | None, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+) -> bool:
+    """An UPDATE that leaves the spec as it was (kopf's annotations, labels, a generated
+    tier's owner): nothing to validate. This keeps the operator's own writes going through
+    even on an object whose bad spec slipped in while the webhook was down (status goes to
+    the status subresource, which the webhooks do not cover at all)."""
+    return (
+        operation == "UPDATE"
+        and old is not None
+        and new is not None
+        and old.get("spec") == new.get("spec")
+    )
+
+
+def tier_problems(spec: Mapping[str, Any], name: str | None = None) -> list[str]:
+    """Why an InferenceTier spec (and, on create, its ``name``) is unacceptable; empty when
+    it is fine."""
+    problems = names.name_problems(names.TIER_KIND, name) if name is not None else []
     try:
         tier = InferenceTierSpec.model_validate(spec)
     except ValidationError as exc:
-        return _pydantic_problems(exc)
-    problems: list[str] = []
-    if tier.resources.memory is not None and tier.model.variant != AUTO:
-        variant = VARIANTS[tier.model.variant]
-        if quantities.quantity_mib(tier.resources.memory) < variant.memory_mib:
+        return problems + _pydantic_problems(exc)
+    memory = memory_problem(tier)
+    if memory is not None:
+        problems.append(memory)
+    return problems
+
+
+def cascade_problems(
+    spec: Mapping[str, Any],
+    namespace: str,
+    name: str | None = None,
+    tier_classes: Mapping[str, str | None] | None = None,
+) -> list[str]:
+    """Why an InferenceCascade spec (and, on create, its ``name``) is unacceptable; empty when
+    it is fine. ``tier_classes`` maps each tierRef name to that InferenceTier's spec.tierClass
+    as the API shows it (None or absent: not found, checked again by the reconcile)."""
+    problems = names.name_problems(names.CASCADE_KIND, name) if name is not None else []
+    try:
+        cascade = InferenceCascadeSpec.model_validate(spec)
+    except ValidationError as exc:
+        return problems + _pydantic_problems(exc)
+    problems += order_problems(cascade, namespace, name or "")
+    for i, rung in enumerate(cascade.tiers):
+        if rung.tier_ref is None:
+            continue
+        found = (tier_classes or {}).get(rung.tier_ref.name)
+        if found is not None and found != rung.tier_class.value:
             problems.append(
-                f"spec.resources.memory {tier.resources.memory} is below the "
-                f"{variant.name} footprint of {variant.memory_mib}Mi; raise it, remove it to use "
-                "the footprint, or pick a smaller spec.model.variant"
+                class_mismatch_message(i, rung.tier_ref.name, rung.tier_class.value, found)
             )
     return problems
 
 
-def cascade_problems(spec: Mapping[str, Any], namespace: str) -> list[str]:
-    """Why an InferenceCascade spec is unacceptable (empty when it is fine)."""
-    try:
-        cascade = InferenceCascadeSpec.model_validate(spec)
-    except ValidationError as exc:
-        return _pydantic_problems(exc)
-    return order_problems(cascade, namespace)
+def referenced_tiers(spec: Mapping[str, Any]) -> list[str]:
+    """Names of the InferenceTiers a cascade spec's tierRefs point at (to look up)."""
+    out = []
+    for rung in spec.get("tiers") or ():
+        ref = rung.get("tierRef") if isinstance(rung, Mapping) else None
+        if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+            out.append(ref["name"])
+    return out
 
 
 def tier_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,13 @@ Create, update, resume and a drift timer share one level-based reconcile per kin
 its own bookkeeping in ``tierplace.io/*`` annotations (never in our status), and status is
 written explicitly as conditions, because kopf has none.
 
+No finalizer: children are owned and garbage-collected, so nothing has to happen before a tier
+or cascade goes, and a finalizer would only make ``kubectl delete`` (and deleting the
+namespace) hang while the operator is down. kopf puts one on every object that has a timer
+(to stop the timer before the object goes); ours are registered without that need, and a
+DELETED watch event stops them instead. Objects that still carry the old finalizer lose it
+on resume (kopf removes a finalizer no handler requires).
+
 Settings come from the environment, read once at import (config.py lists the variables):
 the drift timer, the admission webhook server and whether kopf manages its configurations,
 and the defaults for images and Prometheus that specs leave unset.
@@ -12,8 +19,11 @@ and the defaults for images and Prometheus that specs leave unset.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import kopf
@@ -21,11 +31,13 @@ import kopf
 from tierplace.api import names
 from tierplace.controller import admission, config, sync
 from tierplace.controller.kube import (
+    ApiError,
     Conflict,
     Credentials,
     Kube,
     OwnedElsewhere,
     in_cluster_credentials,
+    resource_path,
 )
 from tierplace.controller.placement import NodeInfo, node_info
 
@@ -46,6 +58,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=names.PREFIX, key="last-handled-configuration"
     )
     settings.peering.standalone = True
+    # kopf would post a new Event for every failed attempt; sync.py records deduplicated
+    # Events itself (and _guarded below the failures).
+    settings.posting.enabled = False
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     if WEBHOOK is not None:
@@ -93,31 +108,67 @@ def _all_nodes(index: kopf.Index[str, NodeInfo]) -> list[NodeInfo]:
     return [node for store in index.values() for node in store]
 
 
-async def _guarded(coro: Any) -> dict[str, Any]:
+async def _guarded(kube: Kube, body: kopf.Body, coro: Any) -> dict[str, Any]:
+    """Run one reconcile; a lost write race retries at once, anything the API refused is
+    also recorded as a Warning Event on the object (deduplicated: a repeat bumps its count)."""
     try:
         result: dict[str, Any] = await coro
     except Conflict as exc:
         raise kopf.TemporaryError(f"lost a write race, retrying: {exc.message}", delay=1) from exc
-    except OwnedElsewhere as exc:
+    except (OwnedElsewhere, ApiError) as exc:
+        try:
+            owner = sync.involved(sync.owner_of(body))
+            await kube.record_event(owner, "Warning", "ReconcileFailed", str(exc))
+        except Exception as event_exc:  # the failure itself is what to report
+            logging.getLogger(__name__).warning("could not record the failure: %s", event_exc)
         raise kopf.TemporaryError(str(exc), delay=30) from exc
     return result
+
+
+def _alive(memo: kopf.Memo, **_: Any) -> bool:
+    """The timers' filter: False once the object's DELETED event arrived (see ``gone``)."""
+    return not memo.get("gone")
+
+
+@kopf.on.event(*TIER)
+@kopf.on.event(*CASCADE)
+def gone(type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Stop the object's timer when it is deleted. Without a finalizer the DELETED event
+    carries no deletionTimestamp, so kopf would keep the timer running; watching handlers
+    run before the timers are re-matched, and ``_alive`` then no longer matches."""
+    if type == "DELETED":
+        memo.gone = True
 
 
 @kopf.on.resume(*TIER)
 @kopf.on.create(*TIER)
 @kopf.on.update(*TIER)
-@kopf.timer(*TIER, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@kopf.timer(*TIER, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_alive)
 async def reconcile_tier(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     pool = _all_nodes(kw["nodes"])  # the index above, passed by name
-    patch.status.update(await _guarded(sync.sync_tier(memo.kube, body, pool, DEFAULTS)))
+    status = await _guarded(memo.kube, body, sync.sync_tier(memo.kube, body, pool, DEFAULTS))
+    patch.status.update(status)
 
 
 @kopf.on.resume(*CASCADE)
 @kopf.on.create(*CASCADE)
 @kopf.on.update(*CASCADE)
-@kopf.timer(*CASCADE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@kopf.timer(*CASCADE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_alive)
 async def reconcile_cascade(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    patch.status.update(await _guarded(sync.sync_cascade(memo.kube, body, DEFAULTS)))
+    status = await _guarded(memo.kube, body, sync.sync_cascade(memo.kube, body, DEFAULTS))
+    patch.status.update(status)
+
+
+def _without_finalizers(registry: kopf.OperatorRegistry) -> None:
+    """Register the timers as not needing a finalizer (kopf.timer always says they do, and
+    offers no option): deletion never waits for the operator."""
+    spawning = registry._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) for h in spawning.get_all_handlers()
+    ]
+
+
+_without_finalizers(kopf.get_default_registry())
 
 
 # Admission webhooks only when a webhook server is configured: kopf refuses to start with
@@ -128,16 +179,48 @@ ON_WRITE: list[Literal["CREATE", "UPDATE"]] = ["CREATE", "UPDATE"]
 if WEBHOOK is not None:
 
     @kopf.on.validate(*TIER, id="validate-tier", operations=ON_WRITE, ignore_failures=True)
-    def validate_tier(spec: kopf.Spec, **_: Any) -> None:
-        problems = admission.tier_problems(dict(spec))
+    def validate_tier(spec: kopf.Spec, name: str, **kw: Any) -> None:
+        operation = kw.get("operation")
+        if admission.spec_unchanged(operation, kw.get("old"), kw.get("new")):
+            return
+        # A name is checked on create only: it cannot change, and status reports it.
+        problems = admission.tier_problems(dict(spec), name if operation == "CREATE" else None)
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 
     @kopf.on.validate(*CASCADE, id="validate-cascade", operations=ON_WRITE, ignore_failures=True)
-    def validate_cascade(spec: kopf.Spec, namespace: str | None, **_: Any) -> None:
-        problems = admission.cascade_problems(dict(spec), namespace or "")
+    async def validate_cascade(
+        spec: kopf.Spec, name: str, namespace: str | None, memo: kopf.Memo, **kw: Any
+    ) -> None:
+        operation = kw.get("operation")
+        if admission.spec_unchanged(operation, kw.get("old"), kw.get("new")):
+            return
+        ns = namespace or ""
+        classes = await _tier_classes(memo, ns, admission.referenced_tiers(dict(spec)))
+        problems = admission.cascade_problems(
+            dict(spec), ns, name if operation == "CREATE" else None, classes
+        )
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
+
+    async def _tier_classes(
+        memo: kopf.Memo, namespace: str, tier_names: list[str]
+    ) -> Mapping[str, str | None]:
+        """spec.tierClass of each named InferenceTier, read through the operator's client
+        (briefly: the API server is waiting). Unknown stays unchecked here; the reconcile
+        reports a mismatch it finds later as TierClassMismatch."""
+        kube: Kube | None = getattr(memo, "kube", None)
+        out: dict[str, str | None] = {}
+        if kube is None:
+            return out
+        for tier in tier_names:
+            path = resource_path(names.API_VERSION, names.TIER_KIND, namespace, tier)
+            try:
+                found = await asyncio.wait_for(kube.get(path), timeout=3)
+            except (ApiError, TimeoutError, OSError):
+                continue
+            out[tier] = ((found or {}).get("spec") or {}).get("tierClass")
+        return out
 
     @kopf.on.mutate(*TIER, id="default-tier", operations=ON_WRITE, ignore_failures=True)
     def default_tier(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import os
 import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ PLURALS: dict[str, str] = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Pod": "pods",
     "Node": "nodes",
+    "Event": "events",
     names.TIER_KIND: names.TIER_PLURAL,
     names.CASCADE_KIND: names.CASCADE_PLURAL,
 }
@@ -233,6 +236,8 @@ class Kube:
             connector=aiohttp.TCPConnector(ssl=credentials.ssl_context(), limit=32),
         )
         self._pdb_version: str | None = None
+        #: Event name -> the count last written, so a repeat is one PATCH (no read).
+        self._event_counts: dict[str, int] = {}
         #: API calls made, by HTTP method: the benchmark reports them.
         self.calls: dict[str, int] = {}
 
@@ -325,6 +330,64 @@ class Kube:
         if live is None or controller_uid(live) != owner_uid:
             return False
         return await self.delete(path)
+
+    async def record_event(
+        self,
+        involved: Mapping[str, str],
+        type_: str,
+        reason: str,
+        message: str,
+        *,
+        retry: bool = True,
+    ) -> None:
+        """Record a core/v1 Event on ``involved`` (apiVersion, kind, name, namespace, uid),
+        deduplicated as Kubernetes does: the same type, reason and message on the same object
+        bumps ``count`` and ``lastTimestamp`` of one Event instead of adding another. The
+        Event's name derives from those, so the count carries on across operator restarts."""
+        message = message[:1024]
+        digest = hashlib.sha256(
+            "\x00".join((involved["uid"], type_, reason, message)).encode()
+        ).hexdigest()[:16]
+        name = f"{involved['name']}.{digest}"
+        namespace = involved["namespace"]
+        path = resource_path("v1", "Event", namespace, name)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        count = self._event_counts.get(name)
+        if count is None:
+            event = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": name, "namespace": namespace},
+                "involvedObject": {
+                    k: involved[k] for k in ("apiVersion", "kind", "name", "namespace", "uid")
+                },
+                "type": type_,
+                "reason": reason,
+                "message": message,
+                "count": 1,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "source": {"component": names.MANAGED_BY},
+                "reportingComponent": names.MANAGED_BY,
+            }
+            try:
+                await self.request("POST", resource_path("v1", "Event", namespace), event)
+                self._event_counts[name] = 1
+                return
+            except Conflict:  # recorded before this process started: bump that one
+                live = await self.get(path)
+                count = int((live or {}).get("count") or 1)
+        patch = {"count": count + 1, "lastTimestamp": now}
+        try:
+            await self.request("PATCH", path, patch, content_type="application/merge-patch+json")
+        except ApiError as exc:
+            self._event_counts.pop(name, None)
+            if exc.status != 404 or not retry:
+                raise
+            # Expired (the API server's event TTL): start a new one, once.
+            await self.record_event(involved, type_, reason, message, retry=False)
+            return
+        self._event_counts[name] = count + 1
 
     async def pod_nodes(self, namespace: str, selector: Mapping[str, str]) -> tuple[str, ...]:
         """Nodes the scheduler bound the selected pods to (unscheduled pods are skipped)."""

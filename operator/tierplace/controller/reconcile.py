@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tierplace.api import conditions as cond
-from tierplace.api import names
+from tierplace.api import names, quantities
 from tierplace.api.conditions import Condition
-from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
-from tierplace.api.variants import TIER_ORDER
+from tierplace.api.models import AUTO, InferenceCascadeSpec, InferenceTierSpec
+from tierplace.api.variants import TIER_ORDER, VARIANTS
 from tierplace.controller import manifests
 from tierplace.controller.config import SpecDefaults
 from tierplace.controller.manifests import BUILTIN_DEFAULTS, Manifest, Owner, PlacedTier
@@ -89,13 +89,37 @@ def _pool_condition(spec: InferenceTierSpec, placement: Placement) -> Condition:
     )
 
 
-def _placed_condition(placement: Placement) -> Condition:
+def memory_problem(spec: InferenceTierSpec) -> str | None:
+    """Why ``spec.resources.memory`` is too small for every variant the tier may serve, or
+    None. Said at admission, and in ModelPlaced instead of blaming the pool's nodes."""
+    if spec.resources.memory is None:
+        return None
+    names_ = list(VARIANTS) if spec.model.variant == AUTO else [spec.model.variant]
+    smallest = min(VARIANTS[n].memory_mib for n in names_)
+    if quantities.quantity_mib(spec.resources.memory) >= smallest:
+        return None
+    what = (
+        f"the smallest variant's footprint ({smallest}Mi)"
+        if spec.model.variant == AUTO
+        else f"the {names_[0]} footprint of {smallest}Mi"
+    )
+    return (
+        f"spec.resources.memory {spec.resources.memory} is below {what}; raise it to at least "
+        f"{smallest}Mi, or remove it to request the placed variant's footprint"
+        + ("" if spec.model.variant == AUTO else ", or pick a smaller spec.model.variant")
+    )
+
+
+def _placed_condition(spec: InferenceTierSpec, placement: Placement) -> Condition:
     if placement.variant is not None:
         return Condition(cond.MODEL_PLACED, "True", placement.reason, placement.message)
     if placement.reason == "NoNodesInPool":
         return Condition(
             cond.MODEL_PLACED, "False", "PoolUnavailable", "no pool node to place a variant on"
         )
+    memory = memory_problem(spec)
+    if memory is not None:  # the request, not the nodes, rules every variant out
+        return Condition(cond.MODEL_PLACED, "False", "MemoryBelowFootprint", memory)
     return Condition(cond.MODEL_PLACED, "False", placement.reason, placement.message)
 
 
@@ -144,7 +168,7 @@ def tier_status(
     """The InferenceTier status: conditions with Ready first, placement, replicas, nodes."""
     parts = [
         _pool_condition(spec, plan.placement),
-        _placed_condition(plan.placement),
+        _placed_condition(spec, plan.placement),
         _serving_condition(spec, obs),
     ]
     previous = previous or {}
@@ -186,6 +210,13 @@ class TierView:
     owned_elsewhere: bool = False
     #: The cluster IP of the tier's Triton Service (None before it has one).
     service_ip: str | None = None
+    #: The referenced InferenceTier's own spec.tierClass (None when unknown).
+    found_class: str | None = None
+
+    @property
+    def class_mismatch(self) -> bool:
+        """The rung names a tier of another class (a Device rung on a Cloud tier)."""
+        return self.found_class is not None and self.found_class != self.tier_class
 
 
 def foreign_tier_view(name: str, tier_class: str, offload_threshold: str, why: str) -> TierView:
@@ -216,6 +247,16 @@ def tier_view(
         exit_threshold=str((tier.get("spec", {}) or {}).get("exitThreshold", "0.9")),
         reason=str(ready_cond.get("message", "not reconciled yet")),
         service_ip=_cluster_ip(service),
+        found_class=(tier.get("spec", {}) or {}).get("tierClass"),
+    )
+
+
+def class_mismatch_message(index: int, name: str, rung_class: str, found_class: str) -> str:
+    """A rung whose tierRef names a tier of another class: what to change (webhook, status)."""
+    return (
+        f"spec.tiers[{index}].tierRef names InferenceTier {name!r} of class {found_class}, but "
+        f"spec.tiers[{index}].tierClass is {rung_class}; point tierRef at a {rung_class} tier "
+        f"or set tierClass to {found_class}"
     )
 
 
@@ -274,9 +315,27 @@ def generated_tiers(owner: Owner, spec: InferenceCascadeSpec) -> list[Manifest]:
     return [manifests.with_spec_hash(m) for m in out]
 
 
-def order_problems(spec: InferenceCascadeSpec, namespace: str) -> list[str]:
-    """What is wrong with a cascade's ladder, each as an instruction (webhook and status)."""
+def order_problems(spec: InferenceCascadeSpec, namespace: str, cascade: str = "") -> list[str]:
+    """What is wrong with a cascade's ladder, each as an instruction (webhook and status).
+    With the ``cascade``'s name, a tierRef that names one of its generated tiers counts as
+    a second use of that tier."""
     problems: list[str] = []
+    first_use: dict[str, int] = {}
+    for i, rung in enumerate(spec.tiers):
+        if rung.tier_ref is not None:
+            name = rung.tier_ref.name
+        elif cascade:
+            name = manifests.generated_tier_name(cascade, rung.tier_class.value)
+        else:
+            continue
+        if name in first_use:
+            problems.append(
+                f"spec.tiers[{first_use[name]}] and spec.tiers[{i}] both use InferenceTier "
+                f"{name!r}; each rung needs a tier of its own: point spec.tiers[{i}].tierRef "
+                "at another InferenceTier or remove the rung"
+            )
+        else:
+            first_use[name] = i
     classes = [t.tier_class for t in spec.tiers]
     if len(set(classes)) != len(classes):
         problems.append(
@@ -328,7 +387,7 @@ def plan_router(
             v.service_ip,
         )
         for v in views
-        if v.variant
+        if v.variant and not v.class_mismatch
     )
     if not placed:
         return CascadePlan((), ())
@@ -371,11 +430,20 @@ def cascade_status(
     """The cascade status: per-tier readiness, degraded tiers, router availability.
     ``router_conflict`` says why a router child could not be written (not ours)."""
     previous = previous or {}
-    problems = order_problems(spec, owner.namespace)
-    not_ready = [v for v in views if not v.ready]
+    problems = order_problems(spec, owner.namespace, owner.name)
+    not_ready = [v for v in views if not v.ready or v.class_mismatch]
     foreign = [v for v in views if v.owned_elsewhere]
+    mismatched = [
+        class_mismatch_message(i, v.name, v.tier_class, str(v.found_class))
+        for i, v in enumerate(views)
+        if v.class_mismatch
+    ]
     if problems:
         tiers_ready = Condition(cond.TIERS_READY, "False", "InvalidLadder", "; ".join(problems))
+    elif mismatched:
+        tiers_ready = Condition(
+            cond.TIERS_READY, "False", "TierClassMismatch", "; ".join(mismatched)
+        )
     elif foreign:
         tiers_ready = Condition(
             cond.TIERS_READY, "False", "ChildOwnedElsewhere", "; ".join(v.reason for v in foreign)
@@ -423,3 +491,48 @@ def cascade_status(
         "tiers": [_tier_entry(v, owner.namespace) for v in views],
         "routerEndpoint": f"http://{router_host}:{spec.router.port}",
     }
+
+
+# --- Events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to record on the object: what changed, for ``kubectl describe``."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+#: Reasons a condition is False for while things start (no pod ready yet, no router yet):
+#: worth a Warning only when the condition was True before, not on every new object.
+STARTING_REASONS = frozenset({"NoDeployment", "NoReadyReplicas", "NoRouter", "TiersNotReady"})
+
+
+def status_events(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[Event]:
+    """The Events a status change deserves: a Warning when a condition turns False (or
+    changes why it is False), a refusal such as InvalidSpec, a Normal event for a placement
+    decision and for becoming Ready. Computed from the previous status, so a resync that
+    changes nothing, or an operator restart, records nothing again."""
+    previous = previous or {}
+    before = {str(c.get("type")): c for c in previous.get("conditions") or ()}
+    out: list[Event] = []
+    for c in current.get("conditions") or ():
+        old = before.get(str(c["type"])) or {}
+        same = old.get("status") == c["status"] and old.get("reason") == c.get("reason")
+        if c["type"] == cond.READY:
+            if c["status"] == "True" and old.get("status") != "True":
+                out.append(Event("Normal", "Ready", str(c.get("message", ""))))
+            elif c.get("reason") == "InvalidSpec" and not same:
+                out.append(Event("Warning", "InvalidSpec", str(c.get("message", ""))))
+            continue  # otherwise it repeats the failing condition below
+        if c["status"] != "False" or same:
+            continue
+        if c.get("reason") in STARTING_REASONS and old.get("status") != "True":
+            continue
+        out.append(Event("Warning", str(c.get("reason")), f"{c['type']}: {c.get('message', '')}"))
+    variant = current.get("variant")
+    if variant and variant != previous.get("variant"):
+        out.append(Event("Normal", "Placed", str(current.get("placementReason") or variant)))
+    return out

@@ -6,6 +6,7 @@ reconcile.py so the planning stays pure. Each function returns the status to wri
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,9 +19,17 @@ from tierplace.api.conditions import Condition
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.controller import manifests, prometheus, reconcile
 from tierplace.controller.config import SpecDefaults
-from tierplace.controller.kube import Kube, OwnedElsewhere, resource_path, selector_text
+from tierplace.controller.kube import (
+    ApiError,
+    Kube,
+    OwnedElsewhere,
+    resource_path,
+    selector_text,
+)
 from tierplace.controller.manifests import BUILTIN_DEFAULTS, Owner
 from tierplace.controller.placement import NodeInfo
+
+log = logging.getLogger(__name__)
 
 
 def owner_of(body: Mapping[str, Any]) -> Owner:
@@ -36,7 +45,8 @@ def owner_of(body: Mapping[str, Any]) -> Owner:
 
 def _describe(exc: ValidationError) -> str:
     return "; ".join(
-        f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
     )
 
 
@@ -51,15 +61,53 @@ def invalid_status(body: Mapping[str, Any], message: str) -> dict[str, Any]:
     }
 
 
+def involved(owner: Owner) -> dict[str, str]:
+    """The object an Event is about, as core/v1 Event's involvedObject names it."""
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "namespace": owner.namespace,
+        "uid": owner.uid,
+    }
+
+
+async def record(
+    kube: Kube, owner: Owner, previous: Mapping[str, Any] | None, status: Mapping[str, Any]
+) -> None:
+    """Record the Events of this status change (reconcile.status_events). A failed Event is
+    logged, never a failed reconcile: the status already says everything."""
+    for event in reconcile.status_events(previous, status):
+        try:
+            await kube.record_event(involved(owner), event.type, event.reason, event.message)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("could not record event %s on %s: %s", event.reason, owner.name, exc)
+
+
 async def sync_tier(
     kube: Kube,
     body: Mapping[str, Any],
     nodes: Iterable[NodeInfo],
     defaults: SpecDefaults = BUILTIN_DEFAULTS,
 ) -> dict[str, Any]:
-    """Converge one InferenceTier's children and compute its status."""
+    """Converge one InferenceTier's children and compute its status (and record the Events
+    its change deserves)."""
     owner = owner_of(body)
-    pool = list(nodes)
+    status = await _tier_status(kube, owner, body, list(nodes), defaults)
+    await record(kube, owner, body.get("status"), status)
+    return status
+
+
+async def _tier_status(
+    kube: Kube,
+    owner: Owner,
+    body: Mapping[str, Any],
+    pool: list[NodeInfo],
+    defaults: SpecDefaults,
+) -> dict[str, Any]:
+    bad_name = names.name_problems(owner.kind, owner.name)
+    if bad_name:  # every child would be refused (422, label too long): touch none
+        return invalid_status(body, "; ".join(bad_name))
     try:
         spec = InferenceTierSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
@@ -95,14 +143,26 @@ async def sync_tier(
 async def sync_cascade(
     kube: Kube, body: Mapping[str, Any], defaults: SpecDefaults = BUILTIN_DEFAULTS
 ) -> dict[str, Any]:
-    """Converge one InferenceCascade: its generated tiers, then the router over placed tiers."""
+    """Converge one InferenceCascade: its generated tiers, then the router over placed tiers
+    (and record the Events its status change deserves)."""
     owner = owner_of(body)
+    status = await _cascade_status(kube, owner, body, defaults)
+    await record(kube, owner, body.get("status"), status)
+    return status
+
+
+async def _cascade_status(
+    kube: Kube, owner: Owner, body: Mapping[str, Any], defaults: SpecDefaults
+) -> dict[str, Any]:
+    bad_name = names.name_problems(owner.kind, owner.name)
+    if bad_name:  # its router and generated tiers would be refused: touch none
+        return invalid_status(body, "; ".join(bad_name))
     try:
         spec = InferenceCascadeSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         return invalid_status(body, _describe(exc))
     generation = body["metadata"].get("generation")
-    if reconcile.order_problems(spec, owner.namespace):
+    if reconcile.order_problems(spec, owner.namespace, owner.name):
         return reconcile.cascade_status(owner, spec, [], None, body.get("status"), generation)
 
     wanted = reconcile.generated_tiers(owner, spec)
