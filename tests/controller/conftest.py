@@ -104,5 +104,14 @@ def ns(cp: ControlPlane) -> Iterator[str]:
 
 
 @pytest.fixture
+def other_ns(cp: ControlPlane) -> Iterator[str]:
+    """A second namespace, for what must stay out of reach of a namespaced operator."""
+    name = f"o-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(cp, name)
+    yield name
+    cluster.delete_namespace(cp, name)
+
+
+@pytest.fixture
 def api(cp: ControlPlane, operator: OperatorProcess) -> Api:
     return Api(cp, operator, RESYNC_SECONDS)

@@ -130,14 +130,17 @@ def _alive(memo: kopf.Memo, **_: Any) -> bool:
     return not memo.get("gone")
 
 
-@kopf.on.event(*TIER)
-@kopf.on.event(*CASCADE)
-def gone(type: str | None, memo: kopf.Memo, **_: Any) -> None:
+def _deleted(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event(*TIER, when=_deleted)
+@kopf.on.event(*CASCADE, when=_deleted)
+def gone(memo: kopf.Memo, **_: Any) -> None:
     """Stop the object's timer when it is deleted. Without a finalizer the DELETED event
     carries no deletionTimestamp, so kopf would keep the timer running; watching handlers
     run before the timers are re-matched, and ``_alive`` then no longer matches."""
-    if type == "DELETED":
-        memo.gone = True
+    memo.gone = True
 
 
 @kopf.on.resume(*TIER)

@@ -508,6 +508,9 @@ class Event:
 #: Reasons a condition is False for while things start (no pod ready yet, no router yet):
 #: worth a Warning only when the condition was True before, not on every new object.
 STARTING_REASONS = frozenset({"NoDeployment", "NoReadyReplicas", "NoRouter", "TiersNotReady"})
+#: Reasons that only follow from another condition's (ModelPlaced after PoolAvailable): that
+#: one's Warning already says it.
+FOLLOW_ON_REASONS = frozenset({"PoolUnavailable"})
 
 
 def status_events(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[Event]:
@@ -527,7 +530,7 @@ def status_events(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
             elif c.get("reason") == "InvalidSpec" and not same:
                 out.append(Event("Warning", "InvalidSpec", str(c.get("message", ""))))
             continue  # otherwise it repeats the failing condition below
-        if c["status"] != "False" or same:
+        if c["status"] != "False" or same or c.get("reason") in FOLLOW_ON_REASONS:
             continue
         if c.get("reason") in STARTING_REASONS and old.get("status") != "True":
             continue

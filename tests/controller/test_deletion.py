@@ -1,0 +1,81 @@
+"""Deletion never waits for the operator: no finalizer on tiers or cascades, so a delete
+completes with the operator stopped and garbage collection removes the children."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tierplace.testing.cluster import Api, tier_body
+
+pytestmark = pytest.mark.controlplane
+
+OLD_FINALIZER = "tierplace.io/finalizer"
+
+
+def test_delete_completes_with_the_operator_stopped_and_children_are_collected(
+    api: Api, ns: str
+) -> None:
+    cascade = {
+        "apiVersion": "tierplace.io/v1alpha1",
+        "kind": "InferenceCascade",
+        "metadata": {"name": "quick"},
+        "spec": {"tiers": [{"tierClass": "Edge"}]},
+    }
+    api.create(api.cascades(ns), cascade)
+    children = [
+        api.tiers(ns, "quick-edge"),
+        f"/apis/apps/v1/namespaces/{ns}/deployments/quick-edge",
+        f"/api/v1/namespaces/{ns}/services/quick-edge",
+        f"/api/v1/namespaces/{ns}/configmaps/quick-router",
+        f"/apis/apps/v1/namespaces/{ns}/deployments/quick-router",
+    ]
+    for path in children:
+        api.wait(lambda p=path: api.get(p), f"{path} created")  # type: ignore[misc]
+    for path in (api.cascades(ns, "quick"), api.tiers(ns, "quick-edge")):
+        obj = api.get(path)
+        assert obj is not None and not obj["metadata"].get("finalizers"), obj
+    api.operator.stop()
+    try:
+        code, out = api.cp.request("DELETE", api.cascades(ns, "quick"))
+        assert code == 200, out
+        # Gone at once: nothing waits for an operator that is not there.
+        assert api.get(api.cascades(ns, "quick")) is None
+        for path in children:
+            api.wait(lambda p=path: api.get(p) is None, f"{path} garbage-collected", 90)  # type: ignore[misc]
+    finally:
+        api.operator.start()
+
+
+def test_the_old_finalizer_is_removed_when_the_operator_resumes(api: Api, ns: str) -> None:
+    """Objects from a release that still put a finalizer on them lose it on resume."""
+    api.create(api.tiers(ns), tier_body("legacy", "Edge"))
+    api.wait(lambda: (api.get(api.tiers(ns, "legacy")) or {}).get("status"), "a status")
+    api.operator.stop()
+    try:
+        api.merge_patch(api.tiers(ns, "legacy"), {"metadata": {"finalizers": [OLD_FINALIZER]}})
+    finally:
+        api.operator.start()
+    api.wait(
+        lambda: not (api.get(api.tiers(ns, "legacy")) or {})["metadata"].get("finalizers"),
+        "the old finalizer removed on resume",
+    )
+    code, out = api.cp.request("DELETE", api.tiers(ns, "legacy"))
+    assert code == 200, out
+    assert api.get(api.tiers(ns, "legacy")) is None
+
+
+def test_a_deleted_tiers_timer_stops_and_never_recreates_its_children(api: Api, ns: str) -> None:
+    """With no finalizer kopf would keep a deleted object's timer running, and each tick
+    would recreate its Deployment (then garbage-collected again)."""
+    api.create(api.tiers(ns), tier_body("brief", "Edge"))
+    deployment = f"/apis/apps/v1/namespaces/{ns}/deployments/brief"
+    api.wait(lambda: api.get(deployment), "the Deployment")
+    code, out = api.cp.request("DELETE", api.tiers(ns, "brief"))
+    assert code == 200, out
+    api.wait(lambda: api.get(deployment) is None, "the Deployment collected", 90)
+    deadline = time.monotonic() + 3 * api.resync_seconds + 1
+    while time.monotonic() < deadline:
+        assert api.get(deployment) is None, "recreated by a timer of the deleted tier"
+        time.sleep(0.1)
