@@ -341,7 +341,13 @@ def test_cascade_children_in_steady_state_need_no_writes(
     owner = sync.owner_of(cascade)
     spec = InferenceCascadeSpec.model_validate(cascade["spec"])
     views = [
-        reconcile.tier_view(name, cls, thr, api.get(api.tiers(ns, name)))
+        reconcile.tier_view(
+            name,
+            cls,
+            thr,
+            api.get(api.tiers(ns, name)),
+            api.get(f"/api/v1/namespaces/{ns}/services/{name}"),  # the router uses its IP
+        )
         for name, cls, thr in reconcile.cascade_tier_names(owner.name, spec)
     ]
     desired = [
