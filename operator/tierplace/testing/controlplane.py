@@ -68,6 +68,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Network:
+    """Where the control plane listens. The default is loopback with no kubelet; the
+    real-node tier runs it inside a sealed network namespace instead (tests/nodes), where it
+    advertises a namespace address that kubelets, kube-proxy and pods reach."""
+
+    #: ``ip netns`` name to run every process in; None runs them here.
+    netns: str | None = None
+    address: str = "127.0.0.1"
+    service_cidr: str = "10.96.0.0/16"
+    #: The first address of ``service_cidr`` (the ``kubernetes`` Service), for the cert.
+    kubernetes_service_ip: str = "10.96.0.1"
+    #: Real kubelets heartbeat: node lifecycle and the not-ready taint stay on.
+    kubelets: bool = False
+
+    def command(self, args: list[str]) -> list[str]:
+        # nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts.
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *args] if self.netns else args
+
+
+LOOPBACK = Network()
+
+
 @dataclass
 class _Proc:
     name: str
@@ -173,15 +196,39 @@ def _kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
     path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
 
 
-def _start(cp: ControlPlane, name: str, args: list[str], env: Mapping[str, str]) -> _Proc:
+def _start(
+    cp: ControlPlane,
+    name: str,
+    args: list[str],
+    env: Mapping[str, str],
+    network: Network = LOOPBACK,
+) -> _Proc:
     log = cp.workdir / f"{name}.log"
     handle = log.open("wb")
     popen = subprocess.Popen(
-        args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=dict(env)
+        network.command(args),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=dict(env),
     )
     proc = _Proc(name, popen, log, handle)
     cp._procs.append(proc)
     return proc
+
+
+def _apiserver_node_flags(network: Network) -> list[str]:
+    if network.kubelets:
+        # Pods reach the apiserver through the ``kubernetes`` Service (kube-proxy), and
+        # webhooks are called at their endpoints, as the aggregator does.
+        # Kubelets are reached at their node address (there is no DNS for node names).
+        return ["--enable-aggregator-routing=true", "--kubelet-preferred-address-types=InternalIP"]
+    return [
+        # The default reconciler refuses a loopback address and logs it every 10 s.
+        "--endpoint-reconciler-type=none",
+        # No kubelet: nothing would ever lift the not-ready taint this plugin adds.
+        "--disable-admission-plugins=TaintNodesByCondition",
+    ]
 
 
 def _wait(cp: ControlPlane, what: str, check: Any, timeout: float) -> None:
@@ -200,7 +247,12 @@ def _wait(cp: ControlPlane, what: str, check: Any, timeout: float) -> None:
     raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}\n{cp.logs()}")
 
 
-def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) -> ControlPlane:
+def start(
+    workdir: Path,
+    binaries: Path | None = None,
+    timeout: float = 90.0,
+    network: Network = LOOPBACK,
+) -> ControlPlane:
     """Start the control plane in ``workdir``; the caller must call ``stop()``."""
     binaries = binaries or bin_dir()
     missing = missing_binaries(binaries)
@@ -212,7 +264,13 @@ def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) ->
     pkidir = workdir / "pki"
     ca = pki.make_ca(pkidir)
     serving = pki.make_serving_cert(
-        pkidir, ca, "apiserver", ["127.0.0.1", "localhost", "kubernetes.default.svc"]
+        pkidir,
+        ca,
+        "apiserver",
+        sorted(
+            {"127.0.0.1", "localhost", "kubernetes.default.svc", "kubernetes.default"}
+            | {network.address, network.kubernetes_service_ip}
+        ),
     )
     sa_key, sa_pub = pki.make_rsa_key(pkidir, "service-account")
     token = secrets.token_hex(16)
@@ -225,7 +283,7 @@ def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) ->
     )
 
     etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://{network.address}:{api_port}"
     kubeconfig = workdir / "kubeconfig"
     _kubeconfig(kubeconfig, server, ca.cert, token)
     cp = ControlPlane(workdir, server, token, ca, kubeconfig, users)
@@ -248,6 +306,7 @@ def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) ->
                 "--logger=zap", "--log-level=warn",
             ],
             env,
+            network,
         )  # fmt: skip
         _start(
             cp,
@@ -255,7 +314,7 @@ def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) ->
             [
                 str(binaries / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--bind-address={network.address}", f"--advertise-address={network.address}",
                 f"--secure-port={api_port}", "--insecure-port=0",
                 f"--cert-dir={workdir / 'certs'}",
                 f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
@@ -265,14 +324,12 @@ def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) ->
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                # The default reconciler refuses a loopback address and logs it every 10 s.
-                "--endpoint-reconciler-type=none",
-                # No kubelet: nothing would ever lift the not-ready taint this plugin adds.
-                "--disable-admission-plugins=TaintNodesByCondition",
+                f"--service-cluster-ip-range={network.service_cidr}",
+                *_apiserver_node_flags(network),
                 "--profiling=false", "--v=0",
             ],
             env,
+            network,
         )  # fmt: skip
         _wait(cp, "kube-apiserver /readyz", lambda: cp.request("GET", "/readyz")[0] == 200, timeout)
         kc = str(kubeconfig)
@@ -282,12 +339,14 @@ def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) ->
             [
                 str(binaries / "kube-controller-manager"), f"--kubeconfig={kc}",
                 # No kubelet heartbeats: node-lifecycle would taint every Node unreachable.
-                "--controllers=*,-csrsigning,-nodelifecycle",
+                "--controllers=*,-csrsigning"
+                + ("" if network.kubelets else ",-nodelifecycle"),
                 f"--service-account-private-key-file={sa_key}", f"--root-ca-file={ca.cert}",
                 "--use-service-account-credentials=false", "--leader-elect=false",
                 "--port=0", "--secure-port=0", "--profiling=false",
             ],
             env,
+            network,
         )  # fmt: skip
         _start(
             cp,
@@ -297,6 +356,7 @@ def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) ->
                 "--port=0", "--secure-port=0", "--profiling=false",
             ],
             env,
+            network,
         )  # fmt: skip
         # The service-account controller runs once the controller-manager is up: pods need it.
         _wait(
@@ -315,14 +375,17 @@ def start(workdir: Path, binaries: Path | None = None, timeout: float = 90.0) ->
 
 @contextlib.contextmanager
 def control_plane(
-    binaries: Path | None = None, workdir: Path | None = None, timeout: float = 90.0
+    binaries: Path | None = None,
+    workdir: Path | None = None,
+    timeout: float = 90.0,
+    network: Network = LOOPBACK,
 ) -> Iterator[ControlPlane]:
     """Start a control plane, yield it, and always tear it down and remove its files."""
     owned = workdir is None
     root = Path(tempfile.mkdtemp(prefix="tierplace-cp-")) if workdir is None else workdir
     cp: ControlPlane | None = None
     try:
-        cp = start(root, binaries, timeout)
+        cp = start(root, binaries, timeout, network)
         yield cp
     finally:
         if cp is not None:
