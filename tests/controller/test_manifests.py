@@ -147,7 +147,10 @@ def test_router_serves_grpc_on_the_next_port_in_its_pod_and_service() -> None:
     ][0]
     parser = argparse.ArgumentParser()
     router_commands.register(parser.add_subparsers(dest="command"))
-    assert parser.parse_args(container["args"][1:]).grpc_port == 8081
+    args = parser.parse_args(container["args"][1:])
+    assert args.grpc_port == 8081
+    # A stopping router pod answers on while kube-proxy drops its endpoint.
+    assert args.drain_seconds == manifests.ROUTER_DRAIN_S > 0
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "http": 8080,
         "grpc": 8081,

@@ -96,7 +96,9 @@ def _real_nodes(tmp: Path, tiny_home: Path) -> Iterator[E2ECluster]:
         shutil.rmtree(weights, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the cluster (nine Triton pods, eight kubelets) goes away as soon as the e2e
+# tests are done, not at the end of the whole session.
+@pytest.fixture(scope="package")
 def e2e(tmp_path_factory: pytest.TempPathFactory, tiny_model_home: Path) -> Iterator[E2ECluster]:
     kubeconfig = os.environ.get(KUBECONFIG_ENV)
     if kubeconfig:
@@ -106,9 +108,9 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, tiny_model_home: Path) -> Iter
         yield from _real_nodes(tmp_path_factory.mktemp("e2e"), tiny_model_home)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def applied(e2e: E2ECluster) -> E2ECluster:
-    """`kubectl apply -f examples/` exactly as the README says, once for the session (the
+    """`kubectl apply -f examples/` exactly as the README says, once for the package (the
     lifecycle module, which runs last, deletes them)."""
     out = e2e.kubectl.run("apply", "-f", str(EXAMPLES))
     for name in CASCADES:

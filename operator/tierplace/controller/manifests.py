@@ -379,6 +379,11 @@ def router_configmap(owner: Owner, config: Mapping[str, Any]) -> Manifest:
     )
 
 
+#: Seconds a stopping router keeps answering (``tierplace route --drain-seconds``): longer
+#: than kube-proxy takes to drop a deleted pod's endpoint, well inside the 30 s grace period.
+ROUTER_DRAIN_S = 5
+
+
 def router_grpc_port(spec: InferenceCascadeSpec) -> int:
     """The router's gRPC port: the REST port's neighbour (``spec.router.port`` + 1, or - 1 at
     65535), as Triton puts gRPC next to HTTP; the spec has no field of its own for it."""
@@ -428,6 +433,7 @@ def router_deployment(
                                     "--host=0.0.0.0",
                                     f"--port={port}",
                                     f"--grpc-port={router_grpc_port(spec)}",
+                                    f"--drain-seconds={ROUTER_DRAIN_S}",
                                 ],
                                 "ports": [
                                     {"name": "http", "containerPort": port},

@@ -577,6 +577,8 @@ class Router:
         self.clock = clock
         self.feed = LatencyFeed(config, self.metrics, clock)
         self.runtimes: dict[str, CascadeRuntime] = {}
+        #: Set on shutdown: readiness fails while requests are still answered (see serve).
+        self.draining = False
         self.in_flight: dict[str, int] = {}
         self._watcher = ConfigWatcher(config_path, config) if config_path else None
         self._reload_interval_s = reload_interval_s
@@ -677,7 +679,9 @@ class Router:
         return web.json_response({"ready": ok}, status=200 if ok else 503)
 
     async def is_ready(self) -> bool:
-        """Every cascade has a tier that answers its readiness probe."""
+        """Every cascade has a tier that answers its readiness probe (and not draining)."""
+        if self.draining:
+            return False
         states = await asyncio.gather(*(rt.ready() for rt in self.runtimes.values()))
         return bool(states) and all(states)
 
@@ -1005,13 +1009,23 @@ def build_app(router: Router) -> web.Application:
 
 
 async def serve(
-    config_path: Path, host: str, port: int, stop: asyncio.Event, grpc_port: int | None = None
+    config_path: Path,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    grpc_port: int | None = None,
+    drain_s: float = 0.0,
 ) -> None:
     """Run until ``stop`` is set: load the config, serve, then drain and close.
 
     With ``grpc_port`` the gRPC door (``grpc_server``) serves the same router from this
     event loop; it opens before the REST port, so REST readiness implies both are up, and
-    it drains first, while the router it calls is still running."""
+    it drains first, while the router it calls is still running.
+
+    ``drain_s``: after ``stop``, keep answering that long with readiness failing. In a
+    cluster a deleted pod leaves its Service's endpoints at once, but every node's
+    kube-proxy drops it a moment later: closing at once refuses the connections still sent
+    there (seen on real nodes: a router rollout under traffic)."""
     from tierplace.router.config import load
 
     router = Router(load(config_path), config_path)
@@ -1031,6 +1045,10 @@ async def serve(
             "router listening on http://%s:%d%s (config %s)", host, port, grpc_note, config_path
         )
         await stop.wait()
+        if drain_s > 0:
+            router.draining = True
+            log.info("stopping: answering for %.1f s more while endpoints drop this pod", drain_s)
+            await asyncio.sleep(drain_s)
     finally:
         if door is not None:
             await door.stop(router.config.call_timeout)

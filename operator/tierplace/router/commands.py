@@ -22,6 +22,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=DEFAULT_GRPC_PORT,
         help=f"gRPC port (inference.GRPCInferenceService), default {DEFAULT_GRPC_PORT}; 0 disables",
     )
+    route.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, keep answering this long with readiness failing (a pod: a few s)",
+    )
     route.set_defaults(func=_route)
 
     bench = sub.add_parser("bench-router", help="router overhead vs calling Triton directly")
@@ -59,7 +65,9 @@ def _route(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args.config, args.host, args.port, stop, args.grpc_port or None)
+        await serve(
+            args.config, args.host, args.port, stop, args.grpc_port or None, args.drain_seconds
+        )
 
     try:
         with event_loop_runner() as runner:
