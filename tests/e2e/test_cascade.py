@@ -37,9 +37,17 @@ def test_applied_examples_get_their_tiers_tritons_and_routers(applied: E2ECluste
             )
             k.wait(lambda t=tier: k.get("service", t), f"Triton Service {tier}")
         router = k.wait(lambda n=name: k.get("deployment", f"{n}-router"), f"router of {name}")
-        config = k.wait(lambda n=name: k.get("configmap", f"{n}-router"), f"config of {name}")
-        rendered = json.dumps(config["data"])
-        assert all(tier in rendered for tier in tier_names(cascade))
+        # The config names a tier once that tier is placed: wait for all of them, never read
+        # a state that may still be converging (a loaded machine places them one by one).
+        config = k.wait(
+            lambda n=name, c=cascade: (
+                (cm := k.get("configmap", f"{n}-router"))
+                and all(t in json.dumps(cm["data"]) for t in tier_names(c))
+                and cm
+            ),
+            f"the router config of {name} naming every tier",
+        )
+        assert config["data"]
         assert router["spec"]["replicas"] == cascade["spec"].get("router", {}).get("replicas", 1)
 
 
