@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -95,6 +96,16 @@ def _first_answer(k: Kubectl) -> dict[str, float]:
     }
 
 
+def _cascade_objects(k: Kubectl) -> list[str]:
+    """What is left of the three-tier cascade: its Deployments and pods, by name."""
+    return [
+        item["metadata"]["name"]
+        for kind in ("deployments", "pods")
+        for item in k.items(kind)
+        if item["metadata"]["name"].startswith(f"{CASCADE}-")
+    ]
+
+
 def _latencies(url: str, rounds: int) -> tuple[list[float], list[dict[str, Any]]]:
     times, answers = [], []
     for i in range(rounds):
@@ -160,7 +171,10 @@ def _image_sizes(images: Images) -> dict[str, float]:
             capture_output=True,
             text=True,
             check=True,
-            env={"CONTAINERS_CONF": str(images.tierplace_tar.parent / "containers.conf")},
+            env={
+                **os.environ,
+                "CONTAINERS_CONF": str(images.tierplace_tar.parent / "containers.conf"),
+            },
         ).stdout.strip()
         out[name] = round(int(size) / 2**20, 1)
     return out
@@ -214,7 +228,7 @@ def measure(work: Path, rounds: int) -> dict[str, Any]:
             result["apply_to_answer"] = {"cold": _first_answer(k)}
             steps.update()
             k.run("delete", "-f", str(EXAMPLE), "--wait=true", timeout=300)
-            _until(lambda: not k.items("pods", f"tierplace.io/cascade={CASCADE}"), "pods gone", 300)
+            _until(lambda: not _cascade_objects(k), "the cascade's deployments and pods gone", 300)
             result["apply_to_answer"]["warm"] = _first_answer(k)
             steps.update()
             url = _router_url(k)
@@ -256,8 +270,6 @@ def measure(work: Path, rounds: int) -> dict[str, Any]:
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 0
 
 
