@@ -48,7 +48,7 @@ ctr() { command ctr --address "$d/containerd.sock" -n k8s.io "$@"; }
 # Earlier builds' images of ours are never needed again: drop them before importing (containerd
 # then collects their content and snapshots; seven nodes hold a copy each).
 for old in $(ctr images ls -q | grep '^docker.io/tierplace/' || true); do
-  grep -qE "^$old | $old( |$)" "$d/images" || ctr images rm "$old" >/dev/null
+  grep -qE "^$old | $old( |$)" "$d/images" || ctr images rm --sync "$old" >/dev/null
 done
 while read -r ref tar aliases; do
   [[ -z $ref ]] && continue
@@ -251,6 +251,10 @@ authentication:
   webhook: {{enabled: false}}
 authorization: {{mode: AlwaysAllow}}
 evictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}}
+# Eight kubelets share one disk, and none of them pulls: their image GC, seeing the images
+# of all, deleted a node's only copy of the Triton image. The launcher drops old builds.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 {reserved}"""
         )
         (d / "kubelet.args").write_text(
