@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from tests.chart.helmkit import Helm
 from tests.nodes.cluster import RealCluster
+from tierplace.local.triton import free_port
 from tierplace.testing.cluster import wait_for
 
 T = TypeVar("T")
@@ -99,6 +102,72 @@ def infer(
 
 def outputs(response: dict[str, Any]) -> dict[str, list[Any]]:
     return {o["name"]: o["data"] for o in response["outputs"]}
+
+
+def _condition_true(obj: dict[str, Any] | None, type_: str) -> bool:
+    conditions = ((obj or {}).get("status") or {}).get("conditions", [])
+    return any(c["type"] == type_ and c["status"] == "True" for c in conditions)
+
+
+def wait_cascade_ready(k: Kubectl, cascade: str, timeout: float = 600) -> None:
+    k.wait(
+        lambda: _condition_true(k.get("inferencecascade", cascade), "Ready"),
+        f"cascade {cascade} Ready",
+        timeout,
+    )
+
+
+def rolled_out(k: Kubectl, name: str) -> bool:
+    """The Deployment's rollout is complete: every replica updated and available."""
+    dep = k.get("deployment", name) or {}
+    status, replicas = dep.get("status", {}), dep.get("spec", {}).get("replicas")
+    return bool(
+        dep
+        and status.get("observedGeneration") == dep["metadata"]["generation"]
+        and status.get("updatedReplicas") == replicas
+        and status.get("availableReplicas") == replicas
+        and not status.get("unavailableReplicas")
+    )
+
+
+def _router_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def embedded_router(k: Kubectl, cascade: str, triton_url: str, workdir: Path) -> Iterator[str]:
+    """A ``tierplace route`` process on this machine with the operator's own router config
+    for ``cascade``, its tiers pointed at a local tritonserver (``triton_url``) serving the
+    same weights the pods mount; yields its URL once ready. Neither it nor the cluster's
+    router reaches a Prometheus (none runs in the cluster): both decide on their static
+    thresholds."""
+    cm = k.get("configmap", f"{cascade}-router")
+    assert cm is not None, f"no router config for {cascade}"
+    doc = yaml.safe_load(cm["data"]["router.yaml"])
+    for tier in doc["cascades"][0]["tiers"]:
+        tier["endpoint"] = triton_url
+    doc["prometheus"]["url"] = "http://127.0.0.1:9"
+    config = workdir / "router.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    port = free_port()
+    tierplace = Path(sys.executable).parent / "tierplace"
+    with (workdir / "router.log").open("wb") as log:
+        router = subprocess.Popen(
+            [tierplace, "route", f"--config={config}", f"--port={port}", "--grpc-port=0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        k.wait(lambda: _router_ready(url), "the local router ready", 120)
+        yield url
+    finally:
+        router.terminate()
+        router.wait(timeout=30)
 
 
 @dataclass

@@ -8,19 +8,23 @@ follow, on the same applied examples.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.e2e.examples import BUDGET, CASCADES, CLASSES, REVIEWS, condition, tier_names
-from tests.e2e.kube import E2ECluster, infer, outputs
+from tests.e2e.kube import (
+    E2ECluster,
+    embedded_router,
+    infer,
+    outputs,
+    rolled_out,
+    wait_cascade_ready,
+)
 from tierplace.api.variants import VARIANTS
-from tierplace.local.triton import TritonServer, free_port
+from tierplace.local.triton import TritonServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.controlplane, pytest.mark.slow]
 
@@ -140,18 +144,6 @@ def _device_confidences(applied: E2ECluster) -> list[float]:
     return [float(c) for c in out[0]["data"]]
 
 
-def _rolled(applied: E2ECluster, name: str) -> bool:
-    dep = applied.kubectl.get("deployment", name) or {}
-    status, replicas = dep.get("status", {}), dep.get("spec", {}).get("replicas")
-    return bool(
-        dep
-        and status.get("observedGeneration") == dep["metadata"]["generation"]
-        and status.get("updatedReplicas") == replicas
-        and status.get("availableReplicas") == replicas
-        and not status.get("unavailableReplicas")
-    )
-
-
 def test_requests_are_answered_through_the_router_on_more_than_one_tier(
     applied: E2ECluster,
 ) -> None:
@@ -173,7 +165,7 @@ def test_requests_are_answered_through_the_router_on_more_than_one_tier(
             ),
             f"the router config with the device threshold {threshold}",
         )
-        k.wait(lambda: _rolled(applied, "three-tier-router"), "the router rolled", 300)
+        k.wait(lambda: rolled_out(k, "three-tier-router"), "the router rolled", 300)
         # port-forward picks any pod of the Service: wait until the old one is gone.
         router_pods = "tierplace.io/cascade=three-tier,tierplace.io/component=router"
         k.wait(lambda: len(k.items("pods", router_pods)) == 1, "the old router pod gone", 180)
@@ -228,41 +220,8 @@ def test_pods_answer_as_the_embedded_stack_does_with_the_same_weights_and_config
     tiny weights the pods mount), answer every review with the same label, tier and exit."""
     applied.require_real_nodes()
     k = applied.kubectl
-    k.wait(
-        lambda: condition(k.get("inferencecascade", "three-tier"), "Ready").get("status") == "True",
-        "cascade three-tier Ready",
-        timeout=600,
-    )
-    cm = k.get("configmap", "three-tier-router")
-    assert cm is not None
-    doc = yaml.safe_load(cm["data"]["router.yaml"])
-    for tier in doc["cascades"][0]["tiers"]:
-        tier["endpoint"] = triton_all.http_url
-    # Neither router reaches a Prometheus (none runs in the cluster): both decide on their
-    # static thresholds.
-    doc["prometheus"]["url"] = "http://127.0.0.1:9"
-    config = tmp_path / "router.yaml"
-    config.write_text(yaml.safe_dump(doc))
-    port = free_port()
-    tierplace = Path(sys.executable).parent / "tierplace"
-    with (tmp_path / "router.log").open("wb") as log:
-        local = subprocess.Popen(
-            [
-                str(tierplace),
-                "route",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--grpc-port",
-                "0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        k.wait(lambda: _ready(url), "the local router ready", 60)
+    wait_cascade_ready(k, "three-tier")
+    with embedded_router(k, "three-tier", triton_all.http_url, tmp_path) as url:
         # A budget no request comes near: both answer on confidence alone, never on time.
         budget = {"X-Latency-Budget-Ms": "30000"}
         with applied.service_url("three-tier-router", 8080) as cluster_url:
@@ -272,14 +231,3 @@ def test_pods_answer_as_the_embedded_stack_does_with_the_same_weights_and_config
                 for key in ("LABEL", "TIER", "EXIT_LAYER", "REASON"):
                     assert pod[key] == here[key], f"{key} differs for {review!r}: {pod} {here}"
                 assert not any(pod["DEGRADED"])
-    finally:
-        local.terminate()
-        local.wait(timeout=30)
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.examples import BUDGET, REVIEWS, condition
-from tests.e2e.kube import E2ECluster, RequestStream
+from tests.e2e.kube import E2ECluster, Kubectl, RequestStream, wait_cascade_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.controlplane, pytest.mark.slow]
 
@@ -21,20 +21,24 @@ CASCADE = "three-tier"
 ROUTER = f"{CASCADE}-router"
 
 
-def _ready(applied: E2ECluster) -> None:
-    """Every fault starts from a Ready three-tier cascade."""
-    k = applied.kubectl
-    k.wait(
-        lambda: condition(k.get("inferencecascade", CASCADE), "Ready").get("status") == "True",
-        f"cascade {CASCADE} Ready",
-        timeout=600,
+def _serving_false(k: Kubectl, tier: str, timeout: float) -> dict[str, Any]:
+    """The tier once its ServingAvailable condition says False."""
+    found: dict[str, Any] = k.wait(
+        lambda: (
+            (t := k.get("inferencetier", tier))
+            and condition(t, "ServingAvailable").get("status") == "False"
+            and t
+        ),
+        f"the {tier} tier's ServingAvailable False",
+        timeout=timeout,
     )
+    return found
 
 
 @pytest.fixture
 def stream(applied: E2ECluster) -> Iterator[RequestStream]:
     applied.require_running_pods()
-    _ready(applied)
+    wait_cascade_ready(applied.kubectl, CASCADE)  # every fault starts from a Ready cascade
     with (
         applied.service_url(ROUTER, 8080) as url,
         RequestStream(url, CASCADE, REVIEWS, headers=BUDGET) as s,
@@ -104,15 +108,7 @@ def test_draining_an_edge_node_keeps_the_cascade_answering(
         )  # fmt: skip
         # The evicted replica has nowhere to go (every other edge node is full): the tier
         # says so in its conditions while the cascade answers from the other tiers.
-        tier = k.wait(
-            lambda: (
-                (t := k.get("inferencetier", edge))
-                and condition(t, "ServingAvailable").get("status") == "False"
-                and t
-            ),
-            "the edge tier's ServingAvailable False",
-            timeout=180,
-        )
+        tier = _serving_false(k, edge, 180)
         assert condition(tier, "Ready")["status"] == "False"
         assert "0/1 Triton replicas ready" in condition(tier, "ServingAvailable")["message"]
         cascade = k.wait(
@@ -155,15 +151,7 @@ def test_a_stopped_kubelet_shows_in_node_and_tier_status(
             f"node {node} NotReady",
             timeout=120,
         )
-        tier = k.wait(
-            lambda: (
-                (t := k.get("inferencetier", cloud))
-                and condition(t, "ServingAvailable").get("status") == "False"
-                and t
-            ),
-            "the cloud tier's ServingAvailable False",
-            timeout=120,
-        )
+        tier = _serving_false(k, cloud, 120)
         serving = condition(tier, "ServingAvailable")
         assert serving["reason"] == "NodeNotReady", serving
         assert f"node {node} is NotReady" in serving["message"]
@@ -205,7 +193,7 @@ def test_restarting_the_operator_during_a_spec_change_converges_to_the_same_obje
     applied: E2ECluster,
 ) -> None:
     applied.require_running_pods()
-    _ready(applied)
+    wait_cascade_ready(applied.kubectl, CASCADE)  # every fault starts from a Ready cascade
     k = applied.kubectl
     before = _children(applied)
     k.run(

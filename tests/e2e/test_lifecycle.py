@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.chart.helmkit import CHART, EXAMPLES
-from tests.e2e.examples import BUDGET, MANAGED, REVIEWS, condition
-from tests.e2e.kube import E2ECluster, RequestStream
+from tests.e2e.examples import BUDGET, MANAGED, REVIEWS
+from tests.e2e.kube import E2ECluster, RequestStream, rolled_out, wait_cascade_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.controlplane, pytest.mark.slow]
 
@@ -24,11 +24,7 @@ def test_helm_upgrade_to_a_new_image_tag_under_traffic(applied: E2ECluster) -> N
     if applied.helm is None:
         pytest.skip("the kind suite's chart is installed by e2e/kind/up.sh, not by the tests")
     k = applied.kubectl
-    k.wait(
-        lambda: condition(k.get("inferencecascade", CASCADE), "Ready").get("status") == "True",
-        f"cascade {CASCADE} Ready",
-        timeout=600,
-    )
+    wait_cascade_ready(k, CASCADE)
     old = k.get("deployment", ROUTER)
     assert old is not None
     new_tag = "0.1.0"  # the same image under the chart's appVersion (scripts/build-images.sh)
@@ -46,14 +42,7 @@ def test_helm_upgrade_to_a_new_image_tag_under_traffic(applied: E2ECluster) -> N
         def rolled() -> bool:
             dep = k.get("deployment", ROUTER) or {}
             image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
-            status = dep.get("status", {})
-            return bool(
-                image.endswith(f":{new_tag}")
-                and status.get("observedGeneration") == dep["metadata"]["generation"]
-                and status.get("updatedReplicas") == dep["spec"]["replicas"]
-                and status.get("availableReplicas") == dep["spec"]["replicas"]
-                and not status.get("unavailableReplicas")
-            )
+            return bool(image.endswith(f":{new_tag}") and rolled_out(k, ROUTER))
 
         k.wait(rolled, "the router rolled to the new tag", 300)
         stream.mark()

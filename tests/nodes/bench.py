@@ -21,7 +21,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -35,10 +34,10 @@ from tqdm import tqdm
 from tests.chart.helmkit import EXAMPLES, Helm, helm_path
 from tests.e2e.conftest import NAMESPACE, _weights, install_chart
 from tests.e2e.examples import BUDGET, REVIEWS
-from tests.e2e.kube import Kubectl, infer, outputs
+from tests.e2e.kube import Kubectl, embedded_router, infer, outputs
 from tests.nodes.cluster import REPO, Images, RealCluster, pools, real_cluster
 from tierplace import paths
-from tierplace.local.triton import TritonServer, free_port
+from tierplace.local.triton import TritonServer
 from tierplace.testing.controlplane import bin_dir
 
 RESULTS = REPO / "docs" / "results" / "real-nodes.json"
@@ -127,39 +126,13 @@ def _embedded(k: Kubectl, home: Path, work: Path, rounds: int) -> dict[str, Any]
     same weights, with the operator's router config (endpoints pointed here)."""
     cm = k.get("configmap", f"{CASCADE}-router")
     assert cm is not None
-    doc = yaml.safe_load(cm["data"]["router.yaml"])
-    models = [t["model"] for t in doc["cascades"][0]["tiers"]]
-    with TritonServer(paths.model_repository(), sorted(set(models)), home) as triton:
-        for tier in doc["cascades"][0]["tiers"]:
-            tier["endpoint"] = triton.http_url
-        doc["prometheus"]["url"] = "http://127.0.0.1:9"  # none in the cluster either
-        config = work / "router.yaml"
-        config.write_text(yaml.safe_dump(doc))
-        port = free_port()
-        tierplace = Path(sys.executable).parent / "tierplace"
-        with (work / "router.log").open("wb") as log:
-            router = subprocess.Popen(
-                [
-                    str(tierplace),
-                    "route",
-                    "--config",
-                    str(config),
-                    "--port",
-                    str(port),
-                    "--grpc-port",
-                    "0",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _until(lambda: _answer(url), "the local router", 120)
-            _latencies(url, 10)  # warm-up, not counted
-            ms, answers = _latencies(url, rounds)
-        finally:
-            router.terminate()
-            router.wait(timeout=30)
+    models = [t["model"] for t in yaml.safe_load(cm["data"]["router.yaml"])["cascades"][0]["tiers"]]
+    with (
+        TritonServer(paths.model_repository(), sorted(set(models)), home) as triton,
+        embedded_router(k, CASCADE, triton.http_url, work) as url,
+    ):
+        _latencies(url, 10)  # warm-up, not counted
+        ms, answers = _latencies(url, rounds)
     return {"latency": _summary(ms), "answers": answers}
 
 
