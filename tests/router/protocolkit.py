@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tests.router.routerkit import cascade_config
 from tests.router.test_hot_path import FakeTriton
-from tierplace.router.app import Router, build_app
+from tierplace.router.app import CascadeService, build_app
 
 T = TypeVar("T")
 WAIT_S = 30.0  # how long any start, stop or call may take before the test fails
@@ -33,7 +33,7 @@ class RouterThread:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runners: list[web.AppRunner] = []
         self.fake: FakeTriton
-        self.router: Router
+        self.router: CascadeService
         self.url = ""  # host:port, as tritonclient takes it
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -55,7 +55,7 @@ class RouterThread:
         triton.router.add_get("/v2/models/{model}/ready", _ready)
         endpoint = await self._serve(triton)
         config = cascade_config([endpoint], models=["minilm-l2"], names=["device"], **self._cascade)
-        self.router = Router(config)
+        self.router = CascadeService(config)
         self.url = await self._serve(build_app(self.router))
 
     async def _stop(self) -> None:

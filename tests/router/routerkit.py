@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tierplace.router.app import Router, build_app
+from tierplace.router.app import CascadeService, build_app
 from tierplace.router.config import RouterConfig, parse
 
 
@@ -44,9 +44,9 @@ def cascade_config(
 
 
 @asynccontextmanager
-async def running_router(router: Router) -> AsyncIterator[TestClient[Any, Any]]:
-    """The router's aiohttp app on a free loopback port, with a client for it."""
-    server = TestServer(build_app(router), host="127.0.0.1")
+async def running_router(service: CascadeService) -> AsyncIterator[TestClient[Any, Any]]:
+    """The service's aiohttp app on a free loopback port, with a client for it."""
+    server = TestServer(build_app(service), host="127.0.0.1")
     async with TestClient(server) as client:
         yield client
 

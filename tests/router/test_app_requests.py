@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.router.routerkit import cascade_config, metric_value, running_router, text_request
-from tierplace.router.app import Router
+from tierplace.router.app import CascadeService
 from tierplace.router.config import load
 from tierplace.router.policy import MetricsSnapshot, TierLatency
 
@@ -22,11 +22,11 @@ DOWN = ["127.0.0.1:9", "127.0.0.1:9", "127.0.0.1:9"]
 
 
 @pytest.fixture
-def router() -> Router:
-    return Router(cascade_config(DOWN, max_batch=4, router={"max_body_bytes": 4096}))
+def router() -> CascadeService:
+    return CascadeService(cascade_config(DOWN, max_batch=4, router={"max_body_bytes": 4096}))
 
 
-async def test_live_metadata_and_ready_without_tiers(router: Router) -> None:
+async def test_live_metadata_and_ready_without_tiers(router: CascadeService) -> None:
     async with running_router(router) as client:
         assert (await client.get("/v2/health/live")).status == 200
         meta = await (await client.get("/v2/models/sentiment")).json()
@@ -65,7 +65,7 @@ async def test_live_metadata_and_ready_without_tiers(router: Router) -> None:
     ],
 )
 async def test_malformed_requests_get_400_with_a_reason(
-    router: Router, body: bytes, reason: str
+    router: CascadeService, body: bytes, reason: str
 ) -> None:
     async with running_router(router) as client:
         resp = await client.post("/v2/models/sentiment/infer", data=body)
@@ -73,7 +73,7 @@ async def test_malformed_requests_get_400_with_a_reason(
         assert reason in (await resp.json())["error"]
 
 
-async def test_oversized_body_gets_413(router: Router) -> None:
+async def test_oversized_body_gets_413(router: CascadeService) -> None:
     big: dict[str, Any] = text_request("x" * 5000)
     async with running_router(router) as client:
         resp = await client.post("/v2/models/sentiment/infer", json=big)
@@ -93,7 +93,7 @@ async def test_oversized_body_gets_413(router: Router) -> None:
         )
 
 
-async def test_no_tier_reachable_is_503_with_the_cause(router: Router) -> None:
+async def test_no_tier_reachable_is_503_with_the_cause(router: CascadeService) -> None:
     async with running_router(router) as client:
         resp = await client.post("/v2/models/sentiment/infer", json=text_request("fine film"))
         assert resp.status == 503
@@ -115,7 +115,7 @@ async def test_config_reload_applies_valid_edits_and_keeps_serving_on_invalid_on
         ]
     }
     path.write_text(yaml.safe_dump(doc))
-    router = Router(load(path), path, reload_interval_s=0.05)
+    router = CascadeService(load(path), path, reload_interval_s=0.05)
 
     async def budget_ms(client: Any) -> float:
         meta = await (await client.get("/v2/models/sentiment")).json()
@@ -142,7 +142,7 @@ async def test_config_reload_applies_valid_edits_and_keeps_serving_on_invalid_on
 
 
 async def test_a_full_slow_bottom_tier_queue_is_refused_with_429() -> None:
-    router = Router(cascade_config(DOWN, max_pending=4, budget="200ms"))
+    router = CascadeService(cascade_config(DOWN, max_pending=4, budget="200ms"))
     snapshot = MetricsSnapshot({"device": TierLatency(pending=4.0, call_s=0.1)}, stale=False)
     router.feed.snapshot = lambda cascade: snapshot  # type: ignore[method-assign]
     async with running_router(router) as client:
@@ -162,7 +162,9 @@ def _rewrite(path: Path, text: str) -> None:
     os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
 
 
-async def test_a_router_bug_is_a_500_json_error_with_its_cause_and_counted(router: Router) -> None:
+async def test_a_router_bug_is_a_500_json_error_with_its_cause_and_counted(
+    router: CascadeService,
+) -> None:
     async def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("the fusion table is missing")
 

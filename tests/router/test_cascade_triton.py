@@ -23,7 +23,7 @@ from tierplace import paths
 from tierplace.local.links import Link, LinkSpec
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
 from tierplace.local.triton import TritonServer
-from tierplace.router.app import Router
+from tierplace.router.app import CascadeService
 from tierplace.router.config import TierConfig
 from tierplace.router.tiers import TierClient, TierInput
 
@@ -76,14 +76,14 @@ def _direct(server: TritonServer, model: str, text: str) -> dict[str, np.ndarray
 async def test_confident_device_answers_and_unconfident_offloads_to_the_top(
     lower: TritonServer, cloud: TritonServer
 ) -> None:
-    local = Router(cascade_config(_ladder(lower, cloud), tier=ANSWER_ALWAYS))
+    local = CascadeService(cascade_config(_ladder(lower, cloud), tier=ANSWER_ALWAYS))
     async with running_router(local) as client:
         body = await _classify(client)
     assert body["parameters"]["tier"] == "device"
     assert body["parameters"]["reason"] == "Confident"
     assert body["parameters"]["path"] == "device"
 
-    up = Router(cascade_config(_ladder(lower, cloud), tier=OFFLOAD_ALWAYS))
+    up = CascadeService(cascade_config(_ladder(lower, cloud), tier=OFFLOAD_ALWAYS))
     async with running_router(up) as client:
         body = await _classify(client)
         text = await (await client.get("/metrics")).text()
@@ -110,7 +110,7 @@ async def test_fusion_is_the_weighted_average_of_the_tiers_answers(
         tier={**OFFLOAD_ALWAYS, "keep_ratio": 1.0},
         per_tier=[{"fusion_weight": 1}, {"fusion_weight": 3}],
     )
-    async with running_router(Router(cfg)) as client:
+    async with running_router(CascadeService(cfg)) as client:
         body = await _classify(client)
     probs = {o["name"]: o for o in body["outputs"]}["PROBS"]["data"]
     assert probs == pytest.approx(list((device + 3 * edge) / 4), abs=1e-5)
@@ -144,7 +144,7 @@ async def test_the_tier_client_reads_exactly_what_triton_answers(lower: TritonSe
 async def test_pruning_sends_fewer_tokens_up(lower: TritonServer, cloud: TritonServer) -> None:
     device = _direct(lower, "minilm-l2", TEXT)
     cfg = cascade_config(_ladder(lower, cloud), tier={**OFFLOAD_ALWAYS, "keep_ratio": 0.3})
-    async with running_router(Router(cfg)) as client:
+    async with running_router(CascadeService(cfg)) as client:
         body = await _classify(client)
         text = await (await client.get("/metrics")).text()
     assert body["parameters"]["tier"] == "cloud"
@@ -164,7 +164,7 @@ async def test_an_exhausted_budget_answers_on_the_lowest_tier(
     lower: TritonServer, cloud: TritonServer
 ) -> None:
     cfg = cascade_config(_ladder(lower, cloud), tier=OFFLOAD_ALWAYS)
-    async with running_router(Router(cfg)) as client:
+    async with running_router(CascadeService(cfg)) as client:
         by_param = await _classify(client, latency_budget_ms=1)
         resp = await client.post(
             "/v2/models/sentiment/infer",
@@ -180,7 +180,7 @@ async def test_an_exhausted_budget_answers_on_the_lowest_tier(
 
 async def test_lower_tier_down_goes_straight_up(lower: TritonServer, cloud: TritonServer) -> None:
     cfg = cascade_config(["127.0.0.1:9", lower.http_url, cloud.http_url], tier=ANSWER_ALWAYS)
-    async with running_router(Router(cfg)) as client:
+    async with running_router(CascadeService(cfg)) as client:
         body = await _classify(client)
         text = await (await client.get("/metrics")).text()
     assert body["parameters"]["tier"] == "edge"
@@ -198,7 +198,7 @@ async def test_killed_upper_tier_gives_degraded_answers_and_no_5xx(
             names=("device", "cloud"),
             tier=OFFLOAD_ALWAYS,
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             assert (await _classify(client))["parameters"]["tier"] == "cloud"
             doomed.kill()
             bodies = [await _classify(client) for _ in range(5)]
@@ -226,7 +226,7 @@ async def test_slow_upper_tier_gives_a_degraded_answer_within_budget(
             names=("device", "cloud"),
             tier={**OFFLOAD_ALWAYS, "expected_latency": "10ms"},
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             start = time.monotonic()
             body = await _classify(client, latency_budget_ms=300)
             elapsed = time.monotonic() - start
@@ -247,7 +247,7 @@ async def test_overload_gives_429_with_retry_after_not_timeouts(
             max_in_flight=2,
             budget="5s",
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
 
             async def one() -> tuple[int, str | None, float]:
                 start = time.monotonic()
@@ -285,7 +285,7 @@ async def test_a_slow_upper_tier_cuts_offloading_until_prometheus_goes_away(
             "names": ("device", "edge"),
             "tier": adaptive,
         }
-        router = Router(cascade_config(endpoints, **two))
+        router = CascadeService(cascade_config(endpoints, **two))
         async with running_router(router) as client:
             before = await _classify(client)
             assert before["parameters"]["tier"] == "edge"  # static threshold 1.0: offload
@@ -321,7 +321,7 @@ async def test_an_unreachable_tier_is_skipped_for_the_cooldown_then_used_again(
         tier=OFFLOAD_ALWAYS,
         down_cooldown="1s",
     )
-    async with running_router(Router(cfg)) as client:
+    async with running_router(CascadeService(cfg)) as client:
         assert (await _classify(client))["parameters"]["tier"] == "cloud"
         await link.stop()  # the network to the cloud goes away
         assert (await _classify(client))["parameters"]["degraded"] is True
@@ -347,7 +347,7 @@ async def test_a_config_reload_does_not_drop_requests_in_flight(
             "tier": OFFLOAD_ALWAYS,
             "budget": "5s",
         }
-        router = Router(cascade_config([lower.http_url, far.address], **two))
+        router = CascadeService(cascade_config([lower.http_url, far.address], **two))
         async with running_router(router) as client:
             pending = asyncio.create_task(_classify(client))
             await asyncio.sleep(0.2)  # the request is now on its way to the cloud

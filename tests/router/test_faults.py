@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.router.routerkit import cascade_config, metric_value, running_router, text_request
-from tierplace.router.app import Router
+from tierplace.router.app import CascadeService
 from tierplace.router.cascade import Breaker
 from tierplace.router.config import ConfigError
 
@@ -181,7 +181,7 @@ async def test_a_bad_lower_answer_is_refused_and_the_upper_tier_answers_degraded
             tier=ANSWER_ALWAYS,  # a believed 7.5 would end the cascade at the device
             **TWO,
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             status, first, _ = await infer(client)
             status2, second, _ = await infer(client)  # the device's breaker is open now
             text = await scrape(client)
@@ -207,7 +207,7 @@ async def test_a_bad_upper_answer_gives_the_lower_answer_degraded() -> None:
             tier=OFFLOAD_ALWAYS,
             **TWO,
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             status, body, _ = await infer(client)
             text = await scrape(client)
     assert status == 200
@@ -229,7 +229,7 @@ async def test_a_misshapen_batch_and_an_impossible_exit_layer_are_refused() -> N
             down_cooldown="0s",  # breakers off: every request asks the device
             **TWO,
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             _, shaped, _ = await infer(client)
             device.probs_shape = None
             device.layer = 3  # minilm-l2 has two exits
@@ -256,7 +256,7 @@ async def test_no_valid_answer_at_all_is_a_503_and_counted() -> None:
             models=["minilm-l2"],
             names=["device"],
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             status, body, _ = await infer(client)
             text = await scrape(client)
     assert status == 503
@@ -277,7 +277,7 @@ async def test_a_hung_bottom_tier_costs_one_budget_then_is_skipped() -> None:
             down_cooldown="60s",
             **TWO,
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             results = [await infer(client, latency_budget_ms=budget_ms) for _ in range(30)]
             text = await scrape(client)
     statuses = {s for s, _, _ in results}
@@ -302,7 +302,7 @@ async def test_a_hung_upper_tier_gives_degraded_answers_within_the_budget() -> N
             down_cooldown="60s",
             **TWO,
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             results = [await infer(client, latency_budget_ms=250) for _ in range(10)]
             text = await scrape(client)
     for status, body, _ in results:
@@ -322,7 +322,7 @@ async def test_a_call_in_flight_to_a_hanging_tier_stops_offloads_before_it_times
             tier=OFFLOAD_ALWAYS,
             **TWO,
         )
-        router = Router(cfg)
+        router = CascadeService(cfg)
         async with running_router(router) as client:
             stuck = asyncio.create_task(infer(client, latency_budget_ms=1500))
             runtime = router.runtimes["sentiment"]
@@ -350,7 +350,7 @@ async def test_after_the_cooldown_one_probe_finds_the_tier_healthy_again() -> No
             down_cooldown="300ms",
             **TWO,
         )
-        async with running_router(Router(cfg)) as client:
+        async with running_router(CascadeService(cfg)) as client:
             _, broken, _ = await infer(client)
             edge.probs, edge.confidence = (0.1, 0.9), 0.9  # the edge is repaired
             _, skipped, _ = await infer(client)

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.router.routerkit import cascade_config, metric_value, running_router, text_request
-from tierplace.router.app import LOOP_ENV, Router, event_loop_runner
+from tierplace.router.app import LOOP_ENV, CascadeService, event_loop_runner
 from tierplace.router.metrics import RouterMetrics
 
 ANSWER: dict[str, tuple[str, list[int], list[Any]]] = {
@@ -99,7 +99,7 @@ async def test_one_text_is_answered_with_json_and_triton_is_asked_for_plain_resp
 ) -> None:
     endpoint, fake = fake_triton
     seen = fake.seen
-    router = Router(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
+    router = CascadeService(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
     async with running_router(router) as client:
         for _ in range(2):  # the second request reuses cached parameters and metric children
             resp = await client.post("/v2/models/sentiment/infer", json=text_request("fine"))
@@ -146,7 +146,7 @@ async def test_binary_outputs_and_tier_errors_are_understood(
     fake_triton: tuple[str, FakeTriton],
 ) -> None:
     endpoint, fake = fake_triton
-    router = Router(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
+    router = CascadeService(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
     async with running_router(router) as client:
         fake.mode = "binary"
         resp = await client.post("/v2/models/sentiment/infer", json=text_request("fine"))
@@ -167,7 +167,7 @@ async def test_in_flight_gauge_counts_requests_while_they_wait(
     fake_triton: tuple[str, FakeTriton],
 ) -> None:
     endpoint, fake = fake_triton
-    router = Router(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
+    router = CascadeService(cascade_config([endpoint], models=["minilm-l2"], names=["device"]))
     async with running_router(router) as client:
 
         async def in_flight() -> float | None:

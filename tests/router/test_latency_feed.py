@@ -9,7 +9,7 @@ import pytest
 
 from tests.router.routerkit import cascade_config, metric_value, running_router
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget, scrape_config
-from tierplace.router.app import Router
+from tierplace.router.app import CascadeService
 from tierplace.router.latency import LatencyFeed, tier_queries
 from tierplace.router.metrics import RouterMetrics
 
@@ -64,7 +64,7 @@ async def test_live_latency_moves_thresholds_and_a_stopped_prometheus_restores_t
         "threshold_floor": 0.5,  # calibrated: without it adaptation would only raise
         "expected_latency": "50ms",
     }
-    router = Router(cascade_config(DOWN, tier=tier))
+    router = CascadeService(cascade_config(DOWN, tier=tier))
     async with running_router(router) as client:
         prom = PrometheusServer([ScrapeTarget("router", f"127.0.0.1:{client.port}")])
         await asyncio.to_thread(prom.__enter__)

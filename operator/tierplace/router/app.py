@@ -561,8 +561,10 @@ class ModelStats:
         }
 
 
-class Router:
-    """State shared by the handlers: config, cascade runtimes, admission, latency feed."""
+class CascadeService:
+    """The cascades the router serves, and the REST handlers over them: config, cascade
+    runtimes, admission, latency feed, statistics. Both doors call it (``grpc_server`` wraps
+    it); named apart from aiohttp's ``app.router``, which only dispatches URLs to it."""
 
     def __init__(
         self,
@@ -933,7 +935,7 @@ class Router:
         rt.leave(n)
 
 
-ROUTER_KEY = web.AppKey("router", Router)
+SERVICE_KEY = web.AppKey("cascade_service", CascadeService)
 
 LOOP_ENV = "TIERPLACE_EVENT_LOOP"
 
@@ -979,32 +981,32 @@ async def json_errors(
         return _error(500, f"internal error in the router: {type(exc).__name__}: {exc}")
 
 
-def build_app(router: Router) -> web.Application:
-    """The aiohttp application; the router starts and stops with it."""
+def build_app(service: CascadeService) -> web.Application:
+    """The aiohttp application; the service starts and stops with it."""
     app = web.Application(client_max_size=_HARD_BODY_CAP, middlewares=[json_errors])
-    app[ROUTER_KEY] = router
+    app[SERVICE_KEY] = service
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
-        await router.start()
+        await service.start()
         yield
-        await router.stop()
+        await service.stop()
 
     app.cleanup_ctx.append(lifecycle)
     # First: aiohttp tries the routes under /v2/models in the order they were added.
     add_get, add_post = app.router.add_get, app.router.add_post
     for model in ("/v2/models/{cascade}", "/v2/models/{cascade}/versions/{version}"):
-        add_post(f"{model}/infer", router.infer)
-    add_get("/v2", router.server_metadata)
-    add_get("/v2/health/live", router.live)
-    add_get("/v2/health/ready", router.ready)
-    add_get("/v2/models/stats", router.model_stats)  # before /v2/models/{cascade}
-    add_post("/v2/repository/index", router.repository_index)
+        add_post(f"{model}/infer", service.infer)
+    add_get("/v2", service.server_metadata)
+    add_get("/v2/health/live", service.live)
+    add_get("/v2/health/ready", service.ready)
+    add_get("/v2/models/stats", service.model_stats)  # before /v2/models/{cascade}
+    add_post("/v2/repository/index", service.repository_index)
     for model in ("/v2/models/{cascade}", "/v2/models/{cascade}/versions/{version}"):
-        add_get(model, router.model_metadata)
-        add_get(f"{model}/ready", router.model_ready)
-        add_get(f"{model}/config", router.model_config)
-        add_get(f"{model}/stats", router.model_stats)
-    add_get("/metrics", router.metrics_endpoint)
+        add_get(model, service.model_metadata)
+        add_get(f"{model}/ready", service.model_ready)
+        add_get(f"{model}/config", service.model_config)
+        add_get(f"{model}/stats", service.model_stats)
+    add_get("/metrics", service.metrics_endpoint)
     return app
 
 
@@ -1028,15 +1030,15 @@ async def serve(
     there (seen on real nodes: a router rollout under traffic)."""
     from tierplace.router.config import load
 
-    router = Router(load(config_path), config_path)
-    runner = web.AppRunner(build_app(router), access_log=None)
+    service = CascadeService(load(config_path), config_path)
+    runner = web.AppRunner(build_app(service), access_log=None)
     await runner.setup()
     door = None
     try:
         if grpc_port is not None:
             from tierplace.router.grpc_server import GrpcServer
 
-            door = GrpcServer(router)
+            door = GrpcServer(service)
             await door.start(host, grpc_port)
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -1046,10 +1048,10 @@ async def serve(
         )
         await stop.wait()
         if drain_s > 0:
-            router.draining = True
+            service.draining = True
             log.info("stopping: answering for %.1f s more while endpoints drop this pod", drain_s)
             await asyncio.sleep(drain_s)
     finally:
         if door is not None:
-            await door.stop(router.config.call_timeout)
+            await door.stop(service.config.call_timeout)
         await runner.cleanup()

@@ -2,9 +2,9 @@
 
 Why a second door: ``tritonclient.grpc`` users, and services that already call Triton over
 gRPC, should reach a cascade by changing only the address. It is a thin translation over the
-REST door's ``Router``, in the same process and event loop: a ``ModelInferRequest`` becomes
+REST door's ``CascadeService``, in the same process and event loop: a ``ModelInferRequest`` becomes
 the v2 JSON document REST validates (``validate_infer``), is answered by the same
-``Router.answer`` (admission, the cascade, statistics, metrics) and ``infer_response``, so a
+``CascadeService.answer`` (admission, the cascade, statistics, metrics) and ``infer_response``, so a
 request is held to one set of rules and a refusal carries the same message on either door.
 The protobuf classes are the ones tritonclient ships; nothing here redefines the protocol.
 docs/protocol.md ("gRPC") lists the methods, status codes and what differs from Triton.
@@ -26,10 +26,10 @@ from tierplace.router.app import (
     BUDGET_HEADER,
     EXTENSIONS,
     BadRequest,
+    CascadeService,
     InferRequest,
     ModelStats,
     RequestedOutput,
-    Router,
     Unavailable,
     infer_response,
     model_metadata_document,
@@ -164,19 +164,19 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     """Health, metadata, configuration, statistics and inference of the router's cascades;
     every other method of the service answers UNIMPLEMENTED (the servicer's default)."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, service: CascadeService) -> None:
+        self.service = service
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return service_pb2.ServerReadyResponse(ready=await self.router.is_ready())
+        return service_pb2.ServerReadyResponse(ready=await self.service.is_ready())
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         """Ready false, not an error, for an unknown model or version, as Triton answers."""
         try:
-            rt = self.router.runtime(request.name, request.version)
+            rt = self.service.runtime(request.name, request.version)
         except BadRequest:
             return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=await rt.ready())
@@ -199,7 +199,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         rt = await self._runtime(request, context)
         config = json_format.ParseDict(
-            self.router.model_config_document(rt), model_config_pb2.ModelConfig()
+            self.service.model_config_document(rt), model_config_pb2.ModelConfig()
         )
         return service_pb2.ModelConfigResponse(config=config)
 
@@ -208,17 +208,17 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         if request.name:
             names = [(await self._runtime(request, context)).cfg.name]
         else:
-            names = list(self.router.runtimes)
-        stats = self.router.stats
+            names = list(self.service.runtimes)
+        stats = self.service.stats
         docs = [stats.setdefault(n, ModelStats()).document(n) for n in names]
         return json_format.ParseDict({"model_stats": docs}, service_pb2.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        router = self.router
-        arrival = router.clock()
+        service = self.service
+        arrival = service.clock()
         name = request.model_name
         try:
-            rt = router.runtime(name, request.model_version)
+            rt = service.runtime(name, request.model_version)
             doc, binary = request_document(request)
             req = validate_infer(
                 doc,
@@ -228,10 +228,10 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                 rt.cfg.max_batch,
             )
         except BadRequest as exc:
-            router.count_rejection(name, exc.reason)
+            service.count_rejection(name, exc.reason)
             await _abort(context, STATUS_CODES[exc.status], str(exc))
         try:
-            answers = await router.answer(rt, req, arrival)
+            answers = await service.answer(rt, req, arrival)
         except Unavailable as exc:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         except Exception as exc:
@@ -245,7 +245,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
     async def _runtime(self, request: Any, context: Any) -> Any:
         try:
-            return self.router.runtime(request.name, request.version)
+            return self.service.runtime(request.name, request.version)
         except BadRequest as exc:
             await _abort(context, STATUS_CODES[exc.status], str(exc))
 
@@ -256,11 +256,11 @@ async def _abort(context: Any, code: Any, message: str) -> NoReturn:
 
 
 class GrpcServer:
-    """The gRPC door of one ``Router``, started after the router and stopped before it, in
+    """The gRPC door of one ``CascadeService``, started after it and stopped before it, in
     the event loop that runs the REST door."""
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, service: CascadeService) -> None:
+        self.service = service
         self._server: Any = None
         self.port = 0
 
@@ -270,7 +270,7 @@ class GrpcServer:
         Messages are capped at the config's ``max_body_bytes`` as it stands at start (gRPC
         refuses larger ones with RESOURCE_EXHAUSTED). SO_REUSEPORT is off, so that a port
         another process holds is an error here rather than a silently shared port."""
-        limit = self.router.config.max_body_bytes
+        limit = self.service.config.max_body_bytes
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
@@ -278,7 +278,7 @@ class GrpcServer:
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.router), server
+            InferenceService(self.service), server
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
