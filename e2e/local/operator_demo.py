@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from tierplace.testing import cluster
-from tierplace.testing.controlplane import ControlPlane, control_plane
-from tierplace.testing.operator import OperatorProcess
+from tierplace_harness import cluster
+from tierplace_harness.controlplane import ControlPlane, control_plane
+from tierplace_harness.operator_process import OperatorProcess
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

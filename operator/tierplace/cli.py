@@ -2,6 +2,10 @@
 
 Each area registers its own subcommands, so that ``tierplace route`` never imports torch and
 ``tierplace train`` never imports kopf: the imports happen inside the handlers.
+
+The benchmarks (``tierplace bench...``) belong to the harness package ``tierplace_harness``
+(e2e/ in a source checkout, never in the wheel). They are offered when it is importable;
+without it they say how to get it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # Modules exposing ``register(subparsers)``; each adds subcommands with ``set_defaults(func=...)``.
 _AREAS = (
@@ -21,6 +25,14 @@ _AREAS = (
     "tierplace.router.commands",
     "tierplace.controller.commands",
     "tierplace.evaluation.commands",
+)
+# Imported by name only: the product never imports a harness (pyproject.toml, importlinter).
+_HARNESS = "tierplace_harness.commands"
+_HARNESS_COMMANDS = ("bench", "bench-router", "bench-models", "bench-operator")
+_NO_HARNESS = (
+    "tierplace {command}: this is a benchmark of a source checkout, and its harness package "
+    "(tierplace_harness) is not installed here. In a checkout, `make setup` puts e2e/ on the "
+    "virtualenv's path (or run with PYTHONPATH=e2e)."
 )
 
 
@@ -36,7 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
                 raise  # a real missing dependency inside the area, not a missing area
             continue  # area not built yet
         module.register(sub)
+    _register_harness(sub)
     return parser
+
+
+def _register_harness(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        module = importlib.import_module(_HARNESS)
+    except ModuleNotFoundError as exc:
+        if exc.name != "tierplace_harness":
+            raise
+        for command in _HARNESS_COMMANDS:
+            stub = sub.add_parser(
+                command, help="(harness, not installed) a benchmark of a source checkout"
+            )
+            stub.set_defaults(func=_harness_missing(command), harness_missing=True)
+        return
+    module.register(sub)
+
+
+def _harness_missing(command: str) -> Callable[[argparse.Namespace], int]:
+    def refuse(_: argparse.Namespace) -> int:
+        raise SystemExit(_NO_HARNESS.format(command=command))
+
+    return refuse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A terminated command cleans up like an interrupted one (its `finally` blocks stop the
     # servers it started); commands with their own SIGTERM handling install it later.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A missing harness's stubs take any arguments, to say what is missing instead.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "harness_missing", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -21,7 +21,7 @@ from tierplace.api.models import InferenceTierSpec
 from tierplace.api.variants import VARIANTS, TierClass
 from tierplace.controller import manifests
 from tierplace.local.triton import server_tree
-from tierplace.testing.controlplane import free_port
+from tierplace_harness.controlplane import free_port
 
 IMAGES = REPO / "images"
 DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))

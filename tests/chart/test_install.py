@@ -1,4 +1,4 @@
-"""`helm install` into a real Kubernetes API server (1.20, tierplace.testing.controlplane):
+"""`helm install` into a real Kubernetes API server (1.20, tierplace_harness.controlplane):
 every object the chart renders is accepted and stored, and `helm uninstall` removes them."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.chart.helmkit import CHART, VALUES_FILES, Helm, documents
-from tierplace.testing.controlplane import ControlPlane, control_plane, missing_binaries
+from tierplace_harness.controlplane import ControlPlane, control_plane, missing_binaries
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 

@@ -15,15 +15,15 @@ import pytest
 
 from tierplace.controller import config
 from tierplace.controller.config import SpecDefaults
-from tierplace.testing import cluster, pki
-from tierplace.testing.cluster import Api
-from tierplace.testing.controlplane import (
+from tierplace_harness import cluster, pki
+from tierplace_harness.cluster import Api
+from tierplace_harness.controlplane import (
     ControlPlane,
     control_plane,
     free_port,
     missing_binaries,
 )
-from tierplace.testing.operator import OperatorProcess
+from tierplace_harness.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 RESYNC_SECONDS = 2

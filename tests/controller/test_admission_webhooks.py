@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from tierplace.testing import pki
-from tierplace.testing.cluster import Api, condition, tier_body
-from tierplace.testing.controlplane import free_port
-from tierplace.testing.operator import OperatorProcess
+from tierplace_harness import pki
+from tierplace_harness.cluster import Api, condition, tier_body
+from tierplace_harness.controlplane import free_port
+from tierplace_harness.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.controlplane
 

@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from tierplace.controller import prometheus
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
 from tierplace.router.metrics import RouterMetrics
-from tierplace.testing.cluster import Api
+from tierplace_harness.cluster import Api
 
 CASCADE = "metered"
 DEVICE, CLOUD = f"{CASCADE}-device", f"{CASCADE}-cloud"

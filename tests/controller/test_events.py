@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tierplace.testing.cluster import Api, condition, tier_body
+from tierplace_harness.cluster import Api, condition, tier_body
 
 pytestmark = pytest.mark.controlplane
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tierplace.testing.cluster import Api, tier_body
+from tierplace_harness.cluster import Api, tier_body
 
 pytestmark = [
     pytest.mark.controlplane,

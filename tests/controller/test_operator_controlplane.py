@@ -18,9 +18,9 @@ from tierplace.controller.config import SpecDefaults
 from tierplace.controller.kube import manifest_path, up_to_date
 from tierplace.controller.placement import node_info
 from tierplace.router import config as router_config
-from tierplace.testing import cluster
-from tierplace.testing.cluster import Api, condition, tier_body
-from tierplace.testing.controlplane import ControlPlane
+from tierplace_harness import cluster
+from tierplace_harness.cluster import Api, condition, tier_body
+from tierplace_harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 

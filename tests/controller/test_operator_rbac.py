@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from tierplace.controller import rbac
-from tierplace.testing import pki
-from tierplace.testing.cluster import Api, condition, tier_body
-from tierplace.testing.controlplane import OPERATOR_USER, free_port
-from tierplace.testing.operator import OperatorProcess
+from tierplace_harness import pki
+from tierplace_harness.cluster import Api, condition, tier_body
+from tierplace_harness.controlplane import OPERATOR_USER, free_port
+from tierplace_harness.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.controlplane
 

@@ -27,7 +27,7 @@ from tests.e2e.examples import CASCADES
 from tests.e2e.kube import E2ECluster, Kubectl
 from tests.nodes.cluster import RealCluster, pools, preflight, real_cluster
 from tierplace import paths
-from tierplace.testing.controlplane import bin_dir
+from tierplace_harness.controlplane import bin_dir
 
 KUBECONFIG_ENV = "TIERPLACE_E2E_KUBECONFIG"
 SKIP_ENV = "TIERPLACE_SKIP_REAL_NODES"

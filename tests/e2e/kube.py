@@ -22,7 +22,7 @@ import yaml
 from tests.chart.helmkit import Helm
 from tests.nodes.cluster import RealCluster
 from tierplace.local.triton import free_port
-from tierplace.testing.cluster import wait_for
+from tierplace_harness.cluster import wait_for
 
 T = TypeVar("T")
 

@@ -19,7 +19,8 @@ from tierplace.evaluation.systems import (
     sedna,
     single,
 )
-from tierplace.evaluation.tables import TableSet, build_tables, source_key
+from tierplace.evaluation.table_set import TableSet, source_key
+from tierplace.evaluation.tables import build_tables
 
 VARIANTS = ["minilm-l2", "minilm-l6", "mpnet-base"]
 COSTS = {

@@ -38,7 +38,7 @@ from tests.e2e.kube import Kubectl, embedded_router, infer, outputs
 from tests.nodes.cluster import REPO, Images, RealCluster, pools, real_cluster
 from tierplace import paths
 from tierplace.local.triton import TritonServer
-from tierplace.testing.controlplane import bin_dir
+from tierplace_harness.controlplane import bin_dir
 
 RESULTS = REPO / "docs" / "results" / "real-nodes.json"
 DOC = REPO / "docs" / "real-nodes.md"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tests.nodes import sealed
 from tests.nodes.node import Node
-from tierplace.testing.controlplane import ControlPlane, Network, bin_dir, control_plane
+from tierplace_harness.controlplane import ControlPlane, Network, bin_dir, control_plane
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("TIERPLACE_CACHE", str(Path.home() / ".cache" / "tierplace")))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import alive, descendants
-from tierplace.router.bench import Phase, _fmt, _tree_cpu_s, open_loop
+from tierplace_harness.bench.router import Phase, _fmt, _tree_cpu_s, open_loop
 
 
 async def test_open_loop_counts_only_requests_after_the_warm_up() -> None:

@@ -14,7 +14,7 @@ import pytest
 from tierplace.evaluation import calibrate as cal
 from tierplace.evaluation.simulate import TierCost
 from tierplace.evaluation.systems import NO_EXIT, NOMINAL, Setting, full, router_cascade
-from tierplace.evaluation.tables import TableSet, TierTable
+from tierplace.evaluation.table_set import TableSet, TierTable
 from tierplace.router.config import parse
 
 COSTS = {

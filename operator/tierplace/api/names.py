@@ -22,6 +22,10 @@ CASCADE_PLURAL: Final = "inferencecascades"
 
 PREFIX: Final = "tierplace.io"
 
+#: The router's Prometheus metric names start with this (router/metrics.py); the operator
+#: queries them back into cascade status (controller/prometheus.py) without importing the router.
+ROUTER_METRIC_PREFIX: Final = "tierplace_router"
+
 #: The label a Node carries to join a tier's pool; also the default taint key per pool.
 POOL_LABEL: Final = f"{PREFIX}/pool"
 #: On children: which InferenceTier / InferenceCascade they belong to.

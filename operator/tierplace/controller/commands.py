@@ -52,15 +52,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(func=_run)
 
-    b = sub.add_parser(
-        "bench-operator",
-        help="time the operator converging many InferenceTiers on a local control plane",
-    )
-    b.add_argument("--tiers", type=int, default=200)
-    b.add_argument("--repeat", type=int, default=1, help="runs (fresh namespace each); median")
-    b.add_argument("--out", default=None, help="JSON path (default bench-results/...)")
-    b.set_defaults(func=_bench)
-
 
 def _run(args: argparse.Namespace) -> int:
     if args.print_rbac:
@@ -110,12 +101,3 @@ def _print_rbac(account: str, manage_webhooks: bool) -> int:
     docs = [rbac.cluster_role(manage_webhooks=manage_webhooks), rbac.cluster_role_binding(subject)]
     print(yaml.safe_dump_all(docs, sort_keys=False), end="")
     return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tierplace.testing import reconcile_bench
-
-    out = Path(args.out) if args.out else None
-    return reconcile_bench.main(tiers=args.tiers, repeat=args.repeat, out=out)

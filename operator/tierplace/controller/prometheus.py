@@ -1,6 +1,7 @@
 """Reads what the router reports to Prometheus back into InferenceCascade status: the share of
 requests each tier offloads, the thresholds in force after latency adaptation, and the median
-latency of calls to each tier. Queries use the router's own metric names (router/metrics.py).
+latency of calls to each tier. Queries use the router's own metric names (router/metrics.py),
+whose prefix both sides take from api/names.py: the operator never imports the router.
 
 I/O only; turning samples into status strings is :func:`metrics_status` (pure).
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from tierplace.router.metrics import PREFIX
+from tierplace.api.names import ROUTER_METRIC_PREFIX as PREFIX
 
 WINDOW = "1m"
 

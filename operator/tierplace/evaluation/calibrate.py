@@ -38,7 +38,7 @@ from tierplace.evaluation.systems import (
     full,
     sedna,
 )
-from tierplace.evaluation.tables import TableSet
+from tierplace.evaluation.table_set import TableSet
 
 THRESHOLDS: tuple[float, ...] = (
     0.55,

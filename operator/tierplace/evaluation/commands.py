@@ -1,4 +1,5 @@
-"""`tierplace calibrate` and `tierplace bench` (torch and the stack load inside the handlers)."""
+"""`tierplace calibrate` (torch loads inside the handler). `tierplace bench` lives in the
+benchmark harness (tierplace_harness.commands)."""
 
 from __future__ import annotations
 
@@ -37,25 +38,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--keep-ratios", default="1,0.8", help="keep ratios to consider")
     c.set_defaults(func=_calibrate)
 
-    b = sub.add_parser(
-        "bench",
-        help="the cascade against its baselines, live on the test split (JSON, Markdown, PNG)",
-    )
-    b.add_argument("--out-dir", type=Path, default=Path("bench-results"))
-    b.add_argument("--docs-dir", type=Path, default=None, help="also copy the plots here")
-    b.add_argument("--limit", type=int, default=None, help="first N test rows only")
-    b.add_argument("--quick", action="store_true", help="a few rows and a tiny grid (tests)")
-    b.add_argument("--target-accuracy-gap", type=float, default=0.005)
-    b.add_argument("--confidence", type=float, default=0.8, help="as for calibrate")
-    b.add_argument("--keep-ratios", default="1,0.8")
-    b.add_argument("--load-clients", type=int, default=8)
-    b.add_argument("--load-requests", type=int, default=300)
-    b.add_argument("--slow-requests", type=int, default=300)
-    b.add_argument("--no-progress", action="store_true")
-    b.set_defaults(func=_bench)
 
-
-def _keeps(raw: str) -> tuple[float, ...]:
+def parse_keep_ratios(raw: str) -> tuple[float, ...]:
     values = tuple(sorted({float(x) for x in raw.split(",") if x.strip()} | {1.0}, reverse=True))
     if not all(0 < v <= 1 for v in values):
         raise SystemExit(f"keep ratios must be in (0, 1], got {raw!r}")
@@ -80,7 +64,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from tierplace.evaluation.tables import build_tables
     from tierplace.router.config import parse, parse_duration
 
-    keeps = _keeps(args.keep_ratios)
+    keeps = parse_keep_ratios(args.keep_ratios)
     target = (
         cal.Target(accuracy_gap=args.target_accuracy_gap, confidence=args.confidence)
         if args.target_accuracy_gap is not None
@@ -145,30 +129,3 @@ def _router_header(result: Any) -> str:
         "# not met, so no floor is certified: every tier has the router's default floor, its\n"
         "# offload_threshold (live latency feedback may raise thresholds, never lower them).\n"
     )
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from tierplace.evaluation.bench import BenchOptions, run
-
-    opts = BenchOptions(
-        out_dir=args.out_dir,
-        docs_dir=args.docs_dir,
-        limit=args.limit,
-        quick=args.quick,
-        accuracy_gap=args.target_accuracy_gap,
-        confidence=args.confidence,
-        keep_ratios=_keeps(args.keep_ratios),
-        load_clients=args.load_clients,
-        load_requests=args.load_requests,
-        slow_requests=args.slow_requests,
-        progress=not args.no_progress,
-    )
-    result = run(opts)
-    g = result["goals"]
-    print(
-        f"accuracy gap {g['accuracy_gap_points']:.2f} points; latency "
-        f"-{g['latency_cut_vs_cloud'] * 100:.1f}% vs cloud only, "
-        f"-{g['latency_cut_vs_cloud_ee'] * 100:.1f}% vs cloud with early exit\n"
-        f"wrote {args.out_dir}/cascade.json, cascade.md and plots"
-    )
-    return 0

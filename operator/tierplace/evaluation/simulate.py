@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tierplace.api.variants import VARIANTS
-from tierplace.evaluation.tables import TableSet, TierTable, source_key
+from tierplace.evaluation.table_set import TableSet, TierTable, source_key
 from tierplace.router.policy import STATIC, Reason, TierPolicy, decide, fuse
 
 FloatArray = npt.NDArray[np.float64]

@@ -11,6 +11,9 @@ gives tables from which any threshold setting is replayed exactly (``simulate``)
 Inputs go through the serving path's own preparation (``VariantRunner.prepare``: same
 tokenisation, truncation and id validation as Triton's model.py) and the router's own pruning
 (``router.policy.prune``), so the table holds what the live cascade would compute.
+
+The tables themselves (``table_set``) are plain data: replaying them (``simulate``) and
+calibrating on them never load a model.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +31,11 @@ import numpy.typing as npt
 
 from tierplace import paths
 from tierplace.api.variants import VARIANTS
+from tierplace.evaluation.table_set import FloatArray, IntArray, TableSet, TierTable, source_key
 from tierplace.model.data import Split, load_reviews
-from tierplace.router.policy import prune
-from tierplace.router.tiers import TierInput
+from tierplace.router.policy import TierInput, prune
 
 log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 
 #: Keep ratios a table set covers; the InferenceCascade has one keep ratio for all tiers.
 DEFAULT_KEEP_RATIOS: tuple[float, ...] = (1.0, 0.8, 0.6)
@@ -53,54 +52,6 @@ def read_split(split: Split) -> tuple[list[str], IntArray]:
     SPLIT_READS.append(split)
     rows = load_reviews(split)
     return [r.text for r in rows], np.asarray([r.label for r in rows], dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class TierTable:
-    """One variant run to its last layer over one split, fed one particular input.
-
-    ``probs[n, e]`` are the class probabilities at exit ``e`` (0-based) for example ``n``;
-    ``in_bytes[n]`` is the size of the tensor the tier received (``TierInput.nbytes``), i.e.
-    what crossed the link into this tier; ``num_tokens[n]`` the tokens it ran on.
-    """
-
-    variant: str
-    source: str  # "text" or the chain of prunings that produced the input, e.g. "k0.8"
-    probs: FloatArray  # [N, E, C]
-    num_tokens: IntArray  # [N]
-    in_bytes: IntArray  # [N]
-
-    @property
-    def num_exits(self) -> int:
-        return int(self.probs.shape[1])
-
-
-@dataclass(frozen=True)
-class TableSet:
-    """All tables of one split: the labels and one table per (variant, input chain)."""
-
-    split: Split
-    labels: IntArray
-    tables: dict[tuple[str, str], TierTable]
-
-    def get(self, variant: str, source: str) -> TierTable:
-        try:
-            return self.tables[(variant, source)]
-        except KeyError:
-            have = ", ".join(f"{v}@{s}" for v, s in sorted(self.tables))
-            raise KeyError(f"no table for {variant}@{source}; have {have}") from None
-
-
-def source_key(steps: Sequence[tuple[str, float]]) -> str:
-    """The name of a tier's input: the prunings ``(lower variant, keep ratio)`` it went through.
-
-    A keep ratio of 1.0 makes the router send the ORIGINAL text, which resets the history, so
-    only the prunings after the last 1.0 step count; none at all is ``text``.
-    """
-    tail: list[str] = []
-    for variant, keep in steps:
-        tail = [] if keep >= 1.0 else [*tail, f"{variant}:{keep:g}"]
-    return ">".join(tail) or "text"
 
 
 def _cache_dir() -> Path:

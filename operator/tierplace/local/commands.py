@@ -1,4 +1,5 @@
-"""``tierplace up``, ``tierplace classify`` and ``tierplace demo``: the cascade on one machine."""
+"""``tierplace up``, ``tierplace classify``, ``tierplace demo`` and ``tierplace triton``: the
+cascade, or one real tritonserver, on one machine."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tierplace import paths
+from tierplace.api.variants import VARIANTS
 
 DEMO_REVIEWS = (
     "a gorgeous, witty, seductive movie.",
@@ -66,6 +68,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument("--url", default=None, help="router URL (default: from `tierplace up`)")
     demo.add_argument("--budget-ms", type=float, default=None)
     demo.set_defaults(func=_demo)
+
+    triton = sub.add_parser(
+        "triton", help="serve trained variants from the model repository with a real tritonserver"
+    )
+    triton.add_argument("--model-repository", type=Path, default=None, help="default: model-repo/")
+    triton.add_argument("--model", action="append", choices=list(VARIANTS), default=None)
+    triton.add_argument("--http-port", type=int, default=8000)
+    triton.add_argument("--grpc-port", type=int, default=8001)
+    triton.add_argument("--metrics-port", type=int, default=8002)
+    triton.add_argument("--threads", type=int, default=1, help="torch threads per model instance")
+    triton.set_defaults(func=_triton)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -220,4 +233,39 @@ def _demo(args: argparse.Namespace) -> int:
         tiers[row["tier"]] += 1
         print(_line(text, row, (time.perf_counter() - start) * 1000), flush=True)
     print("answered by: " + ", ".join(f"{t} {n}" for t, n in tiers.most_common()))
+    return 0
+
+
+def _triton(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from tierplace.local.triton import TritonServer
+
+    models = args.model or list(VARIANTS)
+    missing = [m for m in models if not (paths.models_dir() / m / "tierplace.json").exists()]
+    if missing:
+        print(f"no trained weights for {', '.join(missing)}: run `tierplace train` first")
+        return 2
+    server = TritonServer(
+        args.model_repository or paths.model_repository(),
+        models,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        threads=args.threads,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        print(f"serving {', '.join(models)}: HTTP {server.http_url}, gRPC {server.grpc_url}, ")
+        print(f"metrics {server.metrics_url}; Ctrl-C stops")
+        try:
+            while not stop.is_set():
+                if server.process is not None and server.process.poll() is not None:
+                    print(f"tritonserver exited with code {server.process.returncode}")
+                    return 1
+                stop.wait(1.0)
+        except KeyboardInterrupt:
+            pass
     return 0

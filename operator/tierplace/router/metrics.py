@@ -11,7 +11,9 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-PREFIX = "tierplace_router"
+from tierplace.api.names import ROUTER_METRIC_PREFIX
+
+PREFIX = ROUTER_METRIC_PREFIX
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 

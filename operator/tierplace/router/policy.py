@@ -293,6 +293,21 @@ class Pruned:
     total_words: int
 
 
+@dataclass(frozen=True)
+class TierInput:
+    """What a tier receives: the original or rebuilt text, or pruned ids of the same family."""
+
+    text: str | None = None
+    input_ids: tuple[int, ...] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Tensor payload size: what pruning saves on the uplink."""
+        if self.input_ids is not None:
+            return 8 * len(self.input_ids)
+        return len((self.text or "").encode())
+
+
 def words(tokens: Sequence[str], ids: Sequence[int], importance: Sequence[float]) -> list[Word]:
     """Group WordPiece tokens into words; special tokens ([CLS], [SEP], <s>...) are dropped."""
     if not len(tokens) == len(ids) == len(importance):

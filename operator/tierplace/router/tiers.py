@@ -32,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 from tierplace.api.variants import LABELS
 from tierplace.router import codec
 from tierplace.router.config import TierConfig
+from tierplace.router.policy import TierInput as TierInput  # defined with pruning (pure)
 from tierplace.router.policy import check_answer
 
 FailureKind = Literal["unavailable", "timeout", "failed", "invalid"]
@@ -77,21 +78,6 @@ class TierResult:
     tokens: tuple[str, ...] = ()
     token_ids: tuple[int, ...] = ()
     importance: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class TierInput:
-    """What a tier receives: the original or rebuilt text, or pruned ids of the same family."""
-
-    text: str | None = None
-    input_ids: tuple[int, ...] | None = None
-
-    @property
-    def nbytes(self) -> int:
-        """Tensor payload size: what pruning saves on the uplink."""
-        if self.input_ids is not None:
-            return 8 * len(self.input_ids)
-        return len((self.text or "").encode())
 
 
 class TierClient:

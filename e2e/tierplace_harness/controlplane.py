@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tierplace.testing import pki
+from tierplace_harness import pki
 
 DEFAULT_BIN = Path(os.environ.get("TIERPLACE_CACHE", str(Path.home() / ".cache" / "tierplace"))) / (
     "kube-1.20/bin"

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import yaml
 
 from tierplace.api.names import LATENCY_FACTOR_ANNOTATION, POOL_LABEL
-from tierplace.testing.controlplane import ControlPlane
-from tierplace.testing.operator import OperatorProcess
+from tierplace_harness.controlplane import ControlPlane
+from tierplace_harness.operator_process import OperatorProcess
 
 T = TypeVar("T")
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tierplace.testing import cluster
-from tierplace.testing.controlplane import ControlPlane, control_plane
-from tierplace.testing.operator import OperatorProcess
+from tierplace_harness import cluster
+from tierplace_harness.controlplane import ControlPlane, control_plane
+from tierplace_harness.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[3]
 CLASSES = ("Device", "Edge", "Cloud")

@@ -32,7 +32,6 @@ import numpy as np
 from tierplace import paths
 from tierplace.evaluation import calibrate as cal
 from tierplace.evaluation.costs import measure_costs
-from tierplace.evaluation.live import LiveBench, LiveRun, stack_spec, summarize_live
 from tierplace.evaluation.simulate import Outcome, System, TierCost, simulate, summarize
 from tierplace.evaluation.systems import (
     NOMINAL,
@@ -47,9 +46,11 @@ from tierplace.evaluation.systems import (
     sedna,
     single,
 )
-from tierplace.evaluation.tables import DEFAULT_KEEP_RATIOS, TableSet, build_tables, read_split
+from tierplace.evaluation.table_set import TableSet
+from tierplace.evaluation.tables import DEFAULT_KEEP_RATIOS, build_tables, read_split
 from tierplace.local.processes import run_cancellable
 from tierplace.local.stack import Stack
+from tierplace_harness.bench.live import LiveBench, LiveRun, stack_spec, summarize_live
 
 log = logging.getLogger(__name__)
 

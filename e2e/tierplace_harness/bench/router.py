@@ -32,7 +32,8 @@ import yaml
 from tierplace.router import codec
 from tierplace.router.app import event_loop_runner
 from tierplace.router.config import TierConfig
-from tierplace.router.tiers import TierClient, TierInput
+from tierplace.router.policy import TierInput
+from tierplace.router.tiers import TierClient
 
 TEXT = "an utterly charming little comedy that earns every laugh, even in its weaker moments."
 

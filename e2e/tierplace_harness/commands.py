@@ -1,0 +1,155 @@
+"""``tierplace bench``, ``bench-router``, ``bench-models`` and ``bench-operator``.
+
+The ``tierplace`` command imports this module by name when it can (tierplace/cli.py): the
+benchmarks are commands of a source checkout, not of the product. Each handler imports its
+benchmark only when invoked, so ``tierplace --help`` loads none of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tierplace.api.variants import VARIANTS
+
+#: The subcommands registered here; tierplace/cli.py names them when this package is missing.
+COMMANDS = ("bench", "bench-router", "bench-models", "bench-operator")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_cascade(sub)
+    _register_router(sub)
+    _register_models(sub)
+    _register_operator(sub)
+
+
+def _register_cascade(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="(harness) the cascade against its baselines, live on the test split "
+        "(JSON, Markdown, PNG)",
+    )
+    b.add_argument("--out-dir", type=Path, default=Path("bench-results"))
+    b.add_argument("--docs-dir", type=Path, default=None, help="also copy the plots here")
+    b.add_argument("--limit", type=int, default=None, help="first N test rows only")
+    b.add_argument("--quick", action="store_true", help="a few rows and a tiny grid (tests)")
+    b.add_argument("--target-accuracy-gap", type=float, default=0.005)
+    b.add_argument("--confidence", type=float, default=0.8, help="as for calibrate")
+    b.add_argument("--keep-ratios", default="1,0.8")
+    b.add_argument("--load-clients", type=int, default=8)
+    b.add_argument("--load-requests", type=int, default=300)
+    b.add_argument("--slow-requests", type=int, default=300)
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_bench_cascade)
+
+
+def _register_router(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser(
+        "bench-router", help="(harness) router overhead vs calling Triton directly"
+    )
+    bench.add_argument("--home", type=Path, default=None, help="weights (default TIERPLACE_HOME)")
+    bench.add_argument("--tiny", action="store_true", help="build tiny variants if none exist")
+    bench.add_argument("--model", default="minilm-l2")
+    bench.add_argument("--rate", type=float, default=200.0, help="req/s for the overhead phases")
+    bench.add_argument("--seconds", type=float, default=6.0, help="per overhead phase")
+    bench.add_argument(
+        "--pairs",
+        type=int,
+        default=6,
+        help="direct/router phase pairs, in alternating order (median of their differences)",
+    )
+    bench.add_argument("--ladder", default="100,200,300,400,600", help="req/s steps")
+    bench.add_argument("--soak", type=float, default=60.0, help="seconds of load for memory")
+    bench.add_argument(
+        "--grpc",
+        action="store_true",
+        help="also measure each pair through the router's gRPC door (same direct baseline)",
+    )
+    bench.add_argument("--out", type=Path, default=Path("bench-results/router-overhead.json"))
+    bench.set_defaults(func=_bench_router)
+
+
+def _register_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser(
+        "bench-models", help="(harness) per-exit accuracy and latency of each variant"
+    )
+    bench.add_argument("--variant", action="append", choices=list(VARIANTS), default=None)
+    bench.add_argument("--out", type=Path, default=Path("bench-results"))
+    bench.add_argument("--repeats", type=int, default=50)
+    bench.add_argument("--no-triton", action="store_true", help="in-process numbers only")
+    bench.set_defaults(func=_bench_models)
+
+
+def _register_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser(
+        "bench-operator",
+        help="(harness) time the operator converging many InferenceTiers on a local control plane",
+    )
+    b.add_argument("--tiers", type=int, default=200)
+    b.add_argument("--repeat", type=int, default=1, help="runs (fresh namespace each); median")
+    b.add_argument("--out", default=None, help="JSON path (default bench-results/...)")
+    b.set_defaults(func=_bench_operator)
+
+
+def _bench_cascade(args: argparse.Namespace) -> int:
+    from tierplace.evaluation.commands import parse_keep_ratios
+    from tierplace_harness.bench.cascade import BenchOptions, run
+
+    opts = BenchOptions(
+        out_dir=args.out_dir,
+        docs_dir=args.docs_dir,
+        limit=args.limit,
+        quick=args.quick,
+        accuracy_gap=args.target_accuracy_gap,
+        confidence=args.confidence,
+        keep_ratios=parse_keep_ratios(args.keep_ratios),
+        load_clients=args.load_clients,
+        load_requests=args.load_requests,
+        slow_requests=args.slow_requests,
+        progress=not args.no_progress,
+    )
+    result = run(opts)
+    g = result["goals"]
+    print(
+        f"accuracy gap {g['accuracy_gap_points']:.2f} points; latency "
+        f"-{g['latency_cut_vs_cloud'] * 100:.1f}% vs cloud only, "
+        f"-{g['latency_cut_vs_cloud_ee'] * 100:.1f}% vs cloud with early exit\n"
+        f"wrote {args.out_dir}/cascade.json, cascade.md and plots"
+    )
+    return 0
+
+
+def _bench_router(args: argparse.Namespace) -> int:
+    from tierplace import paths
+    from tierplace.local.stack import ensure_weights
+    from tierplace_harness.bench.router import run
+
+    home = (args.home or paths.home()).resolve()
+    ensure_weights(home, [args.model], tiny=args.tiny)
+    ladder = [float(x) for x in args.ladder.split(",") if x]
+    run(
+        home,
+        args.model,
+        args.rate,
+        args.seconds,
+        ladder,
+        args.soak,
+        args.out,
+        args.pairs,
+        grpc=args.grpc,
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _bench_models(args: argparse.Namespace) -> int:
+    from tierplace_harness.bench.models import run
+
+    return run(args.variant or list(VARIANTS), args.out, args.repeats, not args.no_triton)
+
+
+def _bench_operator(args: argparse.Namespace) -> int:
+    from tierplace_harness.bench import reconcile
+
+    out = Path(args.out) if args.out else None
+    return reconcile.main(tiers=args.tiers, repeat=args.repeat, out=out)
