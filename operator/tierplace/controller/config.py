@@ -13,6 +13,9 @@ variables first and reports a bad value before kopf starts):
   TIERPLACE_TRITON_IMAGE     image of Triton Deployments whose spec.triton.image is unset
   TIERPLACE_ROUTER_IMAGE     image of router Deployments whose spec.router.image is unset
   TIERPLACE_PROMETHEUS_URL   Prometheus of cascades whose spec.prometheusUrl is unset
+  TIERPLACE_METRICS_PORT     when set, serve the operator's own metrics (controller/metrics.py)
+                             on this port at /metrics, listening on
+  TIERPLACE_METRICS_ADDR     (default 127.0.0.1; the chart sets 0.0.0.0)
 
 Precedence for the three defaults: the spec's own value, then the operator's variable, then
 the built-in default. The CRDs give these fields no schema default on purpose: a value the
@@ -83,6 +86,22 @@ class OperatorConfig:
     #: None: no webhook server and no admission handlers.
     webhook: WebhookConfig | None = None
     defaults: SpecDefaults = field(default_factory=SpecDefaults)
+    #: None: the operator's metrics are not served.
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+
+
+def _port(env: Mapping[str, str], name: str, flag: str) -> int | None:
+    text = _text(env, name)
+    if text is None:
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{name}={text!r}: use a port from 1 to 65535 ({flag})")
+    return port
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -147,4 +166,10 @@ def from_env(env: Mapping[str, str]) -> OperatorConfig:
         resync = 0.0
     if not resync > 0:
         raise ValueError(f"TIERPLACE_RESYNC_SECONDS={resync_text!r}: use a positive number")
-    return OperatorConfig(resync_seconds=resync, webhook=_webhook(env), defaults=_defaults(env))
+    return OperatorConfig(
+        resync_seconds=resync,
+        webhook=_webhook(env),
+        defaults=_defaults(env),
+        metrics_port=_port(env, "TIERPLACE_METRICS_PORT", "--metrics-port"),
+        metrics_addr=_text(env, "TIERPLACE_METRICS_ADDR") or "127.0.0.1",
+    )

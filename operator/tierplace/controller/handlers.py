@@ -39,6 +39,8 @@ from tierplace.controller.kube import (
     in_cluster_credentials,
     resource_path,
 )
+from tierplace.controller.metrics import OPERATOR as METRICS
+from tierplace.controller.metrics import serve as serve_metrics
 from tierplace.controller.placement import NodeInfo, node_info
 
 CONFIG = config.from_env(os.environ)
@@ -82,6 +84,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             raise kopf.PermanentError("no kubeconfig and not in a cluster: cannot reach the API")
         creds = Credentials.from_connection_info(info)
     memo.kube = Kube(creds)
+    if CONFIG.metrics_port is not None:
+        serve_metrics(CONFIG.metrics_port, CONFIG.metrics_addr)
 
 
 @kopf.on.login()
@@ -109,10 +113,14 @@ def _all_nodes(index: kopf.Index[str, NodeInfo]) -> list[NodeInfo]:
 
 
 async def _guarded(kube: Kube, body: kopf.Body, coro: Any) -> dict[str, Any]:
-    """Run one reconcile; a lost write race retries at once, anything the API refused is
-    also recorded as a Warning Event on the object (deduplicated: a repeat bumps its count)."""
+    """Run one reconcile (timed and counted in metrics.OPERATOR); a lost write race retries
+    at once, anything the API refused is also recorded as a Warning Event on the object
+    (deduplicated: a repeat bumps its count)."""
+    kind, meta = str(body["kind"]), body["metadata"]
+    METRICS.managed(kind, str(meta.get("namespace")), str(meta["name"]))
     try:
-        result: dict[str, Any] = await coro
+        with METRICS.reconciling(kind):
+            result: dict[str, Any] = await coro
     except Conflict as exc:
         raise kopf.TemporaryError(f"lost a write race, retrying: {exc.message}", delay=1) from exc
     except (OwnedElsewhere, ApiError) as exc:
@@ -136,11 +144,13 @@ def _deleted(type: str | None, **_: Any) -> bool:
 
 @kopf.on.event(*TIER, when=_deleted)
 @kopf.on.event(*CASCADE, when=_deleted)
-def gone(memo: kopf.Memo, **_: Any) -> None:
+def gone(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
     """Stop the object's timer when it is deleted. Without a finalizer the DELETED event
     carries no deletionTimestamp, so kopf would keep the timer running; watching handlers
     run before the timers are re-matched, and ``_alive`` then no longer matches."""
     memo.gone = True
+    meta = body["metadata"]
+    METRICS.forget(str(body["kind"]), str(meta.get("namespace")), str(meta["name"]))
 
 
 @kopf.on.resume(*TIER)
