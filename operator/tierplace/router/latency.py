@@ -105,9 +105,11 @@ class LatencyFeed:
         return snap
 
     def publish(self) -> None:
-        """Export the thresholds and expectations in force, and staleness, as gauges."""
+        """Export the thresholds and expectations in force, the budgets, and staleness, as
+        gauges."""
         stale = True
         for cascade in self.config.cascades:
+            self._metrics.budget.labels(cascade.name).set(cascade.budget)
             snap = self.snapshot(cascade.name)
             stale = snap.stale
             policies = cascade.policies()

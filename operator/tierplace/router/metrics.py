@@ -130,6 +130,12 @@ class RouterMetrics:
             ["cascade", "tier"],
             registry=r,
         )
+        self.budget = Gauge(
+            f"{PREFIX}_budget_seconds",
+            "The cascade's default latency budget per request (a request may carry its own).",
+            ["cascade"],
+            registry=r,
+        )
         self.metrics_stale = Gauge(
             f"{PREFIX}_metrics_stale",
             "1 when Prometheus is unreachable or its data too old: static thresholds apply.",
