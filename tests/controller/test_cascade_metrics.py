@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from tierplace.controller import prometheus
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
 from tierplace.router.metrics import RouterMetrics
+from tierplace.router.policy import Reason
 from tierplace_harness.cluster import Api
 
 CASCADE = "metered"
@@ -71,9 +72,10 @@ class _Router:
         m = self.metrics
         m.effective_threshold.labels(CASCADE, DEVICE).set(0.75)
         while not self.stop.wait(0.05):
-            m.answers.labels(CASCADE, DEVICE, "Confident").inc(3)
-            m.offloads.labels(CASCADE, DEVICE, CLOUD, "LowConfidence").inc(1)
-            m.answers.labels(CASCADE, CLOUD, "LastTier").inc(1)
+            # The policy's own reasons, so a renamed reason cannot leave a stale label here.
+            m.answers.labels(CASCADE, DEVICE, Reason.CONFIDENT).inc(3)
+            m.offloads.labels(CASCADE, DEVICE, CLOUD, Reason.LOW_CONFIDENCE).inc(1)
+            m.answers.labels(CASCADE, CLOUD, Reason.TOP_TIER).inc(1)
             m.tier_call_seconds.labels(CASCADE, DEVICE, "ok").observe(0.015)
             m.tier_call_seconds.labels(CASCADE, CLOUD, "ok").observe(0.06)
 

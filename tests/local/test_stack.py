@@ -31,8 +31,8 @@ from tierplace.local.stack import (
     ROUTER_CONFIG_HEADER,
     Stack,
     StackSpec,
+    missing_weights,
     router_config,
-    trained,
 )
 from tierplace.local.triton import free_port
 from tierplace.router.config import load, parse
@@ -54,7 +54,7 @@ def test_router_config_reaches_each_tier_through_its_links() -> None:
 def test_missing_weights_are_detected_per_variant(tmp_path: Path) -> None:
     (tmp_path / "models" / "minilm-l2").mkdir(parents=True)
     (tmp_path / "models" / "minilm-l2" / "tierplace.json").write_text("{}")
-    assert trained(tmp_path, ["minilm-l2", "minilm-l6"]) == ["minilm-l6"]
+    assert missing_weights(tmp_path, ["minilm-l2", "minilm-l6"]) == ["minilm-l6"]
 
 
 def test_the_router_never_imports_torch() -> None:

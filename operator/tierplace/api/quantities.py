@@ -14,10 +14,9 @@ from decimal import Decimal, InvalidOperation
 UNIT_DECIMAL_PATTERN = r"^(0(\.[0-9]{1,3})?|1(\.0{1,3})?)$"
 #: A duration such as "150ms", "2s" or "1.5s".
 DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m)$"
-#: A Kubernetes quantity restricted to the suffixes the operator understands.
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 
 _DURATION = re.compile(DURATION_PATTERN)
+#: A Kubernetes quantity restricted to the suffixes the operator understands.
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _UNIT_DECIMAL = re.compile(UNIT_DECIMAL_PATTERN)
 

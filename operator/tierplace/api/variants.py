@@ -85,5 +85,3 @@ VARIANTS: dict[str, VariantProfile] = {
         ),
     )
 }
-
-DEFAULT_PLACEMENT: dict[TierClass, str] = {v.default_tier: v.name for v in VARIANTS.values()}

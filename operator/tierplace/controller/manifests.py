@@ -36,7 +36,6 @@ Manifest = dict[str, Any]
 HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
-_TRITON_PORTS = (("http", HTTP_PORT), ("grpc", GRPC_PORT), ("metrics", METRICS_PORT))
 ROUTER_CONFIG_KEY = "router.yaml"
 ROUTER_CONFIG_DIR = "/etc/tierplace"
 #: The uid and gid the tierplace images run as (images/*.Dockerfile); set explicitly so that an

@@ -140,14 +140,14 @@ def _remove_leaked_shm() -> None:
         log.info("removed %d leaked Python-backend shared-memory regions", len(removed))
 
 
-def trained(home: Path, models: list[str]) -> list[str]:
+def missing_weights(home: Path, models: list[str]) -> list[str]:
     """The variants in ``models`` that still lack weights under ``home``."""
     return [m for m in models if not (home / "models" / m / "tierplace.json").exists()]
 
 
 def ensure_weights(home: Path, models: list[str], tiny: bool) -> None:
     """Train what is missing, in a child process (torch stays out of this one), progress shown."""
-    missing = trained(home, models)
+    missing = missing_weights(home, models)
     if not missing:
         return
     env = {**os.environ, "TIERPLACE_HOME": str(home)}
