@@ -25,3 +25,19 @@ def repo_root() -> Path:
 def model_repository() -> Path:
     """The Triton model repository shipped in the checkout."""
     return repo_root() / "model-repo"
+
+
+def monitoring_dir() -> Path:
+    """The Grafana dashboard and the alerting rules, shipped by the Helm chart and loaded by
+    ``tierplace up`` alike (docs/monitoring.md)."""
+    return repo_root() / "charts" / "tierplace" / "monitoring"
+
+
+def dashboard_file() -> Path:
+    """The Grafana dashboard JSON (import it into any Grafana)."""
+    return monitoring_dir() / "dashboard.json"
+
+
+def alert_rules_file() -> Path:
+    """The Prometheus alerting rules (a plain rule file)."""
+    return monitoring_dir() / "rules.yaml"

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -35,15 +36,18 @@ class ScrapeTarget:
     path: str = "/metrics"
 
 
-def scrape_config(targets: list[ScrapeTarget], interval: str = "1s") -> dict[str, Any]:
-    """The prometheus.yml document for ``targets``: one scrape job per distinct job name."""
+def scrape_config(
+    targets: list[ScrapeTarget], interval: str = "1s", rule_files: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """The prometheus.yml document for ``targets``: one scrape job per distinct job name, and
+    the alerting rules of ``rule_files`` (absolute paths) evaluated every ``interval``."""
     jobs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for t in targets:
         entry: dict[str, Any] = {"targets": [t.address]}
         if t.labels:
             entry["labels"] = dict(t.labels)
         jobs.setdefault((t.job, t.path), []).append(entry)
-    return {
+    doc: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [
             {
@@ -56,6 +60,9 @@ def scrape_config(targets: list[ScrapeTarget], interval: str = "1s") -> dict[str
             for (job, path), entries in jobs.items()
         ],
     }
+    if rule_files:
+        doc["rule_files"] = [str(Path(f).resolve()) for f in rule_files]
+    return doc
 
 
 def binary() -> str:
@@ -76,6 +83,8 @@ class PrometheusServer:
     interval: str = "1s"
     data_dir: Path | None = None
     log_file: Path | None = None
+    #: Alerting rule files to load (tierplace's: ``paths.alert_rules_file()``).
+    rule_files: Sequence[Path] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
 
@@ -89,7 +98,9 @@ class PrometheusServer:
             self.data_dir = Path(self._tmp.name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config(self.targets, self.interval)))
+        config.write_text(
+            yaml.safe_dump(scrape_config(self.targets, self.interval, self.rule_files))
+        )
         cmd = [
             binary(),
             f"--config.file={config}",

@@ -297,6 +297,7 @@ class Stack:
             port=prom_port,
             data_dir=self.spec.run_dir / "prometheus",
             log_file=self.logs / "prometheus.log",
+            rule_files=[paths.alert_rules_file()],  # the chart's rules (docs/monitoring.md)
         )
         self.prometheus.start()
         without = "the router keeps answering with its static thresholds"
@@ -312,6 +313,7 @@ class Stack:
             "grpc": f"127.0.0.1:{grpc_port}",
             "cascade": CASCADE,
             "prometheus": prom_url,
+            "dashboard": str(paths.dashboard_file()),
             "config": str(config_path),
             "tiers": {
                 tier.name: {"model": tier.model, "triton": t.http_url, "via": endpoint}
