@@ -11,17 +11,19 @@ body (JSON header plus the binary input tensor of the v2 binary extension) is wr
 directly, the outputs are asked for as JSON by name (only those the cascade reads), and the
 answer is parsed with one ``loads``, without numpy. Tensor objects, numpy round trips and
 ``InferResult`` (two classes built per response) were about a fifth of the router's CPU per
-request. ``_post`` is tritonclient's internal POST, the one ``infer()`` itself uses.
+request. The body goes out through ``post_body``, the one place that reaches into
+tritonclient's private ``_post`` (why: see there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -41,6 +43,44 @@ FailureKind = Literal["unavailable", "timeout", "failed", "invalid"]
 ANSWER_OUTPUTS = ("PROBS", "NUM_TOKENS", "EXIT_LAYER", "CONFIDENCE", "TRUNCATED")
 IMPORTANCE_OUTPUTS = ("TOKENS", "TOKEN_IDS", "IMPORTANCE")
 _JSON_SIZE_HEADER = "Inference-Header-Content-Length"
+
+_Post = Callable[
+    [triton_http.InferenceServerClient, str, bytes, dict[str, str], None],
+    Awaitable[aiohttp.ClientResponse],
+]
+#: The parameters of tritonclient's ``InferenceServerClient._post`` that ``post_body`` relies on.
+_POST_PARAMETERS = ("self", "request_uri", "request_body", "headers", "query_params")
+
+
+def _private_post() -> _Post:
+    """tritonclient's aio ``InferenceServerClient._post``, checked once at import.
+
+    Why a private call: tritonclient has no public call that POSTs a v2 body already written.
+    ``infer()`` builds the body from ``InferInput`` objects (numpy arrays) and parses the
+    answer into ``InferResult``, about a fifth of the router's CPU per request; ``_post`` is
+    what ``infer()`` itself sends with (the client's plugins, header checks and pooled
+    session). Any other route would bypass those or rebuild them. A tritonclient that renamed
+    or reshaped it fails here, when the router starts, with this message, not on a request.
+    """
+    post = getattr(triton_http.InferenceServerClient, "_post", None)
+    if post is None or tuple(inspect.signature(post).parameters) != _POST_PARAMETERS:
+        raise ImportError(
+            "tritonclient's InferenceServerClient._post is gone or changed "
+            f"(expected parameters {_POST_PARAMETERS}); router/tiers.py post_body needs it"
+        )
+    return cast(_Post, post)
+
+
+_POST = _private_post()
+
+
+async def post_body(
+    client: triton_http.InferenceServerClient, uri: str, body: bytes, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """POST a written v2 request ``body`` to ``uri`` through ``client``; the response is
+    unread (use it as an async context manager). The only use of tritonclient's private
+    ``_post`` (``_private_post`` says why)."""
+    return await _POST(client, uri, body, headers, None)
 
 
 class TierError(Exception):
@@ -164,9 +204,7 @@ class TierClient:
         headers = {"Accept-Encoding": "identity", _JSON_SIZE_HEADER: str(json_size)}
         try:
             async with asyncio.timeout(timeout_s):
-                # tritonclient's own POST (plugins, header checks, its pooled session): what
-                # ``infer()`` sends, without rebuilding the body from tensor objects.
-                response = await self._client._post(self._uri, body, headers, None)
+                response = await post_body(self._client, self._uri, body, headers)
                 async with response:
                     status = response.status
                     content = await response.read()
