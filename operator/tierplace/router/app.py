@@ -18,10 +18,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,6 +34,9 @@ from tierplace.router.config import ConfigError, ConfigWatcher, RouterConfig
 from tierplace.router.latency import LatencyFeed
 from tierplace.router.metrics import RouterMetrics
 from tierplace.router.policy import expected_latency
+
+if TYPE_CHECKING:  # imported only when tracing is configured (serve, router/tracing.py)
+    from tierplace.router.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -573,8 +576,11 @@ class CascadeService:
         metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         reload_interval_s: float = 1.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        #: Spans per request and tier call when set (router/tracing.py); None costs nothing.
+        self.tracing = tracing
         self.metrics = metrics or RouterMetrics()
         self.clock = clock
         self.feed = LatencyFeed(config, self.metrics, clock)
@@ -796,7 +802,7 @@ class CascadeService:
                 resp.force_close()
             return resp
         try:
-            answers = await self.answer(rt, req, arrival)
+            answers = await self.answer(rt, req, arrival, request.headers)
         except Unavailable as exc:
             return _error(exc.status, str(exc), headers={"Retry-After": "1"})
         doc, binary = infer_response(name, req, answers)
@@ -814,18 +820,30 @@ class CascadeService:
         if name in self.runtimes:
             self.metrics.child(self.metrics.rejections, name, reason).inc()
 
-    async def answer(self, rt: CascadeRuntime, req: InferRequest, arrival: float) -> list[Answer]:
+    async def answer(
+        self,
+        rt: CascadeRuntime,
+        req: InferRequest,
+        arrival: float,
+        carrier: Mapping[str, str] | None = None,
+        door: str = "rest",
+    ) -> list[Answer]:
         """The cascade's answer to each text of a validated request: admission, the in-flight
-        count, the cascade itself, statistics and metrics, shared by the REST and gRPC doors.
+        count, the cascade itself, statistics, metrics and the request's trace, shared by the
+        REST and gRPC doors. ``carrier`` holds the caller's headers (or gRPC metadata) when
+        tracing is on: its ``traceparent`` parents the request's span.
 
         Raises Unavailable when admission refuses the request or no tier answers it; any
         other failure is a bug of the router's and propagates (counted as InternalError)."""
         name = rt.cfg.name
-        refusal = self._admit(rt, len(req.texts))
+        n = len(req.texts)
+        trace = None if self.tracing is None else self.tracing.request(name, door, n, carrier)
+        refusal = self._admit(rt, n)
         if refusal is not None:
             self.metrics.child(self.metrics.rejections, name, refusal).inc()
+            if trace is not None:
+                trace.refused(refusal)
             raise Unavailable(429, f"cascade {name} is overloaded ({refusal}); retry later")
-        n = len(req.texts)
         stats = self.stats.setdefault(name, ModelStats())
         self._enter(rt, n)
         try:
@@ -834,12 +852,17 @@ class CascadeService:
             results: list[Answer | BaseException]
             if n == 1:  # the common case: no task and no gather for one text
                 try:
-                    results = [await rt.classify(req.texts[0], deadline, snapshot, self.clock)]
+                    results = [
+                        await rt.classify(req.texts[0], deadline, snapshot, self.clock, trace)
+                    ]
                 except Exception as exc:  # as gather(return_exceptions=True) would collect
                     results = [exc]
             else:
                 results = await asyncio.gather(
-                    *(rt.classify(t, deadline, snapshot, self.clock) for t in req.texts),
+                    *(
+                        rt.classify(t, deadline, snapshot, self.clock, trace, k)
+                        for k, t in enumerate(req.texts)
+                    ),
                     return_exceptions=True,
                 )
         finally:
@@ -850,15 +873,21 @@ class CascadeService:
         for r in failures:
             if not isinstance(r, NoAnswer):
                 self.metrics.child(self.metrics.failures, name, "InternalError").inc()
+                if trace is not None:
+                    trace.failed(type(r).__name__, str(r))
                 raise r  # json_errors answers 500 with its type and message, and logs it
         if failures:
             detail = "; ".join(sorted({str(f) for f in failures}))
+            if trace is not None:
+                trace.failed(next(f.reason for f in failures if isinstance(f, NoAnswer)), detail)
             raise Unavailable(503, f"no tier could answer: {detail}")
         answers = [r for r in results if isinstance(r, Answer)]
         elapsed = self.clock() - arrival
         stats.record(True, n, elapsed)
         for a in answers:
             self.metrics.child(self.metrics.request_seconds, name, a.tier).observe(elapsed)
+        if trace is not None:
+            trace.answered(answers)
         return answers
 
     async def _read_request(self, request: web.Request, rt: CascadeRuntime) -> InferRequest:
@@ -1028,9 +1057,12 @@ async def serve(
     cluster a deleted pod leaves its Service's endpoints at once, but every node's
     kube-proxy drops it a moment later: closing at once refuses the connections still sent
     there (seen on real nodes: a router rollout under traffic)."""
+    from tierplace.router import tracing as router_tracing
     from tierplace.router.config import load
 
-    service = CascadeService(load(config_path), config_path)
+    config = load(config_path)
+    tracing = router_tracing.from_env()  # None unless OTEL_* variables ask for traces
+    service = CascadeService(config, config_path, tracing=tracing)
     runner = web.AppRunner(build_app(service), access_log=None)
     await runner.setup()
     door = None
@@ -1055,3 +1087,5 @@ async def serve(
         if door is not None:
             await door.stop(service.config.call_timeout)
         await runner.cleanup()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # export the last spans

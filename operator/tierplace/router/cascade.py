@@ -16,6 +16,7 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from tierplace.api.variants import LABELS
 from tierplace.router.config import CascadeConfig, TierConfig
@@ -29,6 +30,9 @@ from tierplace.router.policy import (
     prune,
 )
 from tierplace.router.tiers import FailureKind, TierClient, TierError, TierInput, TierResult
+
+if TYPE_CHECKING:  # tracing is imported only when it is configured (router/tracing.py)
+    from tierplace.router.tracing import RequestTrace, TierCall
 
 #: What an answer still needs once its last tier call returned (fusion, encoding, the write):
 #: kept out of every call's timeout and of the budget the policy sees, so the budget holds end
@@ -209,7 +213,11 @@ class CascadeRuntime:
         deadline: float,
         snapshot: MetricsSnapshot,
         clock: Callable[[], float] = time.monotonic,
+        trace: RequestTrace | None = None,
+        text_index: int = 0,
     ) -> Answer:
+        """The answer to one text; ``trace`` (when tracing is on) gets a span per tier call,
+        ``text_index`` saying which text of the request it was."""
         name = self.cfg.name
         tiers = self.cfg.tiers
         seen: list[tuple[int, TierResult]] = []
@@ -224,17 +232,24 @@ class CascadeRuntime:
             # answer degraded, never turn it into none.
             admitted = breaker.admit(now)
             error: TierError | None = None
+            call: TierCall | None = None
             if admitted or (not seen and i + 1 == len(tiers)):
                 limit = self.call_limit(i, deadline - now, snapshot, bool(seen), now)
                 want_importance = i + 1 < len(tiers) and tier.keep_ratio < 1.0
+                if trace is not None:
+                    call = trace.tier_call(tier, payload, text_index)
                 try:
-                    result = await self._call(i, client, payload, want_importance, limit, clock)
+                    result = await self._call(
+                        i, client, payload, want_importance, limit, clock, call
+                    )
                 except TierError as exc:
                     error = exc
                     self._judge(i, exc, limit, clock(), admitted)
                 except BaseException:  # cancelled: no verdict on the tier
                     if admitted:
                         breaker.released()
+                    if call is not None:
+                        call.cancelled()
                     raise
                 else:
                     if not breaker.is_closed():
@@ -245,10 +260,15 @@ class CascadeRuntime:
                 error = TierError(
                     tier.name, breaker.cause, f"skipped: breaker open after {breaker.cause}"
                 )
+                if trace is not None:
+                    trace.skipped(tier.name, breaker.cause, text_index)
             if error is not None:
                 last_error = error
                 invalid = error.kind == "invalid"
                 refused = refused or invalid
+                onwards = Reason.TIER_ANSWER_INVALID if invalid else Reason.TIER_UNAVAILABLE
+                if call is not None:
+                    call.failed(error, onwards if not seen and i + 1 < len(tiers) else None)
                 if seen:
                     self.metrics.child(
                         self.metrics.degraded, name, tiers[seen[-1][0]].name, error.kind
@@ -261,7 +281,7 @@ class CascadeRuntime:
                         name,
                         tier.name,
                         tiers[i + 1].name,
-                        Reason.TIER_ANSWER_INVALID if invalid else Reason.TIER_UNAVAILABLE,
+                        onwards,
                     ).inc()
                     payload = TierInput(text=text)
                     i += 1
@@ -278,6 +298,10 @@ class CascadeRuntime:
                 deadline - now - ANSWER_MARGIN_S,
                 self.live(snapshot, i + 1, now),
             )
+            if call is not None:
+                call.decided(
+                    result.exit_layer, result.confidence, decision.reason, decision.offload
+                )
             if not decision.offload:
                 if refused:
                     return self._answer(seen, Reason.TIER_ANSWER_INVALID, degraded=True)
@@ -330,8 +354,10 @@ class CascadeRuntime:
         want_importance: bool,
         limit_s: float,
         clock: Callable[[], float],
+        call: TierCall | None = None,
     ) -> TierResult:
-        """A call with bounded retries; only connection failures retry, never timeouts."""
+        """A call with bounded retries; only connection failures retry, never timeouts.
+        ``call`` is its span when tracing: its headers go with every attempt."""
         labels = (self.cfg.name, client.cfg.name)
         attempts = 1 + self.cfg.retries
         timeout = limit_s
@@ -339,11 +365,17 @@ class CascadeRuntime:
         token = next(self._tokens)
         since[token] = clock()
         try:
+            headers = call.headers if call is not None else None
             for attempt in range(attempts):
                 start = clock()
+                if call is not None:
+                    call.attempts += 1
                 try:
                     result = await client.infer(
-                        payload, want_importance=want_importance, timeout_s=timeout
+                        payload,
+                        want_importance=want_importance,
+                        timeout_s=timeout,
+                        trace_headers=headers,
                     )
                 except TierError as exc:
                     self.metrics.child(self.metrics.tier_call_seconds, *labels, exc.kind).observe(
@@ -355,6 +387,8 @@ class CascadeRuntime:
                     await asyncio.sleep(min(0.01 * (attempt + 1), max(timeout, 0)))
                     continue
                 self._call_ok[index].observe(clock() - start)
+                if call is not None:
+                    call.returned()
                 return result
         finally:
             del since[token]

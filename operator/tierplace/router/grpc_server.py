@@ -160,6 +160,11 @@ def _budget_metadata(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+def _text_metadata(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str]:
+    """The text entries of gRPC metadata (keys are lower-case; ``-bin`` values are bytes)."""
+    return {k: v for k, v in metadata or () if isinstance(v, str)}
+
+
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Health, metadata, configuration, statistics and inference of the router's cascades;
     every other method of the service answers UNIMPLEMENTED (the servicer's default)."""
@@ -230,8 +235,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
         except BadRequest as exc:
             service.count_rejection(name, exc.reason)
             await _abort(context, STATUS_CODES[exc.status], str(exc))
+        carrier = None
+        if service.tracing is not None:  # the caller's traceparent, from lower-case metadata
+            carrier = _text_metadata(context.invocation_metadata())
         try:
-            answers = await service.answer(rt, req, arrival)
+            answers = await service.answer(rt, req, arrival, carrier, door="grpc")
         except Unavailable as exc:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         except Exception as exc:

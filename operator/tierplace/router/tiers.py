@@ -187,9 +187,15 @@ class TierClient:
         return header + raw, len(header)
 
     async def infer(
-        self, payload: TierInput, *, want_importance: bool, timeout_s: float
+        self,
+        payload: TierInput,
+        *,
+        want_importance: bool,
+        timeout_s: float,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> TierResult:
-        """One inference; ``timeout_s`` bounds the whole call and goes to Triton as well."""
+        """One inference; ``timeout_s`` bounds the whole call and goes to Triton as well.
+        ``trace_headers`` (W3C ``traceparent``/``tracestate``, router/tracing.py) go with it."""
         timeout_s = min(timeout_s, self._max_timeout_s)
         if timeout_s <= 0:
             raise TierError(self.cfg.name, "timeout", "no budget left")
@@ -202,6 +208,8 @@ class TierClient:
         # it again: CPU on both sides for a few hundred bytes on loopback or a LAN. A fresh
         # dict each call: tritonclient's plugins may add to it.
         headers = {"Accept-Encoding": "identity", _JSON_SIZE_HEADER: str(json_size)}
+        if trace_headers is not None:
+            headers.update(trace_headers)
         try:
             async with asyncio.timeout(timeout_s):
                 response = await post_body(self._client, self._uri, body, headers)
