@@ -298,7 +298,8 @@ def _query(url: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
-def _substitute(expr: str) -> str:
+def substitute_variables(expr: str) -> str:
+    """A panel's query as Grafana sends it for cascade sentiment and every tier."""
     return (
         expr.replace("$cascade", "sentiment")
         .replace("$tier", "|".join(TIERS))
@@ -342,8 +343,8 @@ QUERIES = dashboard_targets()
 def test_every_dashboard_query_returns_series_that_fill_its_legend(
     live_prometheus: PrometheusServer, title: str, expr: str, legend: str
 ) -> None:
-    result = _query(live_prometheus.url, _substitute(expr))
-    assert result, f"{title!r}: no series for {_substitute(expr)}"
+    result = _query(live_prometheus.url, substitute_variables(expr))
+    assert result, f"{title!r}: no series for {substitute_variables(expr)}"
     wanted = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
     for series in result:
         missing = wanted - set(series["metric"])

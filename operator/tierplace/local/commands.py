@@ -144,7 +144,8 @@ def _print_up(stack: Any) -> None:
         )
     print(f"  router     {state['router']}/v2/models/{state['cascade']}/infer")
     print(f"  gRPC       {state['grpc']}  (inference.GRPCInferenceService, tritonclient.grpc)")
-    print(f"  prometheus {state['prometheus']}")
+    print(f"  prometheus {state['prometheus']}  (alerts: {state['prometheus']}/alerts)")
+    print(f"  dashboard  {state['dashboard']}  (Grafana JSON: import it, data source above)")
     print(f"  logs       {stack.logs}")
     print('next: tierplace classify "a gorgeous, witty movie"   or   tierplace demo')
     policy = stack.spec.restart
