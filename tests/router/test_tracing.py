@@ -245,12 +245,7 @@ async def test_an_upper_tier_down_is_an_error_span_under_a_degraded_answer(
 ) -> None:
     trace, exporter = spans
     async with recorders(triton_all.http_url) as (endpoints, _):
-        # Nothing listens on the cloud's port: the proxy's server has closed.
-        down = TestServer(web.Application(), host="127.0.0.1")
-        await down.start_server()
-        dead = f"127.0.0.1:{down.port}"
-        await down.close()
-        cfg = _three_tiers([endpoints[0], endpoints[0], dead])
+        cfg = _three_tiers([endpoints[0], endpoints[0], await _closed_port()])
         async with running_router(CascadeService(cfg, tracing=trace)) as client:
             resp = await client.post("/v2/models/sentiment/infer", json=text_request(TEXT))
             body = await resp.json()
@@ -323,6 +318,42 @@ async def test_without_tracing_the_tiers_get_no_trace_headers(triton_all: Triton
     for rec in recs:
         assert len(rec.headers) == 1
         assert "traceparent" not in rec.headers[0]
+
+
+async def _closed_port() -> str:
+    """An address nothing listens on (a server's port, just closed)."""
+    server = TestServer(web.Application(), host="127.0.0.1")
+    await server.start_server()
+    address = f"127.0.0.1:{server.port}"
+    await server.close()
+    return address
+
+
+async def test_a_batch_no_tier_answered_is_an_error_span_with_a_failed_call_per_text(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    trace, exporter = spans
+    cfg = cascade_config([await _closed_port()], models=["minilm-l2"], names=["device"])
+    async with running_router(CascadeService(cfg, tracing=trace)) as client:
+        resp = await client.post(
+            "/v2/models/sentiment/infer",
+            json=text_request(TEXT, "and another"),
+            headers={"traceparent": TRACEPARENT},
+        )
+    assert resp.status == 503
+    request, calls = _tree(exporter.get_finished_spans())
+    assert request.status.status_code is StatusCode.ERROR
+    attrs = dict(request.attributes or {})
+    assert (attrs["error.type"], attrs["tierplace.texts"]) == ("TierUnavailable", 2)
+    assert sorted(dict(c.attributes or {})["tierplace.text_index"] for c in calls) == [0, 1]
+    for call in calls:
+        a = dict(call.attributes or {})
+        assert call.status.status_code is StatusCode.ERROR
+        assert (a["error.type"], a["tierplace.attempts"], a["tierplace.offload"]) == (
+            "unavailable",
+            2,  # the config's one retry of a refused connection
+            False,
+        )
 
 
 # --- OTLP export -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 A request's ``traceparent``/``tracestate`` (REST headers or gRPC metadata) parent its span;
 each tier call is a CLIENT span under it, and its own ``traceparent`` goes to that tier's
 Triton, so a trace shows the request's path device -> edge -> cloud with what each tier did.
-docs/architecture.md ("Traces") lists the spans and attributes.
+docs/protocol.md ("Tracing") lists the spans, attributes and variables.
 
 Configured by the standard OpenTelemetry variables, nothing of ours:
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) turns tracing on with the
@@ -236,7 +236,7 @@ class RequestTrace:
 
     def failed(self, error_type: str, detail: str) -> None:
         """End a request that no tier answered, or that hit a bug of the router's."""
-        self.span.set_attribute(ERROR_TYPE, error_type)
+        self.span.set_attribute(ERROR_TYPE, str(error_type))
         self.span.set_status(Status(StatusCode.ERROR, detail))
         self.span.end()
 
