@@ -4,11 +4,8 @@ what it promises (CRDs, RBAC, webhooks, certificates) matches the operator it in
 from __future__ import annotations
 
 import base64
-import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,7 @@ import kubernetes_validate
 import pytest
 
 from tests.chart.helmkit import CHART, CRDS, REPO, VALUES_FILES, Helm
-from tierplace.controller import config, rbac
+from tierplace.controller import config, handlers, rbac
 
 #: The oldest and newest schemas kubernetes-validate ships (the chart also installs on the
 #: 1.20 control plane: tests/chart/test_install.py).
@@ -147,24 +144,16 @@ def test_operator_runs_non_root_with_a_read_only_root_filesystem(helm: Helm) -> 
 
 
 def _operator_webhooks() -> dict[str, str]:
-    """handler id -> validating|mutating, as kopf registers them from the operator's code."""
-    code = (
-        "import json, kopf, tierplace.controller.handlers\n"
-        "hs = kopf.get_default_registry()._webhooks.get_all_handlers()\n"
-        "print(json.dumps({str(h.id): h.reason.value for h in hs}))\n"
+    """handler id -> validating|mutating, as the operator registers them with a webhook server."""
+    cfg = config.from_env(
+        {
+            "TIERPLACE_WEBHOOK_PORT": "9443",
+            "TIERPLACE_WEBHOOK_CERT": "unused",
+            "TIERPLACE_WEBHOOK_KEY": "unused",
+        }
     )
-    env = {
-        **os.environ,
-        "TIERPLACE_WEBHOOK_PORT": "9443",
-        "TIERPLACE_WEBHOOK_CERT": "unused",
-        "TIERPLACE_WEBHOOK_KEY": "unused",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    result: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    hs = handlers.registry(cfg)._webhooks.get_all_handlers()
+    return {str(h.id): h.reason.value for h in hs}
 
 
 def test_webhook_configurations_route_to_every_operator_handler(helm: Helm) -> None:

@@ -70,12 +70,13 @@ def test_operator_command_refuses_a_bad_value_before_starting(
     with pytest.raises(SystemExit) as err:
         controller_main(["operator"])
     assert "TIERPLACE_WEBHOOK_MANAGED='sometimes': use true or false" in str(err.value.code)
-    # The flag writes the variable the operator reads.
+    # The flag wins over the variable (the bad value is no longer read), and the process
+    # environment is left as it was: settings travel as one explicit OperatorConfig.
     monkeypatch.setenv("TIERPLACE_RESYNC_SECONDS", "-1")  # stop before kopf starts
     with pytest.raises(SystemExit) as err:
         controller_main(["operator", "--no-webhook-managed"])
     assert "TIERPLACE_RESYNC_SECONDS" in str(err.value.code)
-    assert os.environ["TIERPLACE_WEBHOOK_MANAGED"] == "false"
+    assert os.environ["TIERPLACE_WEBHOOK_MANAGED"] == "sometimes"
 
 
 def test_operator_defaults_fill_only_what_a_spec_leaves_unset() -> None:

@@ -129,7 +129,7 @@ async def test_handlers_count_reconciles_errors_and_managed_objects(
 
     monkeypatch.setattr(sync, "sync_tier", sync_tier)
     monkeypatch.setattr(sync, "sync_cascade", sync_cascade)
-    memo = kopf.Memo(kube=_NoEvents())
+    memo = kopf.Memo(kube=_NoEvents(), config=config.from_env({}))  # what handlers.run passes
     tier = _body("InferenceTier", "edge")
     await handlers.reconcile_tier(body=tier, patch=kopf.Patch(), memo=memo, nodes={})
     with pytest.raises(kopf.TemporaryError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,37 +57,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.print_rbac:
         return _print_rbac(args.print_rbac, manage_webhooks=args.webhook_managed is not False)
-    # handlers.py reads its settings from the environment at import: flags win over it.
-    for flag, var in (
-        ("resync_seconds", "TIERPLACE_RESYNC_SECONDS"),
-        ("webhook_port", "TIERPLACE_WEBHOOK_PORT"),
-        ("webhook_addr", "TIERPLACE_WEBHOOK_ADDR"),
-        ("webhook_host", "TIERPLACE_WEBHOOK_HOST"),
-        ("webhook_cert", "TIERPLACE_WEBHOOK_CERT"),
-        ("webhook_key", "TIERPLACE_WEBHOOK_KEY"),
-        ("webhook_ca", "TIERPLACE_WEBHOOK_CA"),
-        ("webhook_managed", "TIERPLACE_WEBHOOK_MANAGED"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            os.environ[var] = str(value).lower() if isinstance(value, bool) else str(value)
     from tierplace.controller import config
 
     try:
-        config.from_env(os.environ)  # what handlers.py reads: refuse bad values before kopf
-    except ValueError as exc:
+        cfg = config.from_env(_with_flags(os.environ, args))
+    except ValueError as exc:  # refused before kopf starts, naming the variable or flag
         raise SystemExit(f"tierplace operator: {exc}") from exc
-    import kopf
+    from tierplace.controller import handlers
 
-    import tierplace.controller.handlers  # noqa: F401  (registers the handlers)
-
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=args.liveness,
-    )
+    handlers.run(cfg, namespaces=args.namespace, liveness=args.liveness)
     return 0
+
+
+#: Each flag and the variable it overrides (config.py reads the variables).
+_FLAG_VARIABLES = (
+    ("resync_seconds", "TIERPLACE_RESYNC_SECONDS"),
+    ("webhook_port", "TIERPLACE_WEBHOOK_PORT"),
+    ("webhook_addr", "TIERPLACE_WEBHOOK_ADDR"),
+    ("webhook_host", "TIERPLACE_WEBHOOK_HOST"),
+    ("webhook_cert", "TIERPLACE_WEBHOOK_CERT"),
+    ("webhook_key", "TIERPLACE_WEBHOOK_KEY"),
+    ("webhook_ca", "TIERPLACE_WEBHOOK_CA"),
+    ("webhook_managed", "TIERPLACE_WEBHOOK_MANAGED"),
+)
+
+
+def _with_flags(env: Mapping[str, str], args: argparse.Namespace) -> dict[str, str]:
+    """The operator's variables with the flags given on the command line laid over them (a
+    copy: the process environment is never written)."""
+    out = dict(env)
+    for flag, var in _FLAG_VARIABLES:
+        value = getattr(args, flag)
+        if value is not None:
+            out[var] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
 
 
 def _print_rbac(account: str, manage_webhooks: bool) -> int:

@@ -1,7 +1,8 @@
 """The operator's settings from its environment (pure: a mapping in, frozen values out).
 
-handlers.py reads them once at import (``tierplace operator`` turns its flags into these
-variables first and reports a bad value before kopf starts):
+``tierplace operator`` lays its flags over these variables (without writing the process
+environment), builds one ``OperatorConfig`` before kopf starts (a bad value is refused there)
+and passes it to ``handlers.run``:
 
   TIERPLACE_RESYNC_SECONDS   drift timer interval (default 30)
   TIERPLACE_WEBHOOK_PORT     when set, serve admission webhooks on this port, with

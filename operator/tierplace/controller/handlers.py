@@ -12,9 +12,12 @@ namespace) hang while the operator is down. kopf puts one on every object that h
 DELETED watch event stops them instead. Objects that still carry the old finalizer lose it
 on resume (kopf removes a finalizer no handler requires).
 
-Settings come from the environment, read once at import (config.py lists the variables):
-the drift timer, the admission webhook server and whether kopf manages its configurations,
-and the defaults for images and Prometheus that specs leave unset.
+Importing this module registers nothing and reads no environment. ``run(cfg)`` registers
+every handler on a registry of its own for one explicit ``config.OperatorConfig`` (the drift
+timer, the admission webhook server and whether kopf manages its configurations, the operator's
+metrics port, the defaults for images and Prometheus that specs leave unset) and hands the
+same settings to the handlers as ``memo.config``. ``tierplace operator`` builds them from its
+flags over the environment (config.py lists the variables).
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import kopf
@@ -43,17 +45,56 @@ from tierplace.controller.metrics import OPERATOR as METRICS
 from tierplace.controller.metrics import serve as serve_metrics
 from tierplace.controller.placement import NodeInfo, node_info
 
-CONFIG = config.from_env(os.environ)
-RESYNC_SECONDS = CONFIG.resync_seconds
-WEBHOOK = CONFIG.webhook
-DEFAULTS = CONFIG.defaults
 TIER = (names.GROUP, names.VERSION, names.TIER_PLURAL)
 CASCADE = (names.GROUP, names.VERSION, names.CASCADE_PLURAL)
 
 
-@kopf.on.startup()
+def run(cfg: config.OperatorConfig, namespaces: Sequence[str], liveness: str | None) -> None:
+    """Run the operator with these settings until it is stopped: every namespace when
+    ``namespaces`` is empty, else those only."""
+    kopf.run(
+        registry=registry(cfg),
+        memo=kopf.Memo(config=cfg),
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness,
+    )
+
+
+def registry(cfg: config.OperatorConfig) -> kopf.OperatorRegistry:
+    """Every handler, registered for ``cfg``: the timers' interval, and admission webhooks
+    only when a webhook server is configured. The handlers read ``memo.config`` (``run``)."""
+    reg = kopf.OperatorRegistry()
+    kopf.on.startup(registry=reg)(configure)
+    kopf.on.login(registry=reg)(login)
+    kopf.on.cleanup(registry=reg)(close)
+    kopf.index("nodes", registry=reg)(nodes)
+    for kind in (TIER, CASCADE):
+        kopf.on.event(*kind, when=_deleted, registry=reg)(gone)
+    _register_reconcile(reg, TIER, reconcile_tier, cfg.resync_seconds)
+    _register_reconcile(reg, CASCADE, reconcile_cascade, cfg.resync_seconds)
+    _without_finalizers(reg)
+    if cfg.webhook is not None:
+        _register_admission(reg)
+    return reg
+
+
+def _register_reconcile(
+    reg: kopf.OperatorRegistry, kind: tuple[str, str, str], fn: Any, resync_seconds: float
+) -> None:
+    """Create, update, resume and the drift timer share one level-based reconcile."""
+    kopf.on.resume(*kind, registry=reg)(fn)
+    kopf.on.create(*kind, registry=reg)(fn)
+    kopf.on.update(*kind, registry=reg)(fn)
+    kopf.timer(
+        *kind, interval=resync_seconds, initial_delay=resync_seconds, when=_alive, registry=reg
+    )(fn)
+
+
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Bookkeeping under our prefix, no peering CRDs, and one API client for all handlers."""
+    cfg: config.OperatorConfig = memo.config
     settings.persistence.finalizer = f"{names.PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -65,18 +106,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.enabled = False
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    if WEBHOOK is not None:
+    hook = cfg.webhook
+    if hook is not None:
         settings.admission.server = kopf.WebhookServer(
-            addr=WEBHOOK.addr,
-            port=WEBHOOK.port,
-            host=WEBHOOK.host,
-            certfile=WEBHOOK.certfile,
-            pkeyfile=WEBHOOK.pkeyfile,
-            cafile=WEBHOOK.cafile,
+            addr=hook.addr,
+            port=hook.port,
+            host=hook.host,
+            certfile=hook.certfile,
+            pkeyfile=hook.pkeyfile,
+            cafile=hook.cafile,
         )
         # Managed: kopf creates the configurations named tierplace.io, patches them with every
         # handler, and empties them when it exits. Unmanaged (the Helm chart): it only serves.
-        settings.admission.managed = names.GROUP if WEBHOOK.managed else None
+        settings.admission.managed = names.GROUP if hook.managed else None
     creds = in_cluster_credentials()
     if creds is None:
         info = kopf.login_with_kubeconfig(settings=settings)
@@ -84,11 +126,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             raise kopf.PermanentError("no kubeconfig and not in a cluster: cannot reach the API")
         creds = Credentials.from_connection_info(info)
     memo.kube = Kube(creds)
-    if CONFIG.metrics_port is not None:
-        serve_metrics(CONFIG.metrics_port, CONFIG.metrics_addr)
+    if cfg.metrics_port is not None:
+        serve_metrics(cfg.metrics_port, cfg.metrics_addr)
 
 
-@kopf.on.login()
 def login(**kwargs: Any) -> Any:
     """Through the ``kubernetes`` client's config loading: in a pod, the service account at
     $KUBERNETES_SERVICE_HOST (kopf's own service-account login dials the DNS name
@@ -97,12 +138,10 @@ def login(**kwargs: Any) -> Any:
     return kopf.login_via_client(**kwargs)
 
 
-@kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.kube.close()
 
 
-@kopf.index("nodes")
 def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
     """Node capacity, labels and taints, kept current by a watch: placement reads it."""
     return {name: node_info(body)}
@@ -142,8 +181,6 @@ def _deleted(type: str | None, **_: Any) -> bool:
     return type == "DELETED"
 
 
-@kopf.on.event(*TIER, when=_deleted)
-@kopf.on.event(*CASCADE, when=_deleted)
 def gone(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
     """Stop the object's timer when it is deleted. Without a finalizer the DELETED event
     carries no deletionTimestamp, so kopf would keep the timer running; watching handlers
@@ -153,22 +190,16 @@ def gone(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
     METRICS.forget(str(body["kind"]), str(meta.get("namespace")), str(meta["name"]))
 
 
-@kopf.on.resume(*TIER)
-@kopf.on.create(*TIER)
-@kopf.on.update(*TIER)
-@kopf.timer(*TIER, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_alive)
 async def reconcile_tier(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     pool = _all_nodes(kw["nodes"])  # the index above, passed by name
-    status = await _guarded(memo.kube, body, sync.sync_tier(memo.kube, body, pool, DEFAULTS))
+    defaults = memo.config.defaults
+    status = await _guarded(memo.kube, body, sync.sync_tier(memo.kube, body, pool, defaults))
     patch.status.update(status)
 
 
-@kopf.on.resume(*CASCADE)
-@kopf.on.create(*CASCADE)
-@kopf.on.update(*CASCADE)
-@kopf.timer(*CASCADE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_alive)
 async def reconcile_cascade(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    status = await _guarded(memo.kube, body, sync.sync_cascade(memo.kube, body, DEFAULTS))
+    defaults = memo.config.defaults
+    status = await _guarded(memo.kube, body, sync.sync_cascade(memo.kube, body, defaults))
     patch.status.update(status)
 
 
@@ -181,60 +212,69 @@ def _without_finalizers(registry: kopf.OperatorRegistry) -> None:
     ]
 
 
-_without_finalizers(kopf.get_default_registry())
-
-
-# Admission webhooks only when a webhook server is configured: kopf refuses to start with
-# admission handlers and no server. Without them the CRD schema still rejects bad values.
-# Failures are ignored (failurePolicy Ignore) so that an operator outage never blocks edits or
-# deletes; the schema still guards every value and the status reports an invalid ladder.
 ON_WRITE: list[Literal["CREATE", "UPDATE"]] = ["CREATE", "UPDATE"]
-if WEBHOOK is not None:
 
-    @kopf.on.validate(*TIER, id="validate-tier", operations=ON_WRITE, ignore_failures=True)
-    def validate_tier(spec: kopf.Spec, name: str, **kw: Any) -> None:
-        operation = kw.get("operation")
-        if admission.spec_unchanged(operation, kw.get("old"), kw.get("new")):
-            return
-        # A name is checked on create only: it cannot change, and status reports it.
-        problems = admission.tier_problems(dict(spec), name if operation == "CREATE" else None)
-        if problems:
-            raise kopf.AdmissionError("; ".join(problems), code=422)
 
-    @kopf.on.validate(*CASCADE, id="validate-cascade", operations=ON_WRITE, ignore_failures=True)
-    async def validate_cascade(
-        spec: kopf.Spec, name: str, namespace: str | None, memo: kopf.Memo, **kw: Any
-    ) -> None:
-        operation = kw.get("operation")
-        if admission.spec_unchanged(operation, kw.get("old"), kw.get("new")):
-            return
-        ns = namespace or ""
-        classes = await _tier_classes(memo, ns, admission.referenced_tiers(dict(spec)))
-        problems = admission.cascade_problems(
-            dict(spec), ns, name if operation == "CREATE" else None, classes
-        )
-        if problems:
-            raise kopf.AdmissionError("; ".join(problems), code=422)
+def _register_admission(reg: kopf.OperatorRegistry) -> None:
+    """Admission webhooks, only with a webhook server: kopf refuses to start with admission
+    handlers and no server. Without them the CRD schema still rejects bad values. Failures are
+    ignored (failurePolicy Ignore) so that an operator outage never blocks edits or deletes;
+    the schema still guards every value and the status reports an invalid ladder."""
+    kopf.on.validate(
+        *TIER, id="validate-tier", operations=ON_WRITE, ignore_failures=True, registry=reg
+    )(validate_tier)
+    kopf.on.validate(
+        *CASCADE, id="validate-cascade", operations=ON_WRITE, ignore_failures=True, registry=reg
+    )(validate_cascade)
+    kopf.on.mutate(
+        *TIER, id="default-tier", operations=ON_WRITE, ignore_failures=True, registry=reg
+    )(default_tier)
 
-    async def _tier_classes(
-        memo: kopf.Memo, namespace: str, tier_names: list[str]
-    ) -> Mapping[str, str | None]:
-        """spec.tierClass of each named InferenceTier, read through the operator's client
-        (briefly: the API server is waiting). Unknown stays unchecked here; the reconcile
-        reports a mismatch it finds later as TierClassMismatch."""
-        kube: Kube | None = getattr(memo, "kube", None)
-        out: dict[str, str | None] = {}
-        if kube is None:
-            return out
-        for tier in tier_names:
-            path = resource_path(names.API_VERSION, names.TIER_KIND, namespace, tier)
-            try:
-                found = await asyncio.wait_for(kube.get(path), timeout=3)
-            except (ApiError, TimeoutError, OSError):
-                continue
-            out[tier] = ((found or {}).get("spec") or {}).get("tierClass")
+
+def validate_tier(spec: kopf.Spec, name: str, **kw: Any) -> None:
+    operation = kw.get("operation")
+    if admission.spec_unchanged(operation, kw.get("old"), kw.get("new")):
+        return
+    # A name is checked on create only: it cannot change, and status reports it.
+    problems = admission.tier_problems(dict(spec), name if operation == "CREATE" else None)
+    if problems:
+        raise kopf.AdmissionError("; ".join(problems), code=422)
+
+
+async def validate_cascade(
+    spec: kopf.Spec, name: str, namespace: str | None, memo: kopf.Memo, **kw: Any
+) -> None:
+    operation = kw.get("operation")
+    if admission.spec_unchanged(operation, kw.get("old"), kw.get("new")):
+        return
+    ns = namespace or ""
+    classes = await _tier_classes(memo, ns, admission.referenced_tiers(dict(spec)))
+    problems = admission.cascade_problems(
+        dict(spec), ns, name if operation == "CREATE" else None, classes
+    )
+    if problems:
+        raise kopf.AdmissionError("; ".join(problems), code=422)
+
+
+async def _tier_classes(
+    memo: kopf.Memo, namespace: str, tier_names: list[str]
+) -> Mapping[str, str | None]:
+    """spec.tierClass of each named InferenceTier, read through the operator's client
+    (briefly: the API server is waiting). Unknown stays unchecked here; the reconcile
+    reports a mismatch it finds later as TierClassMismatch."""
+    kube: Kube | None = getattr(memo, "kube", None)
+    out: dict[str, str | None] = {}
+    if kube is None:
         return out
+    for tier in tier_names:
+        path = resource_path(names.API_VERSION, names.TIER_KIND, namespace, tier)
+        try:
+            found = await asyncio.wait_for(kube.get(path), timeout=3)
+        except (ApiError, TimeoutError, OSError):
+            continue
+        out[tier] = ((found or {}).get("spec") or {}).get("tierClass")
+    return out
 
-    @kopf.on.mutate(*TIER, id="default-tier", operations=ON_WRITE, ignore_failures=True)
-    def default_tier(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
-        patch.spec.update(admission.tier_defaults(dict(spec)))
+
+def default_tier(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+    patch.spec.update(admission.tier_defaults(dict(spec)))
