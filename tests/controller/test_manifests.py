@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import pytest
+
 from tierplace.api.models import (
     DEFAULT_ROUTER_IMAGE,
     DEFAULT_TRITON_IMAGE,
@@ -17,6 +19,7 @@ from tierplace.controller.config import SpecDefaults
 from tierplace.controller.manifests import Owner, PlacedTier
 from tierplace.router import commands as router_commands
 from tierplace.router import config as router_config
+from tierplace.router import tracing as router_tracing
 
 OWNER = Owner("tierplace.io/v1alpha1", "InferenceTier", "edge", "uid-1", "ns")
 CASCADE_OWNER = Owner("tierplace.io/v1alpha1", "InferenceCascade", "sentiment", "uid-2", "ns")
@@ -137,6 +140,32 @@ def test_router_container_runs_the_real_route_command() -> None:
     assert str(args.config) == "/etc/tierplace/router.yaml"
     assert (args.host, args.port) == ("0.0.0.0", 8080)  # reachable from outside the pod
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+def test_router_env_from_the_spec_turns_its_traces_on() -> None:
+    """spec.router.env reaches the router container as written; the OTEL_* variables there
+    are what the router's tracing reads."""
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.observability:4318",
+        "OTEL_SERVICE_NAME": "sentiment-router",
+    }
+    doc = cascade_spec().model_dump(by_alias=True)
+    doc["router"]["env"] = [{"name": k, "value": v} for k, v in otel.items()]
+    spec = InferenceCascadeSpec.model_validate(doc)
+    cm = manifests.router_configmap(CASCADE_OWNER, {"cascades": []})
+    container = manifests.router_deployment(CASCADE_OWNER, spec, cm)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == otel
+    assert router_tracing.exporters(env) == ("otlp",)
+    # Without it the container has no env at all: routers made before the field existed keep
+    # their spec hash, so an operator upgrade rolls none of them.
+    plain = manifests.router_deployment(CASCADE_OWNER, cascade_spec(), cm)
+    assert "env" not in plain["spec"]["template"]["spec"]["containers"][0]
+    doc["router"]["env"] *= 2
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME more"):
+        InferenceCascadeSpec.model_validate(doc)
 
 
 def test_router_serves_grpc_on_the_next_port_in_its_pod_and_service() -> None:

@@ -162,15 +162,33 @@ class Admission(_Wire):
     max_in_flight: int = Field(default=64, ge=1)
 
 
+class EnvVar(_Wire):
+    """One environment variable of a container (a literal value; Kubernetes' name rule)."""
+
+    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = ""
+
+
 class Router(_Wire):
     """The router Deployment in front of the tiers. No image (unset or empty) means the
-    operator's default (TIERPLACE_ROUTER_IMAGE)."""
+    operator's default (TIERPLACE_ROUTER_IMAGE). ``env`` goes to the router container as
+    written, e.g. the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` that turns traces on."""
 
     replicas: int = Field(default=1, ge=0)
     image: str | None = None
     port: int = Field(default=8080, ge=1, le=65535)
+    env: tuple[EnvVar, ...] = Field(default=(), max_length=64)
 
     _image = field_validator("image", mode="before")(_unset_if_empty)
+
+    @field_validator("env")
+    @classmethod
+    def _unique(cls, value: tuple[EnvVar, ...]) -> tuple[EnvVar, ...]:
+        names = [e.name for e in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"router env names {', '.join(twice)} more than once; keep one")
+        return value
 
 
 class InferenceCascadeSpec(_Wire):

@@ -390,6 +390,13 @@ def router_grpc_port(spec: InferenceCascadeSpec) -> int:
     return port + 1 if port < 65535 else port - 1
 
 
+def router_env(spec: InferenceCascadeSpec) -> dict[str, list[dict[str, str]]]:
+    """The container's ``env`` from ``spec.router.env`` (e.g. OTEL_* for traces), or nothing."""
+    if not spec.router.env:
+        return {}
+    return {"env": [{"name": e.name, "value": e.value} for e in spec.router.env]}
+
+
 def router_deployment(
     owner: Owner,
     spec: InferenceCascadeSpec,
@@ -451,6 +458,9 @@ def router_deployment(
                                     {"name": "config", "mountPath": ROUTER_CONFIG_DIR},
                                     _scratch_mount(),
                                 ],
+                                # Only when set: an empty list would change the spec hash
+                                # of every router made before the field existed.
+                                **router_env(spec),
                             }
                         ],
                         "volumes": [
