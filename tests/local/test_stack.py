@@ -22,7 +22,10 @@ import tritonclient.grpc.aio as triton_grpc_aio
 import yaml
 from prometheus_api_client import PrometheusConnect
 
+from tests.chart.test_monitoring import dashboard_targets, rule_exprs
+from tests.chart.test_monitoring import substitute_variables as substitute
 from tests.procs import alive, descendants
+from tierplace import paths
 from tierplace.local.commands import infer, rows
 from tierplace.local.links import LinkSpec
 from tierplace.local.probe import until
@@ -118,6 +121,18 @@ async def test_stack_answers_is_scraped_and_restarts_a_crashed_child(
         request_s = float(values["request_s"][0]["value"][1])  # type: ignore[index]
         call_s = float(values["call_s"][0]["value"][1])  # type: ignore[index]
         assert 0 < request_s < 1 and 0 < call_s < 1
+        # The dashboard's Triton panels find every tier on what the real servers export, and
+        # Prometheus evaluates the chart's alerting rules (docs/monitoring.md).
+        assert Path(state["dashboard"]) == paths.dashboard_file()
+        for title, expr, _ in dashboard_targets():
+            if "nv_inference" in expr:
+                result = await asyncio.to_thread(prom.custom_query, substitute(expr))
+                assert {r["metric"].get("tier") for r in result} >= {"device", "edge", "cloud"}, (
+                    title
+                )
+        groups = _get(f"{state['prometheus']}/api/v1/rules")["data"]["groups"]  # type: ignore[index]
+        alerts = {r["name"]: r["health"] for g in groups for r in g["rules"]}
+        assert alerts == {name: "ok" for name, _ in rule_exprs()}
         # A crashed child is reported and restarted, not fatal.
         stop = asyncio.Event()
         supervising = asyncio.create_task(stack.supervise(stop))
