@@ -23,9 +23,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.router.routerkit import cascade_config, running_router, text_request
+from tests.router.test_hot_path import FakeTriton
 from tierplace.local.triton import TritonServer
 from tierplace.router import tracing
-from tierplace.router.app import CascadeService
+from tierplace.router.app import CascadeService, validate_infer
 from tierplace.router.grpc_server import GrpcServer
 from tierplace.router.tracing import Tracing, TracingConfigError, exporters
 
@@ -354,6 +355,38 @@ async def test_a_batch_no_tier_answered_is_an_error_span_with_a_failed_call_per_
             2,  # the config's one retry of a refused connection
             False,
         )
+
+
+async def test_a_cancelled_request_ends_its_spans_as_cancelled(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    """A gRPC deadline or a client gone cancels the cascade mid-call: both spans still end."""
+    trace, exporter = spans
+    fake = FakeTriton()
+    fake.release.clear()  # the tier never answers
+    app = web.Application()
+    app.router.add_post("/v2/models/{model}/infer", fake.infer)
+    async with TestServer(app, host="127.0.0.1") as tier:
+        cfg = cascade_config([f"127.0.0.1:{tier.port}"], models=["minilm-l2"], names=["device"])
+        service = CascadeService(cfg, tracing=trace)
+        await service.start()
+        try:
+            req = validate_infer(text_request(TEXT), b"", None, 5.0, 4)
+            task = asyncio.create_task(
+                service.answer(service.runtime("sentiment"), req, service.clock())
+            )
+            await asyncio.wait_for(fake.arrived.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            fake.release.set()
+            await service.stop()
+    request, (call,) = _tree(exporter.get_finished_spans())
+    assert dict(request.attributes or {})["error.type"] == "Cancelled"
+    assert request.status.status_code is StatusCode.ERROR
+    assert call.status.status_code is StatusCode.ERROR
+    assert call.status.description == "cancelled"
 
 
 # --- OTLP export -----------------------------------------------------------------------------

@@ -865,6 +865,10 @@ class CascadeService:
                     ),
                     return_exceptions=True,
                 )
+        except BaseException:  # cancelled: the client went away or its deadline passed
+            if trace is not None:
+                trace.failed("Cancelled", "the request was cancelled")
+            raise
         finally:
             self._leave(rt, n)
         failures = [r for r in results if isinstance(r, BaseException)]
