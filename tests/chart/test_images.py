@@ -195,6 +195,8 @@ from tierplace import cli
 cli.build_parser()  # imports every area's commands, as `tierplace route` does at start
 import tierplace.controller.handlers, tierplace.router.app
 assert "torch" not in sys.modules and "transformers" not in sys.modules, "torch in the router"
+from tierplace.router import tracing  # what `tierplace route` builds when OTEL_* ask for traces
+tracing.from_env({"OTEL_TRACES_EXPORTER": "otlp,console"}).shutdown()
 """
 #: What the Python backend stub runs in the Triton image: model.py's import and the weights
 #: load of initialize() (triton_python_backend_utils comes from the backend itself).
