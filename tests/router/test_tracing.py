@@ -389,6 +389,49 @@ async def test_a_cancelled_request_ends_its_spans_as_cancelled(
     assert call.status.description == "cancelled"
 
 
+async def test_a_tier_skipped_by_its_open_breaker_is_an_event_not_a_call(
+    spans: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    trace, exporter = spans
+    fake = FakeTriton()
+    app = web.Application()
+    app.router.add_post("/v2/models/{model}/infer", fake.infer)
+    async with TestServer(app, host="127.0.0.1") as edge:
+        cfg = cascade_config(
+            [await _closed_port(), f"127.0.0.1:{edge.port}"],
+            models=["minilm-l2", "minilm-l6"],
+            names=["device", "edge"],
+            down_cooldown="60s",
+            open_after=1,
+        )
+        async with running_router(CascadeService(cfg, tracing=trace)) as client:
+            for _ in range(2):
+                resp = await client.post("/v2/models/sentiment/infer", json=text_request(TEXT))
+                assert resp.status == 200, await resp.text()
+    first, second = sorted(
+        (s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER),
+        key=lambda s: s.start_time or 0,
+    )
+    calls = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    under = {
+        r.context.span_id: [
+            c.name for c in calls if c.parent and c.parent.span_id == r.context.span_id
+        ]
+        for r in (first, second)
+    }
+    # First: device refused (and the text went up anyway), then edge answered.
+    assert under[first.context.span_id] == ["tier device", "tier edge"]
+    refused = next(c for c in calls if c.name == "tier device")
+    assert dict(refused.attributes or {})["tierplace.offload_reason"] == "TierUnavailable"
+    assert not first.events
+    # Second: the breaker is open, the device is not called; the request span says so.
+    assert under[second.context.span_id] == ["tier edge"]
+    (event,) = second.events
+    assert event.name == "tier skipped"
+    assert dict(event.attributes or {})["tierplace.tier"] == "device"
+    assert dict(event.attributes or {})["error.type"] == "unavailable"
+
+
 # --- OTLP export -----------------------------------------------------------------------------
 
 

@@ -69,6 +69,7 @@ PATH = "tierplace.path"
 REFUSAL = "tierplace.refusal"
 ERROR_TYPE = "error.type"
 SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
 
 
 class TracingConfigError(ValueError):
@@ -183,13 +184,17 @@ class RequestTrace:
 
     def tier_call(self, tier: TierConfig, payload: TierInput, text_index: int) -> TierCall:
         """A CLIENT span for a call to ``tier``, with the headers that carry it there."""
+        host, _, port = tier.endpoint.rpartition(":")
         attributes: dict[str, str | int] = {
             TIER: tier.name,
             MODEL: tier.model,
-            SERVER_ADDRESS: tier.endpoint,
             INPUT: "input_ids" if payload.input_ids is not None else "text",
             BYTES_SENT: payload.nbytes,
         }
+        if host and port.isdigit():
+            attributes[SERVER_ADDRESS], attributes[SERVER_PORT] = host, int(port)
+        else:
+            attributes[SERVER_ADDRESS] = tier.endpoint
         if self._texts > 1:
             attributes[TEXT_INDEX] = text_index
         span = self._tracer.start_span(
