@@ -261,103 +261,18 @@ def start(
             f"missing {', '.join(missing)} (looked in {binaries}); run "
             "scripts/build-control-plane.sh first"
         )
-    pkidir = workdir / "pki"
-    ca = pki.make_ca(pkidir)
-    serving = pki.make_serving_cert(
-        pkidir,
-        ca,
-        "apiserver",
-        sorted(
-            {"127.0.0.1", "localhost", "kubernetes.default.svc", "kubernetes.default"}
-            | {network.address, network.kubernetes_service_ip}
-        ),
-    )
-    sa_key, sa_pub = pki.make_rsa_key(pkidir, "service-account")
-    token = secrets.token_hex(16)
-    users = {"admin": token, OPERATOR_USER: secrets.token_hex(16)}
-    tokens = pkidir / "tokens.csv"
-    tokens.write_text(
-        f'{token},admin,admin,"system:masters"\n'
-        # No groups: only what an RBAC binding grants (the least-privilege test uses it).
-        f"{users[OPERATOR_USER]},{OPERATOR_USER},{OPERATOR_USER}\n"
-    )
-
+    keys = _make_pki(workdir / "pki", network)
     etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
     server = f"https://{network.address}:{api_port}"
     kubeconfig = workdir / "kubeconfig"
-    _kubeconfig(kubeconfig, server, ca.cert, token)
-    cp = ControlPlane(workdir, server, token, ca, kubeconfig, users)
+    _kubeconfig(kubeconfig, server, keys.ca.cert, keys.users["admin"])
+    cp = ControlPlane(workdir, server, keys.users["admin"], keys.ca, kubeconfig, keys.users)
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
     try:
-        # etcd on tmpfs when there is one: fsync there is free, and nothing must survive.
-        shm = Path("/dev/shm")
-        data = Path(tempfile.mkdtemp(prefix="tierplace-etcd-", dir=shm if shm.is_dir() else None))
-        (workdir / "etcd-data").symlink_to(data)
-        _start(
-            cp,
-            "etcd",
-            [
-                "etcd", "--name=default", f"--data-dir={data}",
-                f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
-                f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
-                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
-                "--logger=zap", "--log-level=warn",
-            ],
-            env,
-            network,
-        )  # fmt: skip
-        _start(
-            cp,
-            "kube-apiserver",
-            [
-                str(binaries / "kube-apiserver"),
-                f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                f"--bind-address={network.address}", f"--advertise-address={network.address}",
-                f"--secure-port={api_port}", "--insecure-port=0",
-                f"--cert-dir={workdir / 'certs'}",
-                f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
-                f"--client-ca-file={ca.cert}",
-                f"--token-auth-file={tokens}",
-                "--authorization-mode=RBAC",
-                f"--service-account-key-file={sa_pub}",
-                f"--service-account-signing-key-file={sa_key}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-cluster-ip-range={network.service_cidr}",
-                *_apiserver_node_flags(network),
-                "--profiling=false", "--v=0",
-            ],
-            env,
-            network,
-        )  # fmt: skip
+        _start_etcd(cp, env, network, etcd_client, etcd_peer)
+        _start_apiserver(cp, binaries, env, network, keys, etcd_client, api_port)
         _wait(cp, "kube-apiserver /readyz", lambda: cp.request("GET", "/readyz")[0] == 200, timeout)
-        kc = str(kubeconfig)
-        _start(
-            cp,
-            "kube-controller-manager",
-            [
-                str(binaries / "kube-controller-manager"), f"--kubeconfig={kc}",
-                # No kubelet heartbeats: node-lifecycle would taint every Node unreachable.
-                "--controllers=*,-csrsigning"
-                + ("" if network.kubelets else ",-nodelifecycle"),
-                f"--service-account-private-key-file={sa_key}", f"--root-ca-file={ca.cert}",
-                "--use-service-account-credentials=false", "--leader-elect=false",
-                "--port=0", "--secure-port=0", "--profiling=false",
-            ],
-            env,
-            network,
-        )  # fmt: skip
-        _start(
-            cp,
-            "kube-scheduler",
-            [
-                str(binaries / "kube-scheduler"), f"--kubeconfig={kc}", "--leader-elect=false",
-                "--port=0", "--secure-port=0", "--profiling=false",
-            ],
-            env,
-            network,
-        )  # fmt: skip
+        _start_controllers(cp, binaries, env, network, keys)
         # The service-account controller runs once the controller-manager is up: pods need it.
         _wait(
             cp,
@@ -371,6 +286,132 @@ def start(
         cp.stop()
         raise
     return cp
+
+
+@dataclass(frozen=True)
+class _Pki:
+    """What the control plane trusts: its CA, the API server's serving certificate, the
+    service-account signing key pair and the static tokens (users by name)."""
+
+    ca: pki.KeyPair
+    serving: pki.KeyPair
+    sa_key: Path
+    sa_pub: Path
+    tokens: Path
+    users: dict[str, str]
+
+
+def _make_pki(pkidir: Path, network: Network) -> _Pki:
+    ca = pki.make_ca(pkidir)
+    serving = pki.make_serving_cert(
+        pkidir,
+        ca,
+        "apiserver",
+        sorted(
+            {"127.0.0.1", "localhost", "kubernetes.default.svc", "kubernetes.default"}
+            | {network.address, network.kubernetes_service_ip}
+        ),
+    )
+    sa_key, sa_pub = pki.make_rsa_key(pkidir, "service-account")
+    users = {"admin": secrets.token_hex(16), OPERATOR_USER: secrets.token_hex(16)}
+    tokens = pkidir / "tokens.csv"
+    tokens.write_text(
+        f'{users["admin"]},admin,admin,"system:masters"\n'
+        # No groups: only what an RBAC binding grants (the least-privilege test uses it).
+        f"{users[OPERATOR_USER]},{OPERATOR_USER},{OPERATOR_USER}\n"
+    )
+    return _Pki(ca, serving, sa_key, sa_pub, tokens, users)
+
+
+def _start_etcd(
+    cp: ControlPlane, env: Mapping[str, str], network: Network, client: int, peer: int
+) -> None:
+    # etcd on tmpfs when there is one: fsync there is free, and nothing must survive.
+    shm = Path("/dev/shm")
+    data = Path(tempfile.mkdtemp(prefix="tierplace-etcd-", dir=shm if shm.is_dir() else None))
+    (cp.workdir / "etcd-data").symlink_to(data)
+    _start(
+        cp,
+        "etcd",
+        [
+            "etcd", "--name=default", f"--data-dir={data}",
+            f"--listen-client-urls=http://127.0.0.1:{client}",
+            f"--advertise-client-urls=http://127.0.0.1:{client}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer}",
+            "--logger=zap", "--log-level=warn",
+        ],
+        env,
+        network,
+    )  # fmt: skip
+
+
+def _start_apiserver(
+    cp: ControlPlane,
+    binaries: Path,
+    env: Mapping[str, str],
+    network: Network,
+    keys: _Pki,
+    etcd_client: int,
+    port: int,
+) -> None:
+    _start(
+        cp,
+        "kube-apiserver",
+        [
+            str(binaries / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+            f"--bind-address={network.address}", f"--advertise-address={network.address}",
+            f"--secure-port={port}", "--insecure-port=0",
+            f"--cert-dir={cp.workdir / 'certs'}",
+            f"--tls-cert-file={keys.serving.cert}", f"--tls-private-key-file={keys.serving.key}",
+            f"--client-ca-file={keys.ca.cert}",
+            f"--token-auth-file={keys.tokens}",
+            "--authorization-mode=RBAC",
+            f"--service-account-key-file={keys.sa_pub}",
+            f"--service-account-signing-key-file={keys.sa_key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={network.service_cidr}",
+            *_apiserver_node_flags(network),
+            "--profiling=false", "--v=0",
+        ],
+        env,
+        network,
+    )  # fmt: skip
+
+
+def _start_controllers(
+    cp: ControlPlane, binaries: Path, env: Mapping[str, str], network: Network, keys: _Pki
+) -> None:
+    """kube-controller-manager and kube-scheduler, through the admin kubeconfig."""
+    kc = str(cp.kubeconfig)
+    _start(
+        cp,
+        "kube-controller-manager",
+        [
+            str(binaries / "kube-controller-manager"), f"--kubeconfig={kc}",
+            # No kubelet heartbeats: node-lifecycle would taint every Node unreachable.
+            "--controllers=*,-csrsigning"
+            + ("" if network.kubelets else ",-nodelifecycle"),
+            f"--service-account-private-key-file={keys.sa_key}",
+            f"--root-ca-file={keys.ca.cert}",
+            "--use-service-account-credentials=false", "--leader-elect=false",
+            "--port=0", "--secure-port=0", "--profiling=false",
+        ],
+        env,
+        network,
+    )  # fmt: skip
+    _start(
+        cp,
+        "kube-scheduler",
+        [
+            str(binaries / "kube-scheduler"), f"--kubeconfig={kc}", "--leader-elect=false",
+            "--port=0", "--secure-port=0", "--profiling=false",
+        ],
+        env,
+        network,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

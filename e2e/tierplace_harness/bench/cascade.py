@@ -203,161 +203,246 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     return run_cancellable(_bench(opts))
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What every step reads: the options, the nominal network, the validation tables, the
+    texts, and the in-process latency model before the probe."""
+
+    opts: BenchOptions
+    net: Network
+    val: TableSet
+    val_texts: list[str]
+    test_texts: list[str]
+    test_labels: list[int]
+    probe: int
+    costs0: dict[str, TierCost]
+
+
+@dataclass(frozen=True)
+class _Nominal:
+    """The live runs on the nominal network, and what they were run with."""
+
+    costs: dict[str, TierCost]
+    setting: Setting
+    systems: list[System]
+    load_systems: list[System]
+    floors: dict[str, Mapping[str, float]]
+    runs: dict[str, LiveRun]
+    thresholds: dict[str, dict[str, float]]
+    load_runs: dict[str, LiveRun]
+
+
 async def _bench(opts: BenchOptions) -> dict[str, Any]:
     started = time.time()
+    inputs = await _inputs(opts)
+    result: dict[str, Any] = {"settings": _settings(inputs.net, opts, len(inputs.test_texts))}
+    nominal = await _nominal(inputs, result)
+    result["systems"], result["load"] = _nominal_summaries(inputs, nominal)
+    result["slow_uplink"] = await _slow_uplink(inputs, nominal)
+    await _simulated(inputs, nominal, result)
+    result["goals"] = goals(result)
+    result["elapsed_s"] = time.time() - started
+    write_outputs(result, opts)
+    return result
+
+
+async def _inputs(opts: BenchOptions) -> _Inputs:
+    """1. the in-process latency model, the validation tables, the test rows."""
     quick = opts.quick
     limit = opts.limit if opts.limit is not None else (24 if quick else None)
-    val_limit = 64 if quick else None
-    probe = min(opts.probe, 8) if quick else opts.probe
-    keeps = opts.keep_ratios
-    net = NOMINAL
     costs0 = measure_costs({VARIANT_OF[t]: THREADS[t] for t in TIERS}, samples=8 if quick else 48)
     val = await asyncio.to_thread(
-        build_tables, _variants(), "validation", keeps, val_limit, opts.progress
-    )
+        build_tables, _variants(), "validation", opts.keep_ratios, 64 if quick else None,
+        opts.progress,
+    )  # fmt: skip
     val_texts, _ = read_split("validation")
     test_texts_all, test_labels_all = read_split("test")
     test_texts = test_texts_all[:limit] if limit else test_texts_all
-    test_labels = [int(x) for x in test_labels_all[: len(test_texts)]]
+    return _Inputs(
+        opts=opts,
+        net=NOMINAL,
+        val=val,
+        val_texts=val_texts,
+        test_texts=test_texts,
+        test_labels=[int(x) for x in test_labels_all[: len(test_texts)]],
+        probe=min(opts.probe, 8) if quick else opts.probe,
+        costs0=costs0,
+    )
 
-    home = paths.home()
-    result: dict[str, Any] = {"settings": _settings(net, opts, len(test_texts))}
-    bench = LiveBench(Stack(stack_spec(net, opts.out_dir / "run"), home))
+
+async def _nominal(inputs: _Inputs, result: dict[str, Any]) -> _Nominal:
+    """2.-5a. on one live stack: the probe, calibration, the test split, then under load."""
+    opts, net = inputs.opts, inputs.net
+    bench = LiveBench(Stack(stack_spec(net, opts.out_dir / "run"), paths.home()))
     try:
         await bench.start()
-        # 2. the probe: validation sentences through each single tier, live vs modelled.
-        singles = [single(t, net, costs0) for t in TIERS]
-        await bench.configure(singles)
-        probe_runs = await _run_all(bench, singles, val_texts[:probe], opts.progress)
-        probe_val = replace(
-            val,
-            labels=val.labels[:probe],
-            tables={
-                k: replace(
-                    t,
-                    probs=t.probs[:probe],
-                    num_tokens=t.num_tokens[:probe],
-                    in_bytes=t.in_bytes[:probe],
-                )
-                for k, t in val.tables.items()
-            },
-        )
-        live_s = {t: float(np.mean(probe_runs[f"{t}-only"].latency_s)) for t in TIERS}
-        costs, scales = fit_costs(costs0, probe_val, net, live_s)
-        result["latency_model"] = {
-            "in_process": {v: asdict(c) for v, c in costs0.items()},
-            "fitted": {v: asdict(c) for v, c in costs.items()},
-            "scale": scales,
-            "probe_live_s": live_s,
-            "probe_requests": probe,
-        }
+        costs = await _probe(bench, inputs, result)
         # 3. calibration on validation only.
         target = cal.Target(accuracy_gap=opts.accuracy_gap, confidence=opts.confidence)
-        settings = _quick_grid(keeps) if quick else None
-        calib = await asyncio.to_thread(cal.calibrate, val, costs, target, net, keeps, settings)
+        settings = _quick_grid(opts.keep_ratios) if opts.quick else None
+        calib = await asyncio.to_thread(
+            cal.calibrate, inputs.val, costs, target, net, opts.keep_ratios, settings
+        )
         result["calibration"] = calib.as_dict()
-        setting = calib.setting
-        systems = [
-            cloud_only(net, costs),
-            cloud_only(net, costs, calib.cloud_exit_threshold, name="cloud-ee"),
-            single("edge", net, costs),
-            single("device", net, costs),
-            sedna(calib.sedna_threshold, net, costs),
-            full(setting, net, costs),
-            *ablations(setting, net, costs),
-        ]
-        three = calib.three_tier_setting
-        if three is not None and three != setting:
-            # The issue's "full system" keeps all three tiers; show it even when it loses.
-            systems.append(full(three, net, costs, name="tierplace-3tier"))
-        load_systems = [
-            replace(systems[0], name="load-cloud-only"),
-            replace(systems[1], name="load-cloud-ee"),
-            replace(systems[5], name="load-tierplace"),
-        ]
-        # Calibration certified floors for its own setting: the systems run with it (the
-        # cascade, its load twin and the ablations) may adapt down to them, no further.
-        calibrated = {
-            "tierplace",
-            "load-tierplace",
-            *(s.name for s in ablations(setting, net, costs)),
-        }
-        floors = {name: calib.threshold_floors for name in calibrated}
+        systems, load_systems, floors = _systems(calib, net, costs)
         await bench.configure(
             systems + load_systems,
             max_in_flight={s.name: opts.load_max_in_flight for s in load_systems},
             floors=floors,
         )
         # 4. the test split, live.
-        nominal_thresholds: dict[str, dict[str, float]] = {}
-        runs = await _run_all(bench, systems, test_texts, opts.progress, nominal_thresholds)
+        thresholds: dict[str, dict[str, float]] = {}
+        runs = await _run_all(bench, systems, inputs.test_texts, opts.progress, thresholds)
         # 5a. under load: several clients, admission bound.
-        load_texts = test_texts[: (16 if quick else opts.load_requests)]
+        load_texts = inputs.test_texts[: (16 if opts.quick else opts.load_requests)]
         load_runs = await _run_all(
             bench, load_systems, load_texts, opts.progress, clients=opts.load_clients
         )
     finally:
         await bench.close()
-    result["systems"] = {
+    return _Nominal(
+        costs, calib.setting, systems, load_systems, floors, runs, thresholds, load_runs
+    )
+
+
+async def _probe(bench: LiveBench, inputs: _Inputs, result: dict[str, Any]) -> dict[str, TierCost]:
+    """2. validation sentences through each single tier, live vs modelled: the latency model
+    fitted to this machine."""
+    probe, val = inputs.probe, inputs.val
+    singles = [single(t, inputs.net, inputs.costs0) for t in TIERS]
+    await bench.configure(singles)
+    probe_runs = await _run_all(bench, singles, inputs.val_texts[:probe], inputs.opts.progress)
+    probe_val = replace(
+        val,
+        labels=val.labels[:probe],
+        tables={
+            k: replace(
+                t,
+                probs=t.probs[:probe],
+                num_tokens=t.num_tokens[:probe],
+                in_bytes=t.in_bytes[:probe],
+            )
+            for k, t in val.tables.items()
+        },
+    )
+    live_s = {t: float(np.mean(probe_runs[f"{t}-only"].latency_s)) for t in TIERS}
+    costs, scales = fit_costs(inputs.costs0, probe_val, inputs.net, live_s)
+    result["latency_model"] = {
+        "in_process": {v: asdict(c) for v, c in inputs.costs0.items()},
+        "fitted": {v: asdict(c) for v, c in costs.items()},
+        "scale": scales,
+        "probe_live_s": live_s,
+        "probe_requests": probe,
+    }
+    return costs
+
+
+def _systems(
+    calib: cal.Calibration, net: Network, costs: dict[str, TierCost]
+) -> tuple[list[System], list[System], dict[str, Mapping[str, float]]]:
+    """The systems run on the test split, their load twins, and the calibrated floors."""
+    setting = calib.setting
+    systems = [
+        cloud_only(net, costs),
+        cloud_only(net, costs, calib.cloud_exit_threshold, name="cloud-ee"),
+        single("edge", net, costs),
+        single("device", net, costs),
+        sedna(calib.sedna_threshold, net, costs),
+        full(setting, net, costs),
+        *ablations(setting, net, costs),
+    ]
+    three = calib.three_tier_setting
+    if three is not None and three != setting:
+        # The issue's "full system" keeps all three tiers; show it even when it loses.
+        systems.append(full(three, net, costs, name="tierplace-3tier"))
+    load_systems = [
+        replace(systems[0], name="load-cloud-only"),
+        replace(systems[1], name="load-cloud-ee"),
+        replace(systems[5], name="load-tierplace"),
+    ]
+    # Calibration certified floors for its own setting: the systems run with it (the
+    # cascade, its load twin and the ablations) may adapt down to them, no further.
+    calibrated = {
+        "tierplace",
+        "load-tierplace",
+        *(s.name for s in ablations(setting, net, costs)),
+    }
+    floors = {name: calib.threshold_floors for name in calibrated}
+    return systems, load_systems, floors
+
+
+def _nominal_summaries(inputs: _Inputs, nominal: _Nominal) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The live results of 4. (with each system's gap to cloud only) and of 5a."""
+    labels = inputs.test_labels
+    systems: dict[str, Any] = {
         s.name: {
-            "live": summarize_live(runs[s.name], test_labels, [t.name for t in s.tiers])
-            | {"effective_thresholds_at_end": nominal_thresholds[s.name]},
+            "live": summarize_live(nominal.runs[s.name], labels, [t.name for t in s.tiers])
+            | {"effective_thresholds_at_end": nominal.thresholds[s.name]},
             "config": [asdict(t) for t in s.tiers],
         }
-        for s in systems
+        for s in nominal.systems
     }
-    for name, gap in gaps_to_cloud(runs, test_labels).items():
-        result["systems"][name]["live"]["gap_to_cloud"] = gap
-    result["load"] = {
-        s.name: summarize_live(load_runs[s.name], test_labels, [t.name for t in s.tiers])
+    for name, gap in gaps_to_cloud(nominal.runs, labels).items():
+        systems[name]["live"]["gap_to_cloud"] = gap
+    opts = inputs.opts
+    load = {
+        s.name: summarize_live(nominal.load_runs[s.name], labels, [t.name for t in s.tiers])
         | {"clients": opts.load_clients, "max_in_flight": opts.load_max_in_flight}
-        for s in load_systems
+        for s in nominal.load_systems
     }
-    # 5b. a slow uplink: same calibrated thresholds and priors, the network got worse.
-    slow_texts = test_texts[: (16 if quick else opts.slow_requests)]
+    return systems, load
+
+
+async def _slow_uplink(inputs: _Inputs, nominal: _Nominal) -> dict[str, Any]:
+    """5b. a slow uplink: same calibrated thresholds and priors, the network got worse."""
+    opts, systems, floors = inputs.opts, nominal.systems, nominal.floors
+    slow_texts = inputs.test_texts[: (16 if opts.quick else opts.slow_requests)]
     slow_systems = [
         replace(systems[0], name="cloud-only"),
         replace(systems[5], name="tierplace"),
         next(s for s in systems if s.name == "no-latency-feedback"),
     ]
-    slow_bench = LiveBench(Stack(stack_spec(SLOW_UPLINK, opts.out_dir / "run-slow"), home))
+    slow_bench = LiveBench(Stack(stack_spec(SLOW_UPLINK, opts.out_dir / "run-slow"), paths.home()))
     try:
         await slow_bench.start()
         await slow_bench.configure(
             slow_systems, floors={s.name: floors[s.name] for s in slow_systems if s.name in floors}
         )
         # Let the latency feed see the slow link before measuring.
-        await slow_bench.run("tierplace", val_texts[: (4 if quick else 40)])
-        await slow_bench.run("no-latency-feedback", val_texts[:4])
+        await slow_bench.run("tierplace", inputs.val_texts[: (4 if opts.quick else 40)])
+        await slow_bench.run("no-latency-feedback", inputs.val_texts[:4])
         slow_thresholds: dict[str, dict[str, float]] = {}
         slow_runs = await _run_all(
             slow_bench, slow_systems, slow_texts, opts.progress, slow_thresholds
         )
     finally:
         await slow_bench.close()
-    result["slow_uplink"] = {
+    labels = inputs.test_labels
+    return {
         "network": _net(SLOW_UPLINK),
         "requests": len(slow_texts),
         "systems": {
-            s.name: summarize_live(slow_runs[s.name], test_labels, [t.name for t in s.tiers])
+            s.name: summarize_live(slow_runs[s.name], labels, [t.name for t in s.tiers])
             | {"effective_thresholds_at_end": slow_thresholds[s.name]}
             for s in slow_systems
         },
     }
-    # 6. the simulator on test tables: agreement with live, and the sweeps.
+
+
+async def _simulated(inputs: _Inputs, nominal: _Nominal, result: dict[str, Any]) -> None:
+    """6. the simulator on test tables: agreement with live, and the sweeps."""
+    opts = inputs.opts
     test = await asyncio.to_thread(
-        build_tables, _variants(), "test", keeps, len(test_texts), opts.progress
+        build_tables, _variants(), "test", opts.keep_ratios, len(inputs.test_texts), opts.progress
     )
     result["simulated"] = {}
-    for s in systems:
-        out = simulate(s, test, costs)
-        result["simulated"][s.name] = summarize(out) | {"agreement": agreement(out, runs[s.name])}
-    fronts = sweeps(setting, test, costs, net, quick, keeps)
+    for s in nominal.systems:
+        out = simulate(s, test, nominal.costs)
+        result["simulated"][s.name] = summarize(out) | {
+            "agreement": agreement(out, nominal.runs[s.name])
+        }
+    fronts = sweeps(nominal.setting, test, nominal.costs, inputs.net, opts.quick, opts.keep_ratios)
     result["pareto"] = {k: [list(p) for p in v] for k, v in fronts.items()}
-    result["goals"] = goals(result)
-    result["elapsed_s"] = time.time() - started
-    write_outputs(result, opts)
-    return result
 
 
 def _quick_grid(keeps: Sequence[float]) -> list[Setting]:
@@ -463,6 +548,19 @@ def _gap(g: Mapping[str, float] | None) -> str:
 
 
 def markdown(result: Mapping[str, Any]) -> str:
+    """The results as Markdown: the systems on the test split, calibration and goals, exit
+    layers, under load, and on a slow uplink."""
+    lines = [
+        *_md_systems(result),
+        *_md_calibration_and_goals(result),
+        *_md_exit_layers(result),
+        *_md_load(result),
+        *_md_slow_uplink(result),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _md_systems(result: Mapping[str, Any]) -> list[str]:
     st = result["settings"]
     n = st["network"]
     lines = [
@@ -490,6 +588,10 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"| {agr.get('tier', float('nan')) * 100:.0f}/{agr.get('exit', float('nan')) * 100:.0f}"
             f"/{agr.get('label', float('nan')) * 100:.0f}% |"
         )
+    return lines
+
+
+def _md_calibration_and_goals(result: Mapping[str, Any]) -> list[str]:
     g = result["goals"]
     interval = g.get("accuracy_gap_interval")
     spread = (
@@ -499,7 +601,7 @@ def markdown(result: Mapping[str, Any]) -> str:
     )
     c = result["calibration"]
     cs = c["setting"]
-    lines += [
+    return [
         "",
         f"Calibrated on validation (target: within {c['target']['accuracy_gap'] * 100:.1f} points "
         f"of cloud only's {c['reference_accuracy']:.4f} at "
@@ -524,14 +626,22 @@ def markdown(result: Mapping[str, Any]) -> str:
         "Exit layers (share of all requests, by answering tier):",
         "",
     ]
+
+
+def _md_exit_layers(result: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
     for name, s in result["systems"].items():
         parts = [
             f"{tier}: " + ", ".join(f"L{k} {v * 100:.0f}%" for k, v in ex.items())
             for tier, ex in s["live"]["exit_layers"].items()
         ]
         lines.append(f"- {name}: " + "; ".join(parts))
+    return lines
+
+
+def _md_load(result: Mapping[str, Any]) -> list[str]:
     first = next(iter(result["load"].values()))
-    lines += [
+    lines = [
         "",
         f"Under load ({first['clients']} concurrent clients, admission bound "
         f"max_in_flight={first['max_in_flight']}):",
@@ -545,9 +655,13 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"| {name} | {r['requests']} | {r['rejected']} | {r['accuracy']:.4f} "
             f"| {r['mean_ms']:.1f} | {r['p95_ms']:.1f} | {r['throughput_rps']:.1f} |"
         )
+    return lines
+
+
+def _md_slow_uplink(result: Mapping[str, Any]) -> list[str]:
     slow = result["slow_uplink"]
     sn = slow["network"]
-    lines += [
+    lines = [
         "",
         f"Slow uplink (edge→cloud {sn['edge->cloud']['rtt_ms']:.0f} ms RTT, "
         f"{sn['edge->cloud']['mbit_s']:.0f} Mbit/s; thresholds and priors calibrated for the "
@@ -563,7 +677,7 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"| {name} | {r['accuracy']:.4f} | {r['mean_ms']:.1f} | {r['p95_ms']:.1f} "
             f"| {_pct(r['answered_at'])} | {shown} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(result: Mapping[str, Any], path: Path) -> None:

@@ -231,17 +231,7 @@ def run(
     router_port = free_port()
     grpc_port = free_port() if grpc else 0  # 0: no gRPC door (not the default 8081)
     with TritonServer(paths.model_repository(), [model], home, threads=1) as triton:
-        config = tmp / "router.yaml"
-        tier = {"name": "device", "endpoint": triton.http_url, "model": model}
-        cascade = {"name": "bench", "budget": "5s", "max_in_flight": 4096, "tiers": [tier]}
-        config.write_text(yaml.safe_dump({"cascades": [cascade]}))
-        cmd = [sys.executable, "-m", "tierplace.cli", "route", "--config", str(config)]
-        with (tmp / "router.log").open("ab") as log_file:
-            router = subprocess.Popen(
-                [*cmd, "--port", str(router_port), "--grpc-port", str(grpc_port)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+        router = _start_router(tmp, triton.http_url, model, router_port, grpc_port)
         load_before = os.getloadavg()
         try:
             # The load generator shares the cores with the router and Triton: on uvloop it
@@ -275,6 +265,37 @@ def run(
     return result
 
 
+def _start_router(
+    tmp: Path, triton_url: str, model: str, port: int, grpc_port: int
+) -> subprocess.Popen[bytes]:
+    """``tierplace route`` over a one-tier cascade in front of ``triton_url``, logging to
+    ``tmp``; ``grpc_port`` 0 opens no gRPC door."""
+    config = tmp / "router.yaml"
+    tier = {"name": "device", "endpoint": triton_url, "model": model}
+    cascade = {"name": "bench", "budget": "5s", "max_in_flight": 4096, "tiers": [tier]}
+    config.write_text(yaml.safe_dump({"cascades": [cascade]}))
+    cmd = [sys.executable, "-m", "tierplace.cli", "route", "--config", str(config)]
+    with (tmp / "router.log").open("ab") as log_file:
+        return subprocess.Popen(
+            [*cmd, "--port", str(port), "--grpc-port", str(grpc_port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+Call = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class _Calls:
+    """The calls a phase can load: Triton directly, the router's REST door and (with
+    ``--grpc``) its gRPC door; each answers True on success."""
+
+    direct: Call
+    routed: Call
+    routed_grpc: Call | None
+
+
 async def _measure(
     triton_url: str,
     router_url: str,
@@ -289,30 +310,15 @@ async def _measure(
     warmup_s: float = 0.5,
     grpc_url: str | None = None,
 ) -> dict[str, Any]:
-    # Direct calls send Triton exactly what the router's tier client sends it (binary input,
-    # the outputs the cascade reads, no gzip), so the two phases ask Triton for the same work.
-    tier = TierClient(
-        TierConfig.model_validate({"name": "device", "endpoint": triton_url, "model": model})
-    )
-    try:
-        direct_body, json_size = tier.request_body(
-            TierInput(text=TEXT), want_importance=False, timeout_us=5_000_000
-        )
-    finally:
-        await tier.close()
-    direct_headers = {
-        "Inference-Header-Content-Length": str(json_size),
-        "Content-Type": "application/octet-stream",
-        "Accept-Encoding": "identity",
-    }
+    """Every phase in order: unloaded, overhead pairs, the rate ladder, the soak."""
+    direct_body, direct_headers = await _direct_request(triton_url, model)
     routed_body = json.dumps(
         {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [TEXT]}]}
     ).encode()
     routed_headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-    timeout = aiohttp.ClientTimeout(total=10)
     meter = CpuMeter(router_pid, triton_pid)
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=512), timeout=timeout
+        connector=aiohttp.TCPConnector(limit=512), timeout=aiohttp.ClientTimeout(total=10)
     ) as http:
 
         async def post(url: str, body: bytes, headers: dict[str, str]) -> bool:
@@ -330,158 +336,59 @@ async def _measure(
             return await post(routed_url, routed_body, routed_headers)
 
         routed_grpc, close_grpc = _grpc_call(grpc_url, "bench") if grpc_url else (None, None)
-
-        for _ in range(300):  # router ready
-            try:
-                async with http.get(f"http://{router_url}/v2/health/ready") as probe:
-                    if probe.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        await open_loop("warmup-direct", direct, 50, 2)
-        await open_loop("warmup-router", routed, 50, 2)
-
-        if routed_grpc is not None:
-            await open_loop("warmup-grpc", routed_grpc, 50, 2)
-        serial_ms: dict[str, list[float]] = {"direct": [], "router": []}
-        order: tuple[tuple[str, Callable[[], Awaitable[bool]]], ...] = (
-            ("direct", direct),
-            ("router", routed),
-        )
-        if routed_grpc is not None:
-            serial_ms["router-grpc"] = []
-            order += (("router-grpc", routed_grpc),)
-        for i in range(300):  # one at a time, alternating call by call, who goes first too
-            for key, call in order if i % 2 == 0 else order[::-1]:
-                t0 = time.perf_counter()
-                await call()
-                serial_ms[key].append((time.perf_counter() - t0) * 1000)
-        unloaded = {
-            k: {"p50_ms": _pct(sorted(v), 0.5), "p99_ms": _pct(sorted(v), 0.99)}
-            for k, v in serial_ms.items()
-        }
-        print(
-            "one at a time: direct p50 {:.2f} ms, router p50 {:.2f} ms (+{:.2f} ms)".format(
-                unloaded["direct"]["p50_ms"],
-                unloaded["router"]["p50_ms"],
-                unloaded["router"]["p50_ms"] - unloaded["direct"]["p50_ms"],
-            )
-        )
-        if routed_grpc is not None:
-            print(
-                "one at a time: router over gRPC p50 {:.2f} ms (+{:.2f} ms)".format(
-                    unloaded["router-grpc"]["p50_ms"],
-                    unloaded["router-grpc"]["p50_ms"] - unloaded["direct"]["p50_ms"],
-                )
-            )
-
-        async def measured(name: str, call: Callable[[], Awaitable[bool]]) -> Phase:
-            before = meter.mark()
-            phase = await open_loop(name, call, rate, seconds, warmup_s)
-            after = meter.mark()
-            # CPU over every request of the phase, warm-up included
-            return meter.annotate(phase, before, after, max(1, int(rate * seconds)))
-
-        pairs = []
-        grpc_phases: list[Phase] = []
-        # Short phases, alternating direct/router then router/direct: slow drift of a shared
-        # machine hits both sides alike, and the median of the pairs' differences shrugs off
-        # a pair that other work disturbed. The gRPC phase, if any, goes last, then first.
-        for k in range(n_pairs):
-            if k % 2 == 0:
-                d = await measured("direct", direct)
-                r = await measured("router", routed)
-                print(_fmt(d))
-                print(_fmt(r))
-                if routed_grpc is not None:
-                    grpc_phases.append(await measured("grpc", routed_grpc))
-                    print(_fmt(grpc_phases[-1]))
-            else:
-                if routed_grpc is not None:
-                    grpc_phases.append(await measured("grpc", routed_grpc))
-                    print(_fmt(grpc_phases[-1]))
-                r = await measured("router", routed)
-                d = await measured("direct", direct)
-                print(_fmt(r))
-                print(_fmt(d))
-            pairs.append((d, r))
-        cpu = [r.router_cpu_ms for _, r in pairs if r.router_cpu_ms is not None]
-        overhead: dict[str, Any] = {
-            "p50_ms": statistics.median(r.p50_ms - d.p50_ms for d, r in pairs),
-            "p99_ms": statistics.median(r.p99_ms - d.p99_ms for d, r in pairs),
-            "router_cpu_ms_per_request": statistics.median(cpu) if cpu else None,
-            "triton_cpu_ms_per_request": {
-                key: statistics.median(v)
-                for key, v in (
-                    ("direct", [d.triton_cpu_ms for d, _ in pairs if d.triton_cpu_ms is not None]),
-                    ("router", [r.triton_cpu_ms for _, r in pairs if r.triton_cpu_ms is not None]),
-                )
-                if v
-            },
-            "other_cpu_pct_max": max(
-                (p.other_cpu_pct for pair in pairs for p in pair if p.other_cpu_pct is not None),
-                default=None,
-            ),
-        }
-        print(
-            f"added per hop at {rate:.0f} req/s: p50 {overhead['p50_ms']:+.2f} ms, "
-            f"p99 {overhead['p99_ms']:+.2f} ms; router CPU "
-            f"{overhead['router_cpu_ms_per_request']:.3f} ms per request; "
-            f"other work up to {overhead['other_cpu_pct_max']}% of the CPUs"
-        )
-
-        overhead_grpc: dict[str, Any] | None = None
-        if grpc_phases:
-            grpc_cpu = [g.router_cpu_ms for g in grpc_phases if g.router_cpu_ms is not None]
-            overhead_grpc = {
-                "p50_ms": statistics.median(
-                    g.p50_ms - d.p50_ms for (d, _), g in zip(pairs, grpc_phases, strict=True)
-                ),
-                "p99_ms": statistics.median(
-                    g.p99_ms - d.p99_ms for (d, _), g in zip(pairs, grpc_phases, strict=True)
-                ),
-                "router_cpu_ms_per_request": statistics.median(grpc_cpu) if grpc_cpu else None,
-            }
-            print(
-                f"added per hop over gRPC at {rate:.0f} req/s: p50 {overhead_grpc['p50_ms']:+.2f}"
-                f" ms, p99 {overhead_grpc['p99_ms']:+.2f} ms; router CPU "
-                f"{overhead_grpc['router_cpu_ms_per_request']:.3f} ms per request"
-            )
-
-        steps = []
-        for step_rate in ladder:
-            p = await open_loop("router", routed, step_rate, max(5.0, seconds / 2))
-            steps.append(p)
-            print(_fmt(p))
-        sustainable = [
-            p.rate
-            for p in steps
-            if p.errors == 0 and p.achieved_rps >= 0.95 * p.rate and p.p99_ms < 1000
-        ]
-
-        rss: list[tuple[float, float]] = []
-        soak_task = asyncio.create_task(open_loop("soak", routed, rate, soak_seconds))
-        t0 = time.monotonic()
-        while not soak_task.done():
-            rss.append((time.monotonic() - t0, _rss_mib(router_pid)))
-            await asyncio.sleep(1.0)
-        soak = await soak_task
-        print(_fmt(soak))
+        calls = _Calls(direct, routed, routed_grpc)
+        await _wait_ready(http, router_url)
+        await _warm_up(calls)
+        unloaded = await _unloaded(calls)
+        pairs, grpc_phases = await _overhead_pairs(calls, meter, rate, seconds, warmup_s, n_pairs)
+        overhead = _overhead(pairs, rate)
+        overhead_grpc = _overhead_grpc(pairs, grpc_phases, rate) if grpc_phases else None
+        steps, sustainable = await _ladder(routed, ladder, seconds)
+        soak, rss = await _soak(routed, rate, soak_seconds, router_pid)
         if close_grpc is not None:
             await close_grpc()
-    settled = [m for t, m in rss if t >= 5.0] or [m for _, m in rss]
-    memory: dict[str, Any] = {
-        "start_mib": settled[0],
-        "end_mib": settled[-1],
-        "max_mib": max(settled),
-        "growth_mib": settled[-1] - settled[0],
-        "samples": [round(m, 1) for _, m in rss],
-    }
-    print(
-        f"router RSS over {soak_seconds:.0f} s: {memory['start_mib']:.1f} -> "
-        f"{memory['end_mib']:.1f} MiB (max {memory['max_mib']:.1f})"
+    memory = _memory(rss, soak_seconds)
+    return _result(
+        _Measured(unloaded, pairs, grpc_phases, overhead, overhead_grpc, steps, sustainable, soak),
+        memory,
+        model=model,
+        rate=rate,
+        seconds=seconds,
+        warmup_s=warmup_s,
+        n_pairs=n_pairs,
     )
+
+
+@dataclass(frozen=True)
+class _Measured:
+    unloaded: dict[str, dict[str, float]]
+    pairs: list[tuple[Phase, Phase]]
+    grpc_phases: list[Phase]
+    overhead: dict[str, Any]
+    overhead_grpc: dict[str, Any] | None
+    steps: list[Phase]
+    sustainable: list[float]
+    soak: Phase
+
+
+def _result(
+    m: _Measured,
+    memory: dict[str, Any],
+    *,
+    model: str,
+    rate: float,
+    seconds: float,
+    warmup_s: float,
+    n_pairs: int,
+) -> dict[str, Any]:
+    """The JSON the benchmark writes: method, machine, every phase and the targets."""
+    pairs, grpc_phases, overhead, overhead_grpc = (
+        m.pairs,
+        m.grpc_phases,
+        m.overhead,
+        m.overhead_grpc,
+    )
+    unloaded, steps, sustainable, soak = m.unloaded, m.steps, m.sustainable, m.soak
     return {
         "method": {
             "pairs": n_pairs,
@@ -514,6 +421,213 @@ async def _measure(
             "memory_flat_within_10pct": memory["growth_mib"] <= 0.1 * memory["start_mib"],
         },
     }
+
+
+async def _direct_request(triton_url: str, model: str) -> tuple[bytes, dict[str, str]]:
+    """Direct calls send Triton exactly what the router's tier client sends it (binary input,
+    the outputs the cascade reads, no gzip), so the two phases ask Triton for the same work."""
+    tier = TierClient(
+        TierConfig.model_validate({"name": "device", "endpoint": triton_url, "model": model})
+    )
+    try:
+        body, json_size = tier.request_body(
+            TierInput(text=TEXT), want_importance=False, timeout_us=5_000_000
+        )
+    finally:
+        await tier.close()
+    headers = {
+        "Inference-Header-Content-Length": str(json_size),
+        "Content-Type": "application/octet-stream",
+        "Accept-Encoding": "identity",
+    }
+    return body, headers
+
+
+async def _wait_ready(http: aiohttp.ClientSession, router_url: str) -> None:
+    for _ in range(300):
+        try:
+            async with http.get(f"http://{router_url}/v2/health/ready") as probe:
+                if probe.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+
+
+async def _warm_up(calls: _Calls) -> None:
+    await open_loop("warmup-direct", calls.direct, 50, 2)
+    await open_loop("warmup-router", calls.routed, 50, 2)
+    if calls.routed_grpc is not None:
+        await open_loop("warmup-grpc", calls.routed_grpc, 50, 2)
+
+
+async def _unloaded(calls: _Calls) -> dict[str, dict[str, float]]:
+    """One request at a time, alternating call by call (who goes first too): p50 and p99."""
+    serial_ms: dict[str, list[float]] = {"direct": [], "router": []}
+    order: tuple[tuple[str, Call], ...] = (("direct", calls.direct), ("router", calls.routed))
+    if calls.routed_grpc is not None:
+        serial_ms["router-grpc"] = []
+        order += (("router-grpc", calls.routed_grpc),)
+    for i in range(300):
+        for key, call in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            await call()
+            serial_ms[key].append((time.perf_counter() - t0) * 1000)
+    unloaded = {
+        k: {"p50_ms": _pct(sorted(v), 0.5), "p99_ms": _pct(sorted(v), 0.99)}
+        for k, v in serial_ms.items()
+    }
+    direct_p50 = unloaded["direct"]["p50_ms"]
+    router_p50 = unloaded["router"]["p50_ms"]
+    print(
+        f"one at a time: direct p50 {direct_p50:.2f} ms, router p50 {router_p50:.2f} ms "
+        f"(+{router_p50 - direct_p50:.2f} ms)"
+    )
+    if "router-grpc" in unloaded:
+        grpc_p50 = unloaded["router-grpc"]["p50_ms"]
+        print(
+            f"one at a time: router over gRPC p50 {grpc_p50:.2f} ms "
+            f"(+{grpc_p50 - direct_p50:.2f} ms)"
+        )
+    return unloaded
+
+
+async def _overhead_pairs(
+    calls: _Calls, meter: CpuMeter, rate: float, seconds: float, warmup_s: float, n_pairs: int
+) -> tuple[list[tuple[Phase, Phase]], list[Phase]]:
+    """Short phases, alternating direct/router then router/direct: slow drift of a shared
+    machine hits both sides alike, and the median of the pairs' differences shrugs off a pair
+    that other work disturbed. The gRPC phase, if any, goes last, then first."""
+
+    async def measured(name: str, call: Call) -> Phase:
+        before = meter.mark()
+        phase = await open_loop(name, call, rate, seconds, warmup_s)
+        after = meter.mark()
+        # CPU over every request of the phase, warm-up included
+        return meter.annotate(phase, before, after, max(1, int(rate * seconds)))
+
+    async def grpc_phase() -> None:
+        if calls.routed_grpc is not None:
+            grpc_phases.append(await measured("grpc", calls.routed_grpc))
+            print(_fmt(grpc_phases[-1]))
+
+    pairs: list[tuple[Phase, Phase]] = []
+    grpc_phases: list[Phase] = []
+    for k in range(n_pairs):
+        if k % 2 == 0:
+            d = await measured("direct", calls.direct)
+            r = await measured("router", calls.routed)
+            print(_fmt(d))
+            print(_fmt(r))
+            await grpc_phase()
+        else:
+            await grpc_phase()
+            r = await measured("router", calls.routed)
+            d = await measured("direct", calls.direct)
+            print(_fmt(r))
+            print(_fmt(d))
+        pairs.append((d, r))
+    return pairs, grpc_phases
+
+
+def _overhead(pairs: list[tuple[Phase, Phase]], rate: float) -> dict[str, Any]:
+    """What the hop adds: medians over the pairs of (router - direct)."""
+    cpu = [r.router_cpu_ms for _, r in pairs if r.router_cpu_ms is not None]
+    overhead: dict[str, Any] = {
+        "p50_ms": statistics.median(r.p50_ms - d.p50_ms for d, r in pairs),
+        "p99_ms": statistics.median(r.p99_ms - d.p99_ms for d, r in pairs),
+        "router_cpu_ms_per_request": statistics.median(cpu) if cpu else None,
+        "triton_cpu_ms_per_request": {
+            key: statistics.median(v)
+            for key, v in (
+                ("direct", [d.triton_cpu_ms for d, _ in pairs if d.triton_cpu_ms is not None]),
+                ("router", [r.triton_cpu_ms for _, r in pairs if r.triton_cpu_ms is not None]),
+            )
+            if v
+        },
+        "other_cpu_pct_max": max(
+            (p.other_cpu_pct for pair in pairs for p in pair if p.other_cpu_pct is not None),
+            default=None,
+        ),
+    }
+    print(
+        f"added per hop at {rate:.0f} req/s: p50 {overhead['p50_ms']:+.2f} ms, "
+        f"p99 {overhead['p99_ms']:+.2f} ms; router CPU "
+        f"{overhead['router_cpu_ms_per_request']:.3f} ms per request; "
+        f"other work up to {overhead['other_cpu_pct_max']}% of the CPUs"
+    )
+    return overhead
+
+
+def _overhead_grpc(
+    pairs: list[tuple[Phase, Phase]], grpc_phases: list[Phase], rate: float
+) -> dict[str, Any]:
+    """The same hop through the gRPC door, against each pair's direct phase."""
+    grpc_cpu = [g.router_cpu_ms for g in grpc_phases if g.router_cpu_ms is not None]
+    overhead = {
+        "p50_ms": statistics.median(
+            g.p50_ms - d.p50_ms for (d, _), g in zip(pairs, grpc_phases, strict=True)
+        ),
+        "p99_ms": statistics.median(
+            g.p99_ms - d.p99_ms for (d, _), g in zip(pairs, grpc_phases, strict=True)
+        ),
+        "router_cpu_ms_per_request": statistics.median(grpc_cpu) if grpc_cpu else None,
+    }
+    print(
+        f"added per hop over gRPC at {rate:.0f} req/s: p50 {overhead['p50_ms']:+.2f}"
+        f" ms, p99 {overhead['p99_ms']:+.2f} ms; router CPU "
+        f"{overhead['router_cpu_ms_per_request']:.3f} ms per request"
+    )
+    return overhead
+
+
+async def _ladder(
+    routed: Call, ladder: list[float], seconds: float
+) -> tuple[list[Phase], list[float]]:
+    """Rising rates through the router; sustainable: no errors, 95 % of the rate, p99 < 1 s."""
+    steps = []
+    for step_rate in ladder:
+        p = await open_loop("router", routed, step_rate, max(5.0, seconds / 2))
+        steps.append(p)
+        print(_fmt(p))
+    sustainable = [
+        p.rate
+        for p in steps
+        if p.errors == 0 and p.achieved_rps >= 0.95 * p.rate and p.p99_ms < 1000
+    ]
+    return steps, sustainable
+
+
+async def _soak(
+    routed: Call, rate: float, soak_seconds: float, router_pid: int
+) -> tuple[Phase, list[tuple[float, float]]]:
+    """Load for ``soak_seconds`` while sampling the router's RSS once a second."""
+    rss: list[tuple[float, float]] = []
+    soak_task = asyncio.create_task(open_loop("soak", routed, rate, soak_seconds))
+    t0 = time.monotonic()
+    while not soak_task.done():
+        rss.append((time.monotonic() - t0, _rss_mib(router_pid)))
+        await asyncio.sleep(1.0)
+    soak = await soak_task
+    print(_fmt(soak))
+    return soak, rss
+
+
+def _memory(rss: list[tuple[float, float]], soak_seconds: float) -> dict[str, Any]:
+    """The router's memory over the soak, from 5 s in (after start-up allocations)."""
+    settled = [m for t, m in rss if t >= 5.0] or [m for _, m in rss]
+    memory: dict[str, Any] = {
+        "start_mib": settled[0],
+        "end_mib": settled[-1],
+        "max_mib": max(settled),
+        "growth_mib": settled[-1] - settled[0],
+        "samples": [round(m, 1) for _, m in rss],
+    }
+    print(
+        f"router RSS over {soak_seconds:.0f} s: {memory['start_mib']:.1f} -> "
+        f"{memory['end_mib']:.1f} MiB (max {memory['max_mib']:.1f})"
+    )
+    return memory
 
 
 def _grpc_call(
