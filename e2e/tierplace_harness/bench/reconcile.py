@@ -127,63 +127,23 @@ def run_once(cp: ControlPlane, operator: OperatorProcess, n: int, timeout: float
 
 def main(tiers: int = 200, repeat: int = 1, out: Path | None = None, timeout: float = 300) -> int:
     out = out or REPO / "bench-results" / "operator-reconcile.json"
-    runs: list[Run] = []
-    cold: list[float] = []
-    cold_cpu: list[float] = []
     with (
         tempfile.TemporaryDirectory(prefix="tierplace-bench-") as tmp,
         control_plane(workdir=Path(tmp) / "cp") as cp,
     ):
-        cluster.apply_crds(cp, REPO / "crds")
-        for pool in ("device", "edge", "cloud"):
-            for i in range(3):
-                cluster.create_node(cp, cluster.pool_node(f"{pool}-{i}", pool, "512Gi", cpu="256"))
+        _prepare(cp)
         env = {**cp.env(), "TIERPLACE_RESYNC_SECONDS": "600"}
         operator = OperatorProcess(env, Path(tmp) / "operator.log")
         operator.start()
         try:
-            for _ in range(repeat):
-                run = run_once(cp, operator, tiers, timeout)
-                runs.append(run)
-                print(
-                    f"{run.tiers} tiers: created in {run.create_s:.1f}s, converged in "
-                    f"{run.converge_s:.1f}s (last tier {run.lag_after_last_create_s:.1f}s after "
-                    f"its creation), pods scheduled in {run.pods_scheduled_s or 0:.1f}s, "
-                    f"operator RSS {run.operator_rss_mib:.0f} MiB (peak "
-                    f"{run.operator_peak_rss_mib:.0f} MiB)",
-                    flush=True,
-                )
-            for _ in range(repeat):
-                took, cpu = cold_start(cp, operator, tiers, timeout)
-                cold.append(took)
-                cold_cpu.append(cpu)
-                print(
-                    f"{tiers} tiers created first, operator started: converged in {took:.1f}s "
-                    f"(operator CPU {cpu:.1f}s)",
-                    flush=True,
-                )
+            runs = [_report_run(run_once(cp, operator, tiers, timeout)) for _ in range(repeat)]
+            cold = [
+                _report_cold(tiers, *cold_start(cp, operator, tiers, timeout))
+                for _ in range(repeat)
+            ]
         finally:
             operator.stop()
-    summary: dict[str, Any] = {
-        "benchmark": "operator reconcile of InferenceTiers against a real kube-apiserver 1.20",
-        "tiers": tiers,
-        "repeat": repeat,
-        "median_converge_s": statistics.median(r.converge_s for r in runs),
-        "median_lag_after_last_create_s": statistics.median(
-            r.lag_after_last_create_s for r in runs
-        ),
-        "median_create_s": statistics.median(r.create_s for r in runs),
-        "median_converge_per_tier_ms": statistics.median(r.converge_s for r in runs) / tiers * 1000,
-        "cold_start_converge_s": cold,
-        "median_cold_start_converge_s": statistics.median(cold),
-        "cold_start_operator_cpu_s": cold_cpu,
-        "max_operator_peak_rss_mib": max(r.operator_peak_rss_mib for r in runs),
-        "runs": [asdict(r) for r in runs],
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "notes": "converge_s includes sequential creation by one client; cold start creates "
-        "the tiers with the operator stopped and times operator start -> all converged "
-        "(includes ~1-2 s of operator startup)",
-    }
+    summary = _summary(tiers, repeat, runs, cold)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(
@@ -196,3 +156,58 @@ def main(tiers: int = 200, repeat: int = 1, out: Path | None = None, timeout: fl
         f"{summary['max_operator_peak_rss_mib']:.0f} MiB; wrote {out}"
     )
     return 0
+
+
+def _prepare(cp: ControlPlane) -> None:
+    """The CRDs and three roomy Nodes per pool (placement never runs out of room)."""
+    cluster.apply_crds(cp, REPO / "crds")
+    for pool in ("device", "edge", "cloud"):
+        for i in range(3):
+            cluster.create_node(cp, cluster.pool_node(f"{pool}-{i}", pool, "512Gi", cpu="256"))
+
+
+def _report_run(run: Run) -> Run:
+    print(
+        f"{run.tiers} tiers: created in {run.create_s:.1f}s, converged in "
+        f"{run.converge_s:.1f}s (last tier {run.lag_after_last_create_s:.1f}s after "
+        f"its creation), pods scheduled in {run.pods_scheduled_s or 0:.1f}s, "
+        f"operator RSS {run.operator_rss_mib:.0f} MiB (peak "
+        f"{run.operator_peak_rss_mib:.0f} MiB)",
+        flush=True,
+    )
+    return run
+
+
+def _report_cold(tiers: int, took: float, cpu: float) -> tuple[float, float]:
+    print(
+        f"{tiers} tiers created first, operator started: converged in {took:.1f}s "
+        f"(operator CPU {cpu:.1f}s)",
+        flush=True,
+    )
+    return took, cpu
+
+
+def _summary(
+    tiers: int, repeat: int, runs: list[Run], cold_runs: list[tuple[float, float]]
+) -> dict[str, Any]:
+    cold = [took for took, _ in cold_runs]
+    return {
+        "benchmark": "operator reconcile of InferenceTiers against a real kube-apiserver 1.20",
+        "tiers": tiers,
+        "repeat": repeat,
+        "median_converge_s": statistics.median(r.converge_s for r in runs),
+        "median_lag_after_last_create_s": statistics.median(
+            r.lag_after_last_create_s for r in runs
+        ),
+        "median_create_s": statistics.median(r.create_s for r in runs),
+        "median_converge_per_tier_ms": statistics.median(r.converge_s for r in runs) / tiers * 1000,
+        "cold_start_converge_s": cold,
+        "median_cold_start_converge_s": statistics.median(cold),
+        "cold_start_operator_cpu_s": [cpu for _, cpu in cold_runs],
+        "max_operator_peak_rss_mib": max(r.operator_peak_rss_mib for r in runs),
+        "runs": [asdict(r) for r in runs],
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "notes": "converge_s includes sequential creation by one client; cold start creates "
+        "the tiers with the operator stopped and times operator start -> all converged "
+        "(includes ~1-2 s of operator startup)",
+    }
