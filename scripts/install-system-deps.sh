@@ -10,10 +10,11 @@ command -v npm >/dev/null || need+=(npm)
 # helm comes from an npm package (scripts/install-helm.sh). The real-node tier (tests/nodes):
 # containerd, runc and the CNI plugins run the pods; podman/buildah build the images from
 # images/*.Dockerfile on a base that mmdebstrap makes from Debian packages; iptables and
-# conntrack for kube-proxy; iproute2 for the sealed network namespace.
+# conntrack for kube-proxy; iproute2 for the sealed network namespace; dnsmasq-base answers
+# the test cluster's Service names (what CoreDNS does in kind).
 for p in rsync jq dpkg-dev golang-github-modern-go-reflect2-dev unzip \
   containerd runc containernetworking-plugins podman buildah mmdebstrap iptables conntrack \
-  iproute2 uidmap gcc libc6-dev; do
+  iproute2 uidmap gcc libc6-dev dnsmasq-base; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then

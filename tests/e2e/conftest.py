@@ -25,13 +25,18 @@ import pytest
 from tests.chart.helmkit import CHART, EXAMPLES, Helm, helm_path
 from tests.e2e.examples import CASCADES
 from tests.e2e.kube import E2ECluster, Kubectl
+from tests.nodes import prometheus as prom
 from tests.nodes.cluster import RealCluster, pools, preflight, real_cluster
+from tests.nodes.prometheus import ClusterPrometheus
 from tierplace import paths
 from tierplace_harness.controlplane import bin_dir
 
 KUBECONFIG_ENV = "TIERPLACE_E2E_KUBECONFIG"
 SKIP_ENV = "TIERPLACE_SKIP_REAL_NODES"
 NAMESPACE = "tierplace"
+#: The Prometheus Service the examples' prometheusUrl names (the bundled one's, release
+#: "tierplace"); on real nodes it fronts tests/nodes/prometheus.py.
+PROMETHEUS, PROMETHEUS_PORT = prom.SERVICE, prom.PORT
 
 
 def _weights(tiny_home: Path) -> Path:
@@ -50,16 +55,20 @@ def _weights(tiny_home: Path) -> Path:
 
 
 def install_chart(
-    cluster: RealCluster, helm: Helm, weights: Path, *extra: str
+    cluster: RealCluster, helm: Helm, weights: Path, prometheus: ClusterPrometheus
 ) -> subprocess.CompletedProcess[str]:
-    """``helm install`` as the README says, with this machine's images and weights."""
+    """``helm install`` as the README says, with this machine's images and weights, and
+    ``prometheus`` as the external Prometheus under the bundled one's Service name."""
     tag = cluster.images.tag
-    return helm.run(
+    out = helm.run(
         "install", "tierplace", str(CHART), "--namespace", NAMESPACE, "--create-namespace",
         "--values", str(CHART / "ci" / "real-nodes-values.yaml"),
         "--set", f"image.tag={tag}", "--set", f"defaultImages.triton.tag={tag}",
-        "--set", f"weights.persistence.hostPath={weights}", *extra, timeout=180,
+        "--set", f"prometheus.externalUrl=http://{PROMETHEUS}.{NAMESPACE}.svc:{PROMETHEUS_PORT}",
+        "--set", f"weights.persistence.hostPath={weights}", timeout=180,
     )  # fmt: skip
+    prometheus.register(NAMESPACE)
+    return out
 
 
 def _real_nodes(tmp: Path, tiny_home: Path) -> Iterator[E2ECluster]:
@@ -81,19 +90,24 @@ def _real_nodes(tmp: Path, tiny_home: Path) -> Iterator[E2ECluster]:
                 k.run("label", "node", node, f"tierplace.io/pool={pool}")
                 k.run("taint", "node", node, f"tierplace.io/pool={pool}:NoSchedule")
             helm = Helm(helm_path(), tmp / "helm", cluster.kubeconfig)
-            install_chart(cluster, helm, weights)
-            k.wait(
-                lambda: any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for p in k.items("pods", "app.kubernetes.io/component=operator")
-                    for c in p.get("status", {}).get("conditions", [])
-                ),
-                "the operator pod Ready",
-                timeout=300,
-            )
-            yield E2ECluster(k, pods_run=True, local=True, real=cluster, helm=helm)
+            with prom.cluster_prometheus(cluster.network, cluster.cp.request, helm, tmp) as p:
+                install_chart(cluster, helm, weights, p)
+                _wait_operator_ready(k)
+                yield E2ECluster(k, pods_run=True, local=True, real=cluster, helm=helm)
     finally:
         shutil.rmtree(weights, ignore_errors=True)
+
+
+def _wait_operator_ready(k: Kubectl) -> None:
+    k.wait(
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for p in k.items("pods", "app.kubernetes.io/component=operator")
+            for c in p.get("status", {}).get("conditions", [])
+        ),
+        "the operator pod Ready",
+        timeout=300,
+    )
 
 
 # Package scope: the cluster (nine Triton pods, eight kubelets) goes away as soon as the e2e

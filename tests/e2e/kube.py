@@ -139,18 +139,20 @@ def _router_ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def embedded_router(k: Kubectl, cascade: str, triton_url: str, workdir: Path) -> Iterator[str]:
+def embedded_router(
+    k: Kubectl, cascade: str, triton_url: str, workdir: Path, prometheus_url: str
+) -> Iterator[str]:
     """A ``tierplace route`` process on this machine with the operator's own router config
     for ``cascade``, its tiers pointed at a local tritonserver (``triton_url``) serving the
-    same weights the pods mount; yields its URL once ready. Neither it nor the cluster's
-    router reaches a Prometheus (none runs in the cluster): both decide on their static
-    thresholds."""
+    same weights the pods mount, and its Prometheus at ``prometheus_url`` (the cluster's, by
+    an address this machine reaches, so that both routers read the same tier latencies);
+    yields its URL once ready."""
     cm = k.get("configmap", f"{cascade}-router")
     assert cm is not None, f"no router config for {cascade}"
     doc = yaml.safe_load(cm["data"]["router.yaml"])
     for tier in doc["cascades"][0]["tiers"]:
         tier["endpoint"] = triton_url
-    doc["prometheus"]["url"] = "http://127.0.0.1:9"
+    doc["prometheus"]["url"] = prometheus_url
     config = workdir / "router.yaml"
     config.write_text(yaml.safe_dump(doc))
     port = free_port()

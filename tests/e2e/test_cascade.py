@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import PROMETHEUS
 from tests.e2e.examples import BUDGET, CASCADES, CLASSES, REVIEWS, condition, tier_names
 from tests.e2e.kube import (
     E2ECluster,
+    RequestStream,
     embedded_router,
     infer,
     outputs,
@@ -211,6 +215,75 @@ def test_killing_the_cloud_tier_gives_degraded_answers_not_errors(applied: E2ECl
         k.run("patch", "inferencecascade", "three-tier", "--type=json", "-p", restore)
 
 
+def _prometheus_query(url: str, query: str) -> list[dict[str, Any]]:
+    params = urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{params}", timeout=10) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def _router_metric(url: str, name: str) -> float | None:
+    """One unlabelled sample of the router's /metrics; None when absent or unreachable."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
+
+
+@pytest.mark.timeout(600)
+def test_the_bundled_prometheus_feeds_the_routers_and_the_cascade_status(
+    applied: E2ECluster,
+) -> None:
+    """The chart's bundled Prometheus (the README's install) scrapes every Triton tier and
+    the router; the router reads live tier latency from it through the Service name the
+    example gives, and the operator writes what it reads into the cascade's status."""
+    applied.require_running_pods()
+    k = applied.kubectl
+    wait_cascade_ready(k, "three-tier")
+    tiers = tier_names(CASCADES["three-tier"])
+    with (
+        applied.service_url(PROMETHEUS, 9090) as prometheus,
+        applied.service_url("three-tier-router", 8080) as router,
+        RequestStream(router, "three-tier", REVIEWS, interval=0.2, limit=3000, headers=BUDGET),
+    ):
+
+        def scraped() -> set[str]:
+            """Pods that Prometheus scrapes with success, by the labels the operator gives
+            them: a tier's Triton pods by tier, the cascade's router as "router"."""
+            try:  # the pod may still be starting: a refused connection is "not yet"
+                up = [s["metric"] for s in _prometheus_query(prometheus, "up == 1")]
+            except OSError:
+                return set()
+            return {m["tierplace_tier"] for m in up if m.get("tierplace_tier") in tiers} | {
+                "router" for m in up if m.get("tierplace_cascade") == "three-tier"
+            }
+
+        k.wait(lambda: scraped() >= {*tiers, "router"}, "Prometheus scraping every tier", 180)
+        k.wait(
+            lambda: _router_metric(router, "tierplace_router_metrics_stale") == 0.0,
+            "the router reading fresh tier latency from Prometheus",
+            180,
+        )
+        status = k.wait(
+            lambda: (
+                (c := k.get("inferencecascade", "three-tier"))
+                and {tiers[0], tiers[1]} <= set(c.get("status", {}).get("observedLatency", {}))
+                and c
+            ),
+            "the cascade status showing the latency Prometheus observed",
+            240,
+        )
+    observed = status["status"]["observedLatency"]
+    assert set(observed) <= set(tiers), observed
+    assert all(v.endswith("ms") for v in observed.values()), observed
+
+
 @pytest.mark.timeout(600)
 def test_pods_answer_as_the_embedded_stack_does_with_the_same_weights_and_config(
     applied: E2ECluster, triton_all: TritonServer, tmp_path: Path
@@ -221,7 +294,10 @@ def test_pods_answer_as_the_embedded_stack_does_with_the_same_weights_and_config
     applied.require_real_nodes()
     k = applied.kubectl
     wait_cascade_ready(k, "three-tier")
-    with embedded_router(k, "three-tier", triton_all.http_url, tmp_path) as url:
+    with (
+        applied.service_url(PROMETHEUS, 9090) as prometheus,
+        embedded_router(k, "three-tier", triton_all.http_url, tmp_path, prometheus) as url,
+    ):
         # A budget no request comes near: both answer on confidence alone, never on time.
         budget = {"X-Latency-Budget-Ms": "30000"}
         with applied.service_url("three-tier-router", 8080) as cluster_url:

@@ -16,6 +16,7 @@ What it measures, all in one run on this machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,10 +33,11 @@ import yaml
 from tqdm import tqdm
 
 from tests.chart.helmkit import EXAMPLES, Helm, helm_path
-from tests.e2e.conftest import NAMESPACE, _weights, install_chart
+from tests.e2e.conftest import NAMESPACE, PROMETHEUS, _weights, install_chart
 from tests.e2e.examples import BUDGET, REVIEWS
 from tests.e2e.kube import Kubectl, embedded_router, infer, outputs
 from tests.nodes.cluster import REPO, Images, RealCluster, pools, real_cluster
+from tests.nodes.prometheus import cluster_prometheus
 from tierplace import paths
 from tierplace.local.triton import TritonServer
 from tierplace_harness.controlplane import bin_dir
@@ -127,9 +129,12 @@ def _embedded(k: Kubectl, home: Path, work: Path, rounds: int) -> dict[str, Any]
     cm = k.get("configmap", f"{CASCADE}-router")
     assert cm is not None
     models = [t["model"] for t in yaml.safe_load(cm["data"]["router.yaml"])["cascades"][0]["tiers"]]
+    prometheus = k.get("service", PROMETHEUS)
+    assert prometheus is not None, "no bundled Prometheus"
+    prometheus_url = f"http://{prometheus['spec']['clusterIP']}:9090"
     with (
         TritonServer(paths.model_repository(), sorted(set(models)), home) as triton,
-        embedded_router(k, CASCADE, triton.http_url, work) as url,
+        embedded_router(k, CASCADE, triton.http_url, work, prometheus_url) as url,
     ):
         _latencies(url, 10)  # warm-up, not counted
         ms, answers = _latencies(url, rounds)
@@ -174,7 +179,8 @@ def measure(work: Path, rounds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"images_mib": _image_sizes(images)}
     try:
         t0 = time.monotonic()
-        with real_cluster(work / "cluster", images) as cluster:
+        with contextlib.ExitStack() as stack:
+            cluster = stack.enter_context(real_cluster(work / "cluster", images))
             result["cluster_up_s"] = round(time.monotonic() - t0, 1)
             k = Kubectl(cluster.kubeconfig, NAMESPACE, str(bin_dir() / "kubectl"))
             k.run("label", "node", "system-0", "node-role.kubernetes.io/control-plane=")
@@ -182,7 +188,11 @@ def measure(work: Path, rounds: int) -> dict[str, Any]:
                 k.run("label", "node", node, f"tierplace.io/pool={pool}")
                 k.run("taint", "node", node, f"tierplace.io/pool={pool}:NoSchedule")
             t1 = time.monotonic()
-            install_chart(cluster, Helm(helm_path(), work / "helm", cluster.kubeconfig), weights)
+            helm = Helm(helm_path(), work / "helm", cluster.kubeconfig)
+            prometheus = stack.enter_context(
+                cluster_prometheus(cluster.network, cluster.cp.request, helm, work)
+            )
+            install_chart(cluster, helm, weights, prometheus)
             _until(
                 lambda: (
                     k.items("pods", "app.kubernetes.io/component=operator")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.nodes import sealed
+from tests.nodes.dns import ClusterDNS, cluster_dns
 from tests.nodes.node import Node
 from tierplace_harness.controlplane import ControlPlane, Network, bin_dir, control_plane
 
@@ -99,6 +100,7 @@ class RealCluster:
     nodes: dict[str, Node]
     images: Images
     workdir: Path
+    dns: ClusterDNS
     _proxy: subprocess.Popen[bytes] | None = field(default=None)
 
     @property
@@ -189,7 +191,10 @@ def real_cluster(workdir: Path, images: Images | None = None) -> Iterator[RealCl
     nodes: dict[str, Node] = {}
     proxy: subprocess.Popen[bytes] | None = None
     try:
-        with control_plane(workdir=workdir / "controlplane", network=network) as cp:
+        with (
+            control_plane(workdir=workdir / "controlplane", network=network) as cp,
+            cluster_dns(net, cp.request, workdir) as dns,
+        ):
             proxy = _kube_proxy(cp, net, workdir)
             total = _memory_total_mib()
             for index, (name, (pool, allocatable)) in enumerate(NODES.items()):
@@ -206,7 +211,7 @@ def real_cluster(workdir: Path, images: Images | None = None) -> Iterator[RealCl
                     name, index, workdir / "nodes", CACHE / "nodes", cp.kubeconfig, net,
                     node_images, reserved,
                 )  # fmt: skip
-            cluster = RealCluster(cp, net, nodes, images, workdir, proxy)
+            cluster = RealCluster(cp, net, nodes, images, workdir, dns, proxy)
             for node in nodes.values():
                 node.start(bin_dir())
             _wait(
@@ -214,10 +219,13 @@ def real_cluster(workdir: Path, images: Images | None = None) -> Iterator[RealCl
                 lambda: (
                     all(n.images_ready() for n in nodes.values())
                     or any(not n.running() for n in nodes.values())
+                    or not dns.running()
                 ),
                 900,
                 cluster,
             )
+            if not dns.running():
+                raise ClusterError("dnsmasq stopped:\n" + (workdir / "dnsmasq.log").read_text())
             dead = [n.name for n in nodes.values() if not n.running()]
             if dead:
                 raise ClusterError(

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.nodes import dns
 from tests.nodes.sealed import BRIDGE, POD_CIDR, POD_GATEWAY, SealedNetwork
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -157,7 +158,8 @@ class Node:
         root = self.cache / self.name / "containerd"
         root.mkdir(parents=True, exist_ok=True)
         (d / "hosts").write_text(f"127.0.0.1 localhost {self.name}\n::1 localhost\n")
-        (d / "resolv.conf").write_text("")  # pods ask no resolver: there is none in here
+        # Upstream of the cluster DNS: none, there is no outside (dns.py answers cluster.local).
+        (d / "resolv.conf").write_text("")
         (d / "cni").mkdir(exist_ok=True)
         (d / "cni" / "10-tierplace.conflist").write_text(
             json.dumps(
@@ -243,7 +245,8 @@ cgroupsPerQOS: true
 failSwapOn: false
 makeIPTablesUtilChains: false
 resolvConf: {d / "resolv.conf"}
-clusterDomain: cluster.local
+clusterDomain: {dns.DOMAIN}
+clusterDNS: [{dns.ADDRESS}]
 serializeImagePulls: false
 nodeStatusUpdateFrequency: 4s
 authentication:
