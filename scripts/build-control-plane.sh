@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager and kube-scheduler (Kubernetes 1.20.2) from
 # Debian bookworm's `kubernetes` source package, offline, with Debian's Go. No registry ships
-# these binaries; the integration tests start them on loopback (tierplace.testing.controlplane).
+# these binaries; the integration tests start them on loopback (e2e/tierplace_harness/controlplane.py).
 #
 # Idempotent: the binaries are cached OUTSIDE the repository and the build is skipped when all
 # three exist. Prints the bin directory on its last line.
