@@ -21,7 +21,7 @@ WEBHOOK = {
 
 def test_nothing_set_means_no_webhooks_builtin_images_and_no_prometheus() -> None:
     settings = config.from_env({})
-    assert settings.resync_seconds == 30
+    assert settings.resync_seconds == 300
     assert settings.webhook is None
     assert settings.defaults == config.SpecDefaults(
         DEFAULT_TRITON_IMAGE, DEFAULT_ROUTER_IMAGE, None

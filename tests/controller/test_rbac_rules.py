@@ -30,8 +30,10 @@ def test_webhook_configurations_are_patched_by_name_only() -> None:
     assert not [r for r in unmanaged if "admissionregistration.k8s.io" in r["apiGroups"]]
 
 
-def test_children_are_never_listed_watched_or_patched() -> None:
-    """kube.py reads, creates and replaces children: nothing more is granted on them."""
+def test_children_are_watched_created_and_replaced_never_patched_or_deleted() -> None:
+    """The operator watches its children (a label-selected cache), reads one after a lost
+    race, creates and replaces them: nothing more is granted on them (garbage collection
+    deletes them)."""
     for rule in rbac.namespaced_rules():
         if set(rule["resources"]) & {"deployments", "services", "configmaps"}:
-            assert rule["verbs"] == ["get", "create", "update"]
+            assert rule["verbs"] == ["get", "list", "watch", "create", "update"]

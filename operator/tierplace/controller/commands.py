@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
     p.add_argument(
-        "--resync-seconds", type=float, default=None, help="drift timer interval (default 30)"
+        "--resync-seconds", type=float, default=None, help="drift timer interval (default 300)"
     )
     hooks = p.add_argument_group(
         "admission webhooks",

@@ -4,7 +4,9 @@
 environment), builds one ``OperatorConfig`` before kopf starts (a bad value is refused there)
 and passes it to ``handlers.run``:
 
-  TIERPLACE_RESYNC_SECONDS   drift timer interval (default 30)
+  TIERPLACE_RESYNC_SECONDS   drift timer interval (default 300): a safety net only, since
+                             the events of tiers, cascades, their children, their pods and
+                             Nodes requeue what they concern
   TIERPLACE_WEBHOOK_PORT     when set, serve admission webhooks on this port, with
   TIERPLACE_WEBHOOK_CERT / _KEY (required), _CA, _ADDR (default 127.0.0.1), _HOST
   TIERPLACE_WEBHOOK_MANAGED  true (default): kopf creates and patches the webhook
@@ -83,7 +85,7 @@ class WebhookConfig:
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    resync_seconds: float = 30.0
+    resync_seconds: float = 300.0
     #: None: no webhook server and no admission handlers.
     webhook: WebhookConfig | None = None
     defaults: SpecDefaults = field(default_factory=SpecDefaults)
@@ -160,7 +162,7 @@ def _defaults(env: Mapping[str, str]) -> SpecDefaults:
 
 def from_env(env: Mapping[str, str]) -> OperatorConfig:
     """The settings in ``env``; raises ValueError naming the variable and what to set."""
-    resync_text = _text(env, "TIERPLACE_RESYNC_SECONDS") or "30"
+    resync_text = _text(env, "TIERPLACE_RESYNC_SECONDS") or "300"
     try:
         resync = float(resync_text)
     except ValueError:

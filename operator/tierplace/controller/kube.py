@@ -9,11 +9,14 @@ available on Kubernetes 1.20 (beta there), so convergence is a read-compare-repl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
 import json
+import logging
 import os
+import random
 import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -27,6 +30,10 @@ import aiohttp
 from tierplace.api import names
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+log = logging.getLogger(__name__)
+
+#: Answers worth another try, after a pause: throttled (429), or the server briefly unable.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 #: kind -> plural for every kind the operator touches.
 PLURALS: dict[str, str] = {
@@ -225,21 +232,35 @@ def controller_uid(obj: Mapping[str, Any]) -> str | None:
 class Kube:
     """A small async client for the operator's needs; one aiohttp session per operator."""
 
-    def __init__(self, credentials: Credentials, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        timeout_s: float = 30.0,
+        concurrency: int = 16,
+        attempts: int = 6,
+    ) -> None:
         self.credentials = credentials
         headers = {"Accept": "application/json"}
         if credentials.token:
             headers["Authorization"] = f"Bearer {credentials.token}"
+        # The timeout covers one request on the wire, not the wait for a turn: a total timeout
+        # counted the time queued behind other reconciles, and a thousand reconciles at once
+        # timed out by the thousand while the API server was merely busy.
         self._session = aiohttp.ClientSession(
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-            connector=aiohttp.TCPConnector(ssl=credentials.ssl_context(), limit=32),
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s),
+            connector=aiohttp.TCPConnector(ssl=credentials.ssl_context(), limit=concurrency),
         )
+        #: At most this many requests in flight; the others wait their turn, untimed.
+        self._turns = asyncio.Semaphore(concurrency)
+        self._attempts = attempts
         self._pdb_version: str | None = None
         #: Event name -> the count last written, so a repeat is one PATCH (no read).
         self._event_counts: dict[str, int] = {}
         #: API calls made, by HTTP method: the benchmark reports them.
         self.calls: dict[str, int] = {}
+        #: Requests tried again, by cause (an HTTP status or an exception's name).
+        self.retries: dict[str, int] = {}
 
     async def close(self) -> None:
         await self._session.close()
@@ -252,8 +273,44 @@ class Kube:
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        self.calls[method] = self.calls.get(method, 0) + 1
+        """One API call, retried with exponential backoff and jitter (0.2 s doubling to 10 s,
+        or the server's Retry-After) on 429, 5xx and timeouts, ``attempts`` times in all."""
         data = None if body is None else json.dumps(body)
+        for attempt in range(1, self._attempts + 1):
+            self.calls[method] = self.calls.get(method, 0) + 1
+            try:
+                async with self._turns:
+                    status, text, retry_after = await self._once(
+                        method, path, data, params, content_type
+                    )
+            except (TimeoutError, aiohttp.ServerDisconnectedError) as exc:
+                # Every call the operator makes is safe to repeat after a timeout, even when
+                # the first one was applied: a PUT carries its resourceVersion (a Conflict
+                # then), a repeated POST answers 409 (ensure reads it), a merge patch is
+                # idempotent, a repeated DELETE answers 404.
+                if attempt == self._attempts:
+                    raise
+                self.retries[type(exc).__name__] = self.retries.get(type(exc).__name__, 0) + 1
+                await asyncio.sleep(backoff(attempt))
+                continue
+            if status in RETRY_STATUSES and attempt < self._attempts:
+                self.retries[str(status)] = self.retries.get(str(status), 0) + 1
+                log.debug("%s %s answered %s; retrying (attempt %d)", method, path, status, attempt)
+                await asyncio.sleep(retry_after if retry_after is not None else backoff(attempt))
+                continue
+            if status >= 400:
+                raise _error(status, text)
+            return json.loads(text) if text else None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        data: str | None,
+        params: Mapping[str, str] | None,
+        content_type: str,
+    ) -> tuple[int, str, float | None]:
         async with self._session.request(
             method,
             self.credentials.server + path,
@@ -262,9 +319,7 @@ class Kube:
             headers={"Content-Type": content_type} if data is not None else None,
         ) as resp:
             text = await resp.text()
-            if resp.status >= 400:
-                raise _error(resp.status, text)
-            return json.loads(text) if text else None
+            return resp.status, text, _retry_after(resp.headers.get("Retry-After"))
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
@@ -297,11 +352,29 @@ class Kube:
             self._pdb_version = "policy/v1" if found else "policy/v1beta1"
         return self._pdb_version
 
-    async def ensure(self, desired: Mapping[str, Any]) -> dict[str, Any]:
+    async def ensure(
+        self,
+        desired: Mapping[str, Any],
+        cached: Mapping[str, Any] | None = None,
+        watched: bool = False,
+    ) -> dict[str, Any]:
         """Make the child look like ``desired``; returns the live object. Raises
-        :class:`Conflict` on a lost race and :class:`OwnedElsewhere` for a foreign object."""
+        :class:`Conflict` on a lost race and :class:`OwnedElsewhere` for a foreign object.
+
+        ``cached`` is the child as the operator's watch last saw it: with it, an up-to-date
+        child costs no request at all, and a drifted one one PUT (guarded by the cached
+        resourceVersion; a stale cache loses that race as a Conflict, and the reconcile runs
+        again). ``watched``: the watch holds every such object, so none cached means none
+        exists (created at once; a 409 then reads it). Otherwise the child is read first."""
         path = manifest_path(desired)
-        live = await self.get(path)
+        if cached is not None:
+            if foreign_reason(desired, cached) is None and up_to_date(desired, cached):
+                return dict(cached)
+            live: dict[str, Any] | None = dict(cached)
+        elif watched:
+            live = None
+        else:
+            live = await self.get(path)
         if live is None:
             try:
                 created: dict[str, Any] = await self.request(
@@ -330,6 +403,18 @@ class Kube:
         if live is None or controller_uid(live) != owner_uid:
             return False
         return await self.delete(path)
+
+    async def delete_owned_cached(
+        self, live: Mapping[str, Any] | None, api_version: str, kind: str, owner_uid: str
+    ) -> bool:
+        """:meth:`delete_owned` of a child the watch holds (None: it holds none, so there is
+        nothing to delete and no request is made)."""
+        if live is None or controller_uid(live) != owner_uid:
+            return False
+        meta = live["metadata"]
+        return await self.delete(
+            resource_path(api_version, kind, meta.get("namespace"), meta["name"])
+        )
 
     async def record_event(
         self,
@@ -400,6 +485,20 @@ class Kube:
                 if p.get("spec", {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")
             )
         )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """The server's Retry-After in seconds (at most 30), when it gave one in seconds."""
+    try:
+        return None if value is None else min(float(value), 30.0)
+    except ValueError:
+        return None
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before try ``attempt + 1``: 0.2 s doubling to 10 s, with full jitter, so that
+    many reconciles refused together do not come back together."""
+    return float(random.uniform(0.5, 1.0) * min(10.0, 0.2 * 2 ** (attempt - 1)))
 
 
 def _error(status: int, text: str) -> ApiError:

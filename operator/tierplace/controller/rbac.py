@@ -1,11 +1,13 @@
 """The operator's least-privilege RBAC, as data: the chart renders it, a test runs the operator
 under exactly these rules against a real API server (any missing verb shows up as a 403).
 
-Verbs follow what the code does, nothing more: kube.py reads a child, then creates or replaces
-it (get, create, update; never list, watch or patch); kopf watches tiers and cascades and
-patches their annotations and status; the operator never deletes Deployments or Services
-itself (garbage collection does), but deletes a PodDisruptionBudget when replicas drop to one
-and an InferenceTier it generated when its cascade rung goes away.
+Verbs follow what the code does, nothing more: the operator watches its children and its
+Triton pods (list, watch, with a label selector: only ours) and reads them from that cache,
+then creates or replaces a child (create, update; get after a lost race; never patch); kopf
+watches tiers and cascades and patches their annotations and status; the operator never
+deletes Deployments or Services itself (garbage collection does), but deletes a
+PodDisruptionBudget when replicas drop to one and an InferenceTier it generated when its
+cascade rung goes away.
 
 Two shapes: watching all namespaces, one ClusterRole holds everything; watching some
 (``--namespace``, the chart's operator.watchNamespaces), the namespaced rules go into a Role
@@ -45,19 +47,25 @@ def namespaced_rules() -> list[dict[str, Any]]:
             "resources": [f"{names.TIER_PLURAL}/status", f"{names.CASCADE_PLURAL}/status"],
             "verbs": ["patch"],
         },
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "update"]},
+        # The children are watched (label-selected: only ours) and read from that cache;
+        # get is the read after a lost race.
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "verbs": ["get", "list", "watch", "create", "update"],
+        },
         {
             "apiGroups": [""],
             "resources": ["services", "configmaps"],
-            "verbs": ["get", "create", "update"],
+            "verbs": ["get", "list", "watch", "create", "update"],
         },
         {
             "apiGroups": ["policy"],
             "resources": ["poddisruptionbudgets"],
-            "verbs": ["get", "create", "update", "delete"],
+            "verbs": ["get", "list", "watch", "create", "update", "delete"],
         },
-        # Status reports where a tier's pods were scheduled.
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        # Status reports where a tier's pods were scheduled (a watch of our Triton pods).
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         # Events on tiers and cascades, deduplicated: a repeat reads and bumps the count.
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]},
     ]

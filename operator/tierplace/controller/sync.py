@@ -2,6 +2,10 @@
 
 Kept apart from handlers.py so it runs without kopf (tests, the benchmark) and apart from
 reconcile.py so the planning stays pure. Each function returns the status to write.
+
+Reads come from the operator's watches (``observed``, see observed.py) when it has them: a
+pass over an up-to-date object then makes no API request at all, and one that finds drift
+writes only what drifted. Without them (``observed=None``) every child is read from the API.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tierplace.controller.kube import (
     selector_text,
 )
 from tierplace.controller.manifests import BUILTIN_DEFAULTS, Owner
+from tierplace.controller.observed import Observed
 from tierplace.controller.placement import NodeInfo
 
 log = logging.getLogger(__name__)
@@ -89,13 +94,25 @@ async def sync_tier(
     body: Mapping[str, Any],
     nodes: Iterable[NodeInfo],
     defaults: SpecDefaults = BUILTIN_DEFAULTS,
+    observed: Observed | None = None,
 ) -> dict[str, Any]:
     """Converge one InferenceTier's children and compute its status (and record the Events
     its change deserves)."""
     owner = owner_of(body)
-    status = await _tier_status(kube, owner, body, list(nodes), defaults)
+    status = await _tier_status(kube, owner, body, list(nodes), defaults, observed)
     await record(kube, owner, body.get("status"), status)
     return status
+
+
+async def _ensure(
+    kube: Kube, child: Mapping[str, Any], observed: Observed | None
+) -> dict[str, Any]:
+    """``kube.ensure`` with the watch's copy of the child when the watch has one."""
+    if observed is None:
+        return await kube.ensure(child)
+    meta = child["metadata"]
+    cached = observed.child(child["kind"], meta["namespace"], meta["name"])
+    return await kube.ensure(child, cached, watched=True)
 
 
 async def _tier_status(
@@ -104,6 +121,7 @@ async def _tier_status(
     body: Mapping[str, Any],
     pool: list[NodeInfo],
     defaults: SpecDefaults,
+    observed: Observed | None = None,
 ) -> dict[str, Any]:
     bad_name = names.name_problems(owner.kind, owner.name)
     if bad_name:  # every child would be refused (422, label too long): touch none
@@ -118,21 +136,31 @@ async def _tier_status(
     conflict: str | None = None
     for child in plan.apply:
         try:
-            live = await kube.ensure(child)
+            live = await _ensure(kube, child, observed)
         except OwnedElsewhere as exc:
             conflict = str(exc)  # reported in status; the other children still converge
             continue
         if child["kind"] == "Deployment":
             deployment = live
     for key in plan.delete:
-        await kube.delete_owned(key.api_version, key.kind, owner.namespace, key.name, owner.uid)
+        if observed is None:
+            await kube.delete_owned(key.api_version, key.kind, owner.namespace, key.name, owner.uid)
+        else:
+            cached = observed.child(key.kind, owner.namespace, key.name)
+            await kube.delete_owned_cached(cached, key.api_version, key.kind, owner.uid)
     if not plan.apply:
-        deployment = await kube.get(
-            resource_path("apps/v1", "Deployment", owner.namespace, owner.name)
+        deployment = (
+            await kube.get(resource_path("apps/v1", "Deployment", owner.namespace, owner.name))
+            if observed is None
+            else observed.child("Deployment", owner.namespace, owner.name)
         )
     pod_nodes: tuple[str, ...] = ()
     if deployment is not None:
-        pod_nodes = await kube.pod_nodes(owner.namespace, manifests.tier_selector(owner.name))
+        pod_nodes = (
+            await kube.pod_nodes(owner.namespace, manifests.tier_selector(owner.name))
+            if observed is None
+            else observed.pod_nodes(owner.namespace, owner.name)
+        )
     not_ready = tuple(n.name for n in pool if n.name in pod_nodes and not n.ready)
     obs = reconcile.TierObservation(deployment, pod_nodes, conflict, not_ready)
     return reconcile.tier_status(
@@ -141,18 +169,25 @@ async def _tier_status(
 
 
 async def sync_cascade(
-    kube: Kube, body: Mapping[str, Any], defaults: SpecDefaults = BUILTIN_DEFAULTS
+    kube: Kube,
+    body: Mapping[str, Any],
+    defaults: SpecDefaults = BUILTIN_DEFAULTS,
+    observed: Observed | None = None,
 ) -> dict[str, Any]:
     """Converge one InferenceCascade: its generated tiers, then the router over placed tiers
     (and record the Events its status change deserves)."""
     owner = owner_of(body)
-    status = await _cascade_status(kube, owner, body, defaults)
+    status = await _cascade_status(kube, owner, body, defaults, observed)
     await record(kube, owner, body.get("status"), status)
     return status
 
 
 async def _cascade_status(
-    kube: Kube, owner: Owner, body: Mapping[str, Any], defaults: SpecDefaults
+    kube: Kube,
+    owner: Owner,
+    body: Mapping[str, Any],
+    defaults: SpecDefaults,
+    observed: Observed | None = None,
 ) -> dict[str, Any]:
     bad_name = names.name_problems(owner.kind, owner.name)
     if bad_name:  # its router and generated tiers would be refused: touch none
@@ -167,16 +202,27 @@ async def _cascade_status(
 
     wanted = reconcile.generated_tiers(owner, spec)
     foreign: dict[str, str] = {}  # generated name -> why it is not ours to write
+    live_tiers: dict[str, Mapping[str, Any] | None] = {}
     for tier in wanted:
+        name = tier["metadata"]["name"]
+        cached = None if observed is None else observed.tier(owner.namespace, name)
         try:
-            await kube.ensure(tier)
+            live_tiers[name] = (
+                await kube.ensure(tier)
+                if observed is None
+                else await kube.ensure(tier, cached, watched=True)
+            )
         except OwnedElsewhere as exc:
-            foreign[tier["metadata"]["name"]] = str(exc)
+            foreign[name] = str(exc)
     # Tiers this cascade created for rungs that are gone now.
     keep = {t["metadata"]["name"] for t in wanted}
-    tier_list = resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace)
-    for tier in await kube.list(tier_list, selector_text({names.CASCADE_LABEL: owner.name})):
-        name = tier["metadata"]["name"]
+    if observed is None:
+        tier_list = resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace)
+        selector = selector_text({names.CASCADE_LABEL: owner.name})
+        made = [t["metadata"]["name"] for t in await kube.list(tier_list, selector)]
+    else:
+        made = observed.generated_tiers(owner.namespace, owner.name)
+    for name in made:
         if name not in keep:
             await kube.delete_owned(
                 names.API_VERSION, names.TIER_KIND, owner.namespace, name, owner.uid
@@ -187,21 +233,28 @@ async def _cascade_status(
         if name in foreign:
             views.append(reconcile.foreign_tier_view(name, tier_class, threshold, foreign[name]))
             continue
-        live = await kube.get(
-            resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace, name)
-        )
-        service = (
-            await kube.get(resource_path("v1", "Service", owner.namespace, name))
-            if live is not None
-            else None
-        )
-        views.append(reconcile.tier_view(name, tier_class, threshold, live, service))
+        tier_live: Mapping[str, Any] | None
+        service: Mapping[str, Any] | None
+        if observed is None:
+            tier_live = await kube.get(
+                resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace, name)
+            )
+            service = (
+                await kube.get(resource_path("v1", "Service", owner.namespace, name))
+                if tier_live is not None
+                else None
+            )
+        else:
+            # The watch's copy, which carries the status (a tier just created has none yet).
+            tier_live = observed.tier(owner.namespace, name) or live_tiers.get(name)
+            service = observed.child("Service", owner.namespace, name)
+        views.append(reconcile.tier_view(name, tier_class, threshold, tier_live, service))
     plan = reconcile.plan_router(owner, spec, views, defaults)
     router: Mapping[str, Any] | None = None
     router_conflict: str | None = None
     for child in plan.apply:
         try:
-            live = await kube.ensure(child)
+            live = await _ensure(kube, child, observed)
         except OwnedElsewhere as exc:
             router_conflict = str(exc)
             continue
