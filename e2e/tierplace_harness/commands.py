@@ -86,8 +86,23 @@ def _register_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="(harness) time the operator converging many InferenceTiers on a local control plane",
     )
     b.add_argument("--tiers", type=int, default=200)
-    b.add_argument("--repeat", type=int, default=1, help="runs (fresh namespace each); median")
+    b.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh control plane")
+    b.add_argument(
+        "--sizes", type=int, nargs="+", default=None, help="one run per size (e.g. 1000 5000)"
+    )
+    b.add_argument("--timeout", type=float, default=300, help="seconds to converge, per run")
+    b.add_argument(
+        "--idle",
+        type=float,
+        default=None,
+        help="seconds of idle CPU measured (default: the drift interval + 15 s)",
+    )
     b.add_argument("--out", default=None, help="JSON path (default bench-results/...)")
+    b.add_argument(
+        "--render-only",
+        action="store_true",
+        help="regenerate docs/operating-at-scale.md from docs/results/operator-scale.json",
+    )
     b.set_defaults(func=_bench_operator)
 
 
@@ -151,5 +166,15 @@ def _bench_models(args: argparse.Namespace) -> int:
 def _bench_operator(args: argparse.Namespace) -> int:
     from tierplace_harness.bench import reconcile
 
+    if args.render_only:
+        reconcile.render()
+        return 0
     out = Path(args.out) if args.out else None
-    return reconcile.main(tiers=args.tiers, repeat=args.repeat, out=out)
+    return reconcile.main(
+        tiers=args.tiers,
+        repeat=args.repeat,
+        out=out,
+        timeout=args.timeout,
+        idle_s=args.idle,
+        sizes=args.sizes,
+    )
