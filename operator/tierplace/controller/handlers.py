@@ -180,7 +180,7 @@ async def _reconcile(
     """One reconcile of ``body`` under its lock; the status to write, or None when it is the
     one already there (no write, so no watch event and no work for anyone)."""
     queue = _state(memo)
-    async with queue.lock(key_of(body)):
+    async with queue.lock(key_of(body)), queue.slots:
         latest = queue.latest(body)
         status = await _guarded(memo.kube, body, run(latest))
         if not changed(latest.get("status"), status):
