@@ -132,6 +132,25 @@ def _converged_count(cp: ControlPlane, ns: str, n: int) -> int:
     return min(placed, deployments, services)
 
 
+def _deployments_settled(cp: ControlPlane, ns: str, n: int) -> bool:
+    """The deployment controller is done: every Deployment's status is for its generation
+    and counts its replicas (it writes those at 20 requests/s, long after the pods exist)."""
+    try:
+        _, deps = cp.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments")
+    except (TimeoutError, OSError):
+        return False
+    done = 0
+    for d in deps["items"]:
+        status, spec = d.get("status") or {}, d.get("spec") or {}
+        if (
+            status.get("observedGeneration") == d["metadata"].get("generation")
+            and status.get("updatedReplicas", 0) == spec.get("replicas", 1)
+            and status.get("replicas", 0) == spec.get("replicas", 1)
+        ):
+            done += 1
+    return done >= n
+
+
 def _pods_scheduled(cp: ControlPlane, ns: str, n: int) -> bool:
     try:
         _, pods = cp.request("GET", f"/api/v1/namespaces/{ns}/pods?fieldSelector=spec.nodeName!%3D")
@@ -287,6 +306,10 @@ def measure(
     except cluster.Timeout:
         result.pods_scheduled_s = None
         result.misses.append(f"not all {n} pods scheduled within 600 s; idle measured anyway")
+    try:
+        cluster.wait_for(lambda: _deployments_settled(cp, ns, n), 300, "Deployments settled", 5.0)
+    except cluster.Timeout:
+        result.misses.append("Deployment statuses still changing after 300 s; idle measured anyway")
     time.sleep(10)
     cpu0, log0, t0 = _cpu_s(pid), operator.log.stat().st_size, time.monotonic()
     time.sleep(idle_s)
