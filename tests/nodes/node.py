@@ -46,6 +46,11 @@ trap 'kill -TERM $cpid ${kpid:-} 2>/dev/null; wait' TERM INT
 for _ in $(seq 300); do [[ -S $d/containerd.sock ]] && break; sleep 0.1; done
 [[ -S $d/containerd.sock ]] || { echo "containerd did not start" >&2; exit 1; }
 ctr() { command ctr --address "$d/containerd.sock" -n k8s.io "$@"; }
+# An earlier run's containers (its kubelet state is gone; they were killed with it) still hold
+# their images' snapshots: drop them first, or old builds are never collected and the nodes'
+# stores grow by gigabytes a run until the disk fills and the kubelet's eviction deletes the
+# new images.
+for c in $(ctr containers ls -q); do ctr containers rm "$c" >/dev/null 2>&1 || true; done
 # Earlier builds' images of ours are never needed again: drop them before importing (containerd
 # then collects their content and snapshots; seven nodes hold a copy each).
 for old in $(ctr images ls -q | grep '^docker.io/tierplace/' || true); do
