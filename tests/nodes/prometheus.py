@@ -19,25 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import subprocess
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tests.chart.helmkit import CHART, Helm
+from tests.nodes.mirror import Mirror, Request
 from tests.nodes.sealed import POD_GATEWAY, SealedNetwork
 
 ADDRESS = POD_GATEWAY
 PORT = 9090
 SERVICE = "tierplace-prometheus"
-
-Request = Callable[..., tuple[int, Any]]
 
 
 def _label(name: str) -> str:
@@ -87,49 +82,33 @@ def config(helm: Helm, discovery_file: Path) -> dict[str, Any]:
     return doc
 
 
-class ClusterPrometheus:
-    """Prometheus on the gateway, and the thread that mirrors pods into its discovery file."""
+class ClusterPrometheus(Mirror):
+    """Prometheus on the gateway, its discovery file kept equal to the cluster's pods."""
+
+    api_path = "/api/v1/pods"
 
     def __init__(self, network: SealedNetwork, request: Request, helm: Helm, workdir: Path):
-        self._network, self._request, self._helm = network, request, helm
         self._dir = workdir / "prometheus"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._mirror, name="prometheus-sd", daemon=True)
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            network, request, self._dir, self._dir / "pods.json", workdir / "prometheus.log"
+        )
+        self._helm = helm
 
     @property
     def url(self) -> str:
         return f"http://{ADDRESS}:{PORT}"
 
-    def start(self) -> None:
+    def render(self, listing: dict[str, Any]) -> str:
+        return json.dumps(targets(listing))
+
+    def command(self) -> list[str]:
         (self._dir / "data").mkdir(parents=True, exist_ok=True)
-        self._write([])
         conf = self._dir / "prometheus.yml"
         conf.write_text(yaml.safe_dump(config(self._helm, self._dir / "pods.json")))
-        with (self._dir.parent / "prometheus.log").open("wb") as log:
-            self._proc = subprocess.Popen(
-                self._network.command(
-                    [
-                        "prometheus", f"--config.file={conf}",
-                        f"--storage.tsdb.path={self._dir / 'data'}",
-                        f"--web.listen-address={ADDRESS}:{PORT}",
-                    ]
-                ),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        self._thread.start()
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=15)
+        return [
+            "prometheus", f"--config.file={conf}", f"--storage.tsdb.path={self._dir / 'data'}",
+            f"--web.listen-address={ADDRESS}:{PORT}",
+        ]  # fmt: skip
 
     def register(self, namespace: str) -> None:
         """The Service the examples name (``tierplace-prometheus.<namespace>.svc``), without a
@@ -149,21 +128,6 @@ class ClusterPrometheus:
             code, out = self._request("POST", f"{base}/{kind}", body)
             if code not in (201, 409):
                 raise RuntimeError(f"creating the {kind} {SERVICE}: {code} {out}")
-
-    def _mirror(self) -> None:
-        last: list[dict[str, Any]] | None = None
-        while not self._stop.wait(1.0):
-            with contextlib.suppress(Exception):  # the apiserver may be restarting
-                code, body = self._request("GET", "/api/v1/pods")
-                if code == 200 and (groups := targets(body)) != last:
-                    self._write(groups)
-                    last = groups
-
-    def _write(self, groups: list[dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".pods-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(groups, f)
-        os.replace(tmp, self._dir / "pods.json")
 
 
 @contextlib.contextmanager
