@@ -8,12 +8,15 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import kopf
 import pytest
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from tierplace.api import names
 from tierplace.api.models import InferenceTierSpec
-from tierplace.controller import observed, reconcile, sync
-from tierplace.controller.kube import ApiError, Credentials, Kube
+from tierplace.controller import config, handlers, observed, reconcile, sync
+from tierplace.controller.kube import Kube, backoff
 from tierplace.controller.placement import node_info
 from tierplace_harness import cluster
 
@@ -24,11 +27,10 @@ class NoRequests(Kube):
     """A Kube that fails the test on any request: everything must come from the cache."""
 
     def __init__(self) -> None:
-        super().__init__(Credentials(server="http://unused"))
-        self._pdb_version = "policy/v1beta1"
+        super().__init__(None, pdb_api_version="policy/v1beta1")
 
-    async def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"the reconcile asked the API server: {method} {path}")
+    async def _send(self, verb: str, api_version: str, kind: str, kwargs: Any) -> Any:
+        raise AssertionError(f"the reconcile asked the API server: {verb} {kind} {kwargs}")
 
 
 def _tier(name: str = "t1") -> dict[str, Any]:
@@ -98,15 +100,21 @@ def test_the_caches_keep_only_what_reconcile_reads() -> None:
     assert f"app.kubernetes.io/managed-by={names.MANAGED_BY}" == observed.OWNED_SELECTOR
 
 
+def _refusal(status: int, retry_after: str | None = None) -> ApiException:
+    exc = ApiException(status=status, reason="refused", body='{"message": "slow down"}')
+    exc.headers = {"Retry-After": retry_after} if retry_after is not None else None
+    return exc
+
+
 class Scripted(Kube):
-    """Answers each request from a script of (status, retry-after) or an exception."""
+    """Answers each call from a script: an exception to raise, or the value to return."""
 
     def __init__(self, script: list[Any]) -> None:
-        super().__init__(Credentials(server="http://unused"), attempts=4)
+        super().__init__(None, attempts=4)
         self.script = script
         self.sent = 0
 
-    async def _once(self, *_: Any) -> tuple[int, str, float | None]:
+    async def _send(self, *_: Any) -> Any:
         self.sent += 1
         step = self.script.pop(0)
         if isinstance(step, BaseException):
@@ -115,28 +123,63 @@ class Scripted(Kube):
 
 
 async def test_throttled_and_timed_out_requests_back_off_and_retry() -> None:
-    kube = Scripted([(429, "", 0.0), TimeoutError(), (503, "", 0.0), (200, '{"ok": 1}', None)])
+    timeout = urllib3.exceptions.ReadTimeoutError(None, "/x", "read timed out")  # type: ignore[arg-type]
+    kube = Scripted([_refusal(429, "0"), timeout, _refusal(503, "0"), {"ok": 1}])
     try:
-        assert await kube.request("GET", "/x") == {"ok": 1}
+        assert await kube.get("v1", "Service", "ns", "x") == {"ok": 1}
         assert kube.sent == 4
-        assert kube.retries == {"429": 1, "TimeoutError": 1, "503": 1}
+        assert kube.retries == {"429": 1, "ReadTimeoutError": 1, "503": 1}
     finally:
         await kube.close()
 
 
 async def test_retries_end_after_the_last_attempt_with_the_servers_answer() -> None:
-    kube = Scripted([(429, '{"message": "slow down"}', 0.0)] * 4)
+    kube = Scripted([_refusal(429, "0")] * 4)
     try:
-        with pytest.raises(ApiError) as refused:
-            await kube.request("GET", "/x")
+        with pytest.raises(ApiException) as refused:
+            await kube.get("v1", "Service", "ns", "x")
         assert refused.value.status == 429 and kube.sent == 4
     finally:
         await kube.close()
 
 
-def test_backoff_grows_and_is_capped() -> None:
-    from tierplace.controller.kube import backoff
+async def test_a_timeout_after_the_last_attempt_is_the_builtin_timeout() -> None:
+    timeout = urllib3.exceptions.ReadTimeoutError(None, "/x", "read timed out")  # type: ignore[arg-type]
+    kube = Scripted([timeout] * 4)
+    try:
+        with pytest.raises(TimeoutError):
+            await kube.get("v1", "Service", "ns", "x")
+        assert kube.sent == 4
+    finally:
+        await kube.close()
 
+
+async def test_a_missing_object_is_none_and_other_refusals_are_not_retried() -> None:
+    kube = Scripted([_refusal(404), _refusal(422)])
+    try:
+        assert await kube.get("v1", "Service", "ns", "x") is None
+        with pytest.raises(ApiException):
+            await kube.get("v1", "Service", "ns", "x")
+        assert kube.sent == 2 and kube.retries == {}
+    finally:
+        await kube.close()
+
+
+def test_backoff_grows_and_is_capped() -> None:
     assert all(0.1 <= backoff(1) <= 0.2 for _ in range(50))
     assert all(5.0 <= backoff(12) <= 10.0 for _ in range(50))
-    assert asyncio.iscoroutinefunction(Kube.request)
+    assert asyncio.iscoroutinefunction(Kube.get)
+
+
+async def test_an_object_being_deleted_is_not_reconciled() -> None:
+    """Its children go with it or are orphaned on purpose: a pass would take them back."""
+    body = _tier()
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    kube = NoRequests()
+    patch = kopf.Patch()
+    try:
+        memo = kopf.Memo(kube=kube, config=config.from_env({}))
+        await handlers.reconcile_tier(body=kopf.Body(body), patch=patch, memo=memo, nodes={})
+    finally:
+        await kube.close()
+    assert not patch

@@ -14,8 +14,8 @@ import yaml
 
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.controller import reconcile, sync
+from tierplace.controller.compare import up_to_date
 from tierplace.controller.config import SpecDefaults
-from tierplace.controller.kube import manifest_path, up_to_date
 from tierplace.controller.placement import node_info
 from tierplace.router import config as router_config
 from tierplace_harness import cluster
@@ -23,6 +23,23 @@ from tierplace_harness.cluster import Api, condition, tier_body
 from tierplace_harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
+
+#: kind -> plural, for the kinds a reconcile writes.
+PLURALS = {
+    "Deployment": "deployments",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "InferenceTier": "inferencetiers",
+}
+
+
+def manifest_path(manifest: dict[str, Any]) -> str:
+    """The API path of a (namespaced) manifest, for the test's own reads."""
+    version, meta = manifest["apiVersion"], manifest["metadata"]
+    base = f"/apis/{version}" if "/" in version else f"/api/{version}"
+    plural = PLURALS[manifest["kind"]]
+    return f"{base}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
 
 
 def pool_members(api: Api, pool: str) -> set[str]:
@@ -285,9 +302,10 @@ def test_cascade_creates_its_tiers_and_the_router(
         lambda: (
             (c := api.get(api.cascades(ns, "sentiment")))
             and c.get("status", {}).get("readyTiers") == "0/3"
+            and all(t.get("variant") for t in c["status"].get("tiers") or [{}])
             and c["status"]
         ),
-        "cascade status",
+        "cascade status over three placed tiers",
     )
     assert status["degradedTiers"] == ["sentiment-device", "sentiment-edge", "sentiment-cloud"]
     assert [t["variant"] for t in status["tiers"]] == ["minilm-l2", "minilm-l6", "mpnet-base"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 import pytest
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from tierplace.controller import config, handlers, sync
@@ -29,11 +30,11 @@ def test_a_reconcile_is_counted_and_timed_and_an_error_by_its_class() -> None:
     with m.reconciling("InferenceTier"):
         pass
     with pytest.raises(Conflict), m.reconciling("InferenceTier"):
-        raise Conflict(409, "Conflict", "stale resourceVersion")
+        raise Conflict(ApiException(status=409, reason="Conflict"))
     r = m.registry
     assert _value(r, "reconciles_total", kind="InferenceTier", result="ok") == 1
     assert _value(r, "reconciles_total", kind="InferenceTier", result="error") == 1
-    assert _value(r, "reconcile_errors_total", kind="InferenceTier", error="Conflict") == 1
+    assert _value(r, "reconcile_errors_total", kind="InferenceTier", error="ConflictError") == 1
     assert _value(r, "reconcile_seconds_count", kind="InferenceTier") == 2
     assert _value(r, "reconciles_total", kind="InferenceCascade", result="ok") == 0
 
@@ -116,7 +117,10 @@ def _body(kind: str, name: str) -> kopf.Body:
 async def test_handlers_count_reconciles_errors_and_managed_objects(
     fresh_metrics: OperatorMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outcomes: list[BaseException | None] = [None, Conflict(409, "Conflict", "stale")]
+    outcomes: list[BaseException | None] = [
+        None,
+        Conflict(ApiException(status=409, reason="Conflict")),
+    ]
 
     async def sync_tier(*_: Any) -> dict[str, Any]:
         failure = outcomes.pop(0)
@@ -140,7 +144,7 @@ async def test_handlers_count_reconciles_errors_and_managed_objects(
     r = fresh_metrics.registry
     assert _value(r, "reconciles_total", kind="InferenceTier", result="ok") == 1
     assert _value(r, "reconciles_total", kind="InferenceTier", result="error") == 1
-    assert _value(r, "reconcile_errors_total", kind="InferenceTier", error="Conflict") == 1
+    assert _value(r, "reconcile_errors_total", kind="InferenceTier", error="ConflictError") == 1
     assert _value(r, "reconciles_total", kind="InferenceCascade", result="ok") == 1
     assert _value(r, "reconcile_seconds_count", kind="InferenceCascade") == 1
     assert _value(r, "managed_objects", kind="InferenceTier") == 1

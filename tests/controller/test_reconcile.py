@@ -10,8 +10,8 @@ import yaml
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.controller import admission, reconcile
 from tierplace.controller.__main__ import main as controller_main
+from tierplace.controller.compare import is_subset, merged, up_to_date
 from tierplace.controller.config import SpecDefaults
-from tierplace.controller.kube import is_subset, merged, resource_path, up_to_date
 from tierplace.controller.manifests import Owner
 from tierplace.controller.placement import NodeInfo, Taint
 
@@ -189,16 +189,6 @@ def test_server_defaults_are_not_drift_but_changed_values_are() -> None:
     assert body["spec"]["clusterIP"] == "10.96.0.7"  # allocated, immutable: kept
     assert body["metadata"]["labels"] == {"a": "1", "b": "2"}
     assert not is_subset([1, 2], [1, 2, 3])
-
-
-def test_resource_paths_for_core_grouped_and_cluster_kinds() -> None:
-    assert resource_path("v1", "Service", "ns", "x") == "/api/v1/namespaces/ns/services/x"
-    assert resource_path("apps/v1", "Deployment", "ns") == "/apis/apps/v1/namespaces/ns/deployments"
-    assert resource_path("v1", "Node", "ignored", "n1") == "/api/v1/nodes/n1"
-    assert (
-        resource_path("tierplace.io/v1alpha1", "InferenceTier", "ns", "t")
-        == "/apis/tierplace.io/v1alpha1/namespaces/ns/inferencetiers/t"
-    )
 
 
 def test_print_rbac_gives_a_role_and_a_binding_for_the_service_account(

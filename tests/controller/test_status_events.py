@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
+
 from tierplace.api import names
 from tierplace.controller import reconcile, sync
-from tierplace.controller.kube import ApiError, Conflict, Credentials, Kube
+from tierplace.controller.kube import Kube
 
 
 def status(*conds: tuple[str, str, str], **extra: Any) -> dict[str, Any]:
@@ -88,33 +91,28 @@ async def test_a_name_too_long_for_its_children_is_invalid_spec_and_touches_noth
 
 
 class RecordingKube(Kube):
-    """A Kube whose requests are answered from a dict of events, like the API server."""
+    """A Kube whose calls are answered from a dict of events, like the API server."""
 
     def __init__(self) -> None:
-        super().__init__(Credentials(server="http://unused"))
+        super().__init__(None)
         self.stored: dict[str, dict[str, Any]] = {}
-        self.methods: list[str] = []
+        self.verbs: list[str] = []
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        self.methods.append(method)
-        if method == "POST":
-            key = f"{path}/{body['metadata']['name']}"
+    async def _send(self, verb: str, api_version: str, kind: str, kw: Mapping[str, Any]) -> Any:
+        self.verbs.append(verb)
+        body = kw.get("body") or {}
+        name = kw.get("name") or body["metadata"]["name"]
+        key = f"{kw['namespace']}/{name}"
+        if verb == "create":
             if key in self.stored:
-                raise Conflict(409, "AlreadyExists", "exists")
+                raise ConflictError(ApiException(status=409, reason="AlreadyExists"))
             self.stored[key] = body
             return body
-        if path not in self.stored:
-            raise ApiError(404, "NotFound", "gone")
-        if method == "PATCH":
-            self.stored[path].update(body)
-        return self.stored[path]
+        if key not in self.stored:
+            raise NotFoundError(ApiException(status=404, reason="NotFound"))
+        if verb == "patch":
+            self.stored[key].update(body)
+        return self.stored[key]
 
 
 async def test_a_repeated_event_bumps_its_count() -> None:
@@ -126,7 +124,7 @@ async def test_a_repeated_event_bumps_its_count() -> None:
         await kube.record_event(obj, "Warning", "Failed", "another message")
         counts = sorted((e["message"], e["count"]) for e in kube.stored.values())
         assert counts == [("another message", 1), ("same message", 3)]
-        assert kube.methods == ["POST", "PATCH", "PATCH", "POST"]  # a repeat needs no read
+        assert kube.verbs == ["create", "patch", "patch", "create"]  # a repeat needs no read
         # A new operator process (no memory) bumps the existing event instead of adding one.
         fresh = RecordingKube()
         fresh.stored = kube.stored
@@ -134,7 +132,7 @@ async def test_a_repeated_event_bumps_its_count() -> None:
             await fresh.record_event(obj, "Warning", "Failed", "same message")
         finally:
             await fresh.close()
-        assert fresh.methods == ["POST", "GET", "PATCH"]
+        assert fresh.verbs == ["create", "get", "patch"]
         assert sorted(e["count"] for e in kube.stored.values()) == [1, 4]
     finally:
         await kube.close()

@@ -37,15 +37,7 @@ import kopf
 
 from tierplace.api import names
 from tierplace.controller import admission, config, observed, sync
-from tierplace.controller.kube import (
-    ApiError,
-    Conflict,
-    Credentials,
-    Kube,
-    OwnedElsewhere,
-    in_cluster_credentials,
-    resource_path,
-)
+from tierplace.controller.kube import ApiError, Conflict, Kube, OwnedElsewhere, describe
 from tierplace.controller.metrics import OPERATOR as METRICS
 from tierplace.controller.metrics import serve as serve_metrics
 from tierplace.controller.placement import NodeInfo, node_info
@@ -66,6 +58,7 @@ PODS = ("", "v1", "pods")
 #: Seconds an event-driven requeue waits, so that a burst of events about one object (its
 #: Deployment created, then its status written twice) runs one reconcile.
 REQUEUE_DELAY = 0.2
+log = logging.getLogger(__name__)
 
 
 def run(cfg: config.OperatorConfig, namespaces: Sequence[str], liveness: str | None) -> None:
@@ -178,7 +171,13 @@ async def _reconcile(
     run: Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]],
 ) -> dict[str, Any] | None:
     """One reconcile of ``body`` under its lock; the status to write, or None when it is the
-    one already there (no write, so no watch event and no work for anyone)."""
+    one already there (no write, so no watch event and no work for anyone).
+
+    An object being deleted is not reconciled: its children go with it, or are being orphaned
+    on purpose (``--cascade=orphan``), and a pass would take them back for an owner about to
+    vanish (the garbage collector would then delete them after all)."""
+    if body["metadata"].get("deletionTimestamp"):
+        return None
     queue = _state(memo)
     async with queue.lock(key_of(body)), queue.slots:
         latest = queue.latest(body)
@@ -218,16 +217,13 @@ async def _run_requeued(memo: kopf.Memo, key: Key, kw: dict[str, Any]) -> None:
                 memo, body, lambda b: sync.sync_cascade(memo.kube, b, defaults, view)
             )
         if status is not None:
-            path = resource_path(names.API_VERSION, kind, namespace, name) + "/status"
             try:
-                await memo.kube.request(
-                    "PATCH", path, {"status": status}, content_type="application/merge-patch+json"
-                )
+                await memo.kube.patch_status(names.API_VERSION, kind, namespace, name, status)
             except BaseException:
                 _state(memo).forget(key)  # not written: the next pass must write it
                 raise
     except (kopf.TemporaryError, ApiError, TimeoutError, OSError) as exc:
-        logging.getLogger(__name__).warning("requeued reconcile of %s failed: %s", key, exc)
+        log.warning("requeued reconcile of %s failed: %s", key, describe(exc))
         if isinstance(exc, kopf.TemporaryError) and isinstance(exc.__cause__, Conflict):
             # A lost race (a stale cached resourceVersion): once more, after the watch caught
             # up. Other failures wait for the object's next event or the drift timer.
@@ -334,13 +330,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # Managed: kopf creates the configurations named tierplace.io, patches them with every
         # handler, and empties them when it exits. Unmanaged (the Helm chart): it only serves.
         settings.admission.managed = names.GROUP if hook.managed else None
-    creds = in_cluster_credentials()
-    if creds is None:
-        info = kopf.login_with_kubeconfig(settings=settings)
-        if info is None:
-            raise kopf.PermanentError("no kubeconfig and not in a cluster: cannot reach the API")
-        creds = Credentials.from_connection_info(info)
-    memo.kube = Kube(creds)
+    memo.kube = await Kube.connect()
     if cfg.metrics_port is not None:
         serve_metrics(cfg.metrics_port, cfg.metrics_addr)
 
@@ -377,14 +367,15 @@ async def _guarded(kube: Kube, body: Mapping[str, Any], coro: Any) -> dict[str, 
         with METRICS.reconciling(kind):
             result: dict[str, Any] = await coro
     except Conflict as exc:
-        raise kopf.TemporaryError(f"lost a write race, retrying: {exc.message}", delay=1) from exc
+        raise kopf.TemporaryError(f"lost a write race, retrying: {describe(exc)}", delay=1) from exc
     except (OwnedElsewhere, ApiError) as exc:
+        message = describe(exc)
         try:
             owner = sync.involved(sync.owner_of(body))
-            await kube.record_event(owner, "Warning", "ReconcileFailed", str(exc))
+            await kube.record_event(owner, "Warning", "ReconcileFailed", message)
         except Exception as event_exc:  # the failure itself is what to report
-            logging.getLogger(__name__).warning("could not record the failure: %s", event_exc)
-        raise kopf.TemporaryError(str(exc), delay=30) from exc
+            log.warning("could not record the failure: %s", describe(event_exc))
+        raise kopf.TemporaryError(message, delay=30) from exc
     return result
 
 
@@ -494,9 +485,10 @@ async def _tier_classes(
     if kube is None:
         return out
     for tier in tier_names:
-        path = resource_path(names.API_VERSION, names.TIER_KIND, namespace, tier)
         try:
-            found = await asyncio.wait_for(kube.get(path), timeout=3)
+            found = await asyncio.wait_for(
+                kube.get(names.API_VERSION, names.TIER_KIND, namespace, tier), timeout=3
+            )
         except (ApiError, TimeoutError, OSError):
             continue
         out[tier] = ((found or {}).get("spec") or {}).get("tierClass")

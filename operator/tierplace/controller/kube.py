@@ -1,67 +1,61 @@
-"""The one module that talks to the Kubernetes API server (aiohttp, JSON in and out).
+"""The one module that talks to the Kubernetes API server, through the ``kubernetes`` package.
 
-Everything else in the controller works on plain manifests; this module turns "this child should
-look like that" into the fewest API calls: get, then create or replace only when the desired
-state changed (its spec hash) or the live object drifted from it. Server-side apply is not
-available on Kubernetes 1.20 (beta there), so convergence is a read-compare-replace guarded by
-``resourceVersion``; a lost race surfaces as :class:`Conflict` and the caller retries.
+The library does what a client must get right: config loading in a pod (the service account)
+and out of one (the kubeconfig), auth, TLS, errors (``ApiException``), and, through
+``kubernetes.dynamic``, every kind's path and served version (discovery: PodDisruptionBudget
+is policy/v1beta1 on 1.20). kopf keeps the watching. Ours is only the read-compare-replace of
+``ensure`` (the compare half is compare.py) and the policy around every call:
+
+- at most ``concurrency`` calls in flight; the others wait their turn on the event loop, and
+  that wait is not timed (a total timeout had counted it, and a thousand reconciles at once
+  timed out by the thousand while the API server was merely busy);
+- 429, 5xx and timeouts are tried again with backoff, ``attempts`` times in all.
+
+The library is synchronous: each call runs in a thread pool of ``concurrency`` threads, and
+urllib3's connection pool holds as many connections, so a call that has its turn never waits
+for a thread or a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import copy
 import hashlib
 import json
 import logging
-import os
 import random
-import ssl
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ConflictError, ResourceNotFoundError
 
 from tierplace.api import names
+from tierplace.controller.compare import controller_uid, foreign_reason, merged, up_to_date
 
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 log = logging.getLogger(__name__)
+
+#: The library's errors, named once here so that callers import one module: a non-2xx answer
+#: (``status``; :func:`describe` gives the server's message) and its 409 (a lost write race or
+#: an object that already exists).
+ApiError = ApiException
+Conflict = ConflictError
 
 #: Answers worth another try, after a pause: throttled (429), or the server briefly unable.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-#: kind -> plural for every kind the operator touches.
-PLURALS: dict[str, str] = {
-    "Deployment": "deployments",
-    "Service": "services",
-    "ConfigMap": "configmaps",
-    "PodDisruptionBudget": "poddisruptionbudgets",
-    "Pod": "pods",
-    "Node": "nodes",
-    "Event": "events",
-    names.TIER_KIND: names.TIER_PLURAL,
-    names.CASCADE_KIND: names.CASCADE_PLURAL,
-}
-CLUSTER_SCOPED = {"Node"}
-
-
-class ApiError(Exception):
-    """A non-2xx answer; ``message`` is the API server's own explanation."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class Conflict(ApiError):
-    """409: someone else wrote first (stale resourceVersion) or the object already exists."""
+#: Failures on the wire worth another try. With urllib3's own retries off (ours are the one
+#: policy), these arrive as they happened; after the last try they leave as the builtin
+#: TimeoutError or ConnectionError, so callers need not know urllib3.
+_TRANSPORT = (urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError)
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class OwnedElsewhere(Exception):
@@ -69,288 +63,192 @@ class OwnedElsewhere(Exception):
     nobody does and we did not create it (a user's object). Either way it is left untouched."""
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """How to reach the API server; built from kopf's login or the service-account mount."""
-
-    server: str
-    token: str | None = None
-    ca_path: str | None = None
-    ca_data: bytes | None = None  # PEM
-    cert_path: str | None = None
-    key_path: str | None = None
-    insecure: bool = False
-
-    @classmethod
-    def from_connection_info(cls, info: Any) -> Credentials:
-        """From a ``kopf.ConnectionInfo``; ``*_data`` fields there are base64 as in kubeconfig."""
-
-        def pem(data: str | bytes | None) -> bytes | None:
-            return None if data is None else base64.b64decode(data)
-
-        def to_file(data: str | bytes | None, path: Any) -> str | None:
-            if path:
-                return str(path)
-            raw = pem(data)
-            if raw is None:
-                return None
-            with tempfile.NamedTemporaryFile(prefix="tierplace-", delete=False) as handle:
-                handle.write(raw)
-            return handle.name
-
-        return cls(
-            server=str(info.server).rstrip("/"),
-            token=info.token,
-            ca_path=str(info.ca_path) if info.ca_path else None,
-            ca_data=pem(info.ca_data),
-            cert_path=to_file(info.certificate_data, info.certificate_path),
-            key_path=to_file(info.private_key_data, info.private_key_path),
-            insecure=bool(info.insecure),
-        )
-
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        if self.insecure:
-            return False
-        ctx = ssl.create_default_context(
-            cafile=self.ca_path,
-            cadata=self.ca_data.decode() if self.ca_data else None,
-        )
-        if self.cert_path and self.key_path:
-            ctx.load_cert_chain(self.cert_path, self.key_path)
-        return ctx
+def describe(exc: BaseException) -> str:
+    """What went wrong, in one line: for an API error the server's own message (its Status
+    ``message``), not the library's dump of headers, body and traceback."""
+    if not isinstance(exc, ApiException):
+        return str(exc)
+    try:
+        message = json.loads(exc.body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.body or f"{exc.status} {exc.reason}")
 
 
-def resource_path(
-    api_version: str, kind: str, namespace: str | None = None, name: str | None = None
-) -> str:
-    """/api/v1/namespaces/ns/services/name and friends."""
-    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    plural = PLURALS[kind]
-    scope = "" if kind in CLUSTER_SCOPED or namespace is None else f"/namespaces/{namespace}"
-    return f"{base}{scope}/{plural}" + (f"/{name}" if name else "")
+def configuration(concurrency: int) -> k8s.Configuration:
+    """In a pod, its service account (at $KUBERNETES_SERVICE_HOST, the token re-read as it
+    rotates); elsewhere the kubeconfig ($KUBECONFIG), as kubectl reads it."""
+    cfg = k8s.Configuration()
+    # The library's config and dynamic modules carry no annotations (hence the ignores).
+    try:
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    cfg.connection_pool_maxsize = concurrency
+    cfg.retries = False  # the retry policy is Kube's, one for every call
+    return cfg
 
 
-def manifest_path(manifest: Mapping[str, Any], with_name: bool = True) -> str:
-    meta = manifest["metadata"]
-    return resource_path(
-        manifest["apiVersion"],
-        manifest["kind"],
-        meta.get("namespace"),
-        meta["name"] if with_name else None,
-    )
-
-
-def is_subset(desired: Any, live: Any) -> bool:
-    """Every value in ``desired`` is present and equal in ``live``; lists match element-wise.
-    Server-side defaults (extra keys in live) are not drift."""
-    if isinstance(desired, Mapping):
-        return isinstance(live, Mapping) and all(
-            is_subset(v, live.get(k)) for k, v in desired.items()
-        )
-    if isinstance(desired, list):
-        return (
-            isinstance(live, list)
-            and len(desired) == len(live)
-            and all(is_subset(d, x) for d, x in zip(desired, live, strict=True))
-        )
-    return bool(desired == live)
-
-
-def up_to_date(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
-    """No write needed: same spec hash, our labels and owners present, no drift in the body."""
-    d_meta, l_meta = desired["metadata"], live.get("metadata", {})
-    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata")}
-    return (
-        is_subset(d_meta.get("annotations", {}), l_meta.get("annotations", {}))
-        and is_subset(d_meta.get("labels", {}), l_meta.get("labels", {}))
-        and is_subset(d_meta.get("ownerReferences", []), l_meta.get("ownerReferences", []))
-        and is_subset(body, live)
-    )
-
-
-# Service fields the API server allocates and refuses to see changed on update.
-_SERVICE_ALLOCATED = ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy")
-
-
-def merged(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
-    """The object to PUT: live metadata plus ours, and our body over the live one."""
-    out = copy.deepcopy(dict(live))
-    meta = out.setdefault("metadata", {})
-    d_meta = desired["metadata"]
-    meta["labels"] = {**meta.get("labels", {}), **d_meta.get("labels", {})}
-    meta["annotations"] = {**meta.get("annotations", {}), **d_meta.get("annotations", {})}
-    meta["ownerReferences"] = copy.deepcopy(d_meta.get("ownerReferences", []))
-    for key, value in desired.items():
-        if key not in ("apiVersion", "kind", "metadata", "status"):
-            out[key] = copy.deepcopy(value)
-    if desired["kind"] == "Service":
-        for key in _SERVICE_ALLOCATED:
-            if key in live.get("spec", {}) and key not in desired.get("spec", {}):
-                out["spec"][key] = live["spec"][key]
-    out.pop("status", None)
-    return out
-
-
-def created_for(obj: Mapping[str, Any]) -> str | None:
-    """Whom the operator created this object for (``Kind/name``), if it created it."""
-    value = (obj.get("metadata", {}).get("annotations") or {}).get(names.CREATED_FOR_ANNOTATION)
-    return None if value is None else str(value)
-
-
-def foreign_reason(desired: Mapping[str, Any], live: Mapping[str, Any]) -> str | None:
-    """Why ``live`` may not be written to match ``desired``, or None when it is ours.
-
-    Ours means: our owner controls it, or nobody controls it and it carries our created-for
-    mark for this same owner (an orphan of ours, e.g. left by a ``--cascade=orphan`` delete).
-    Anything else, in particular an unowned object a user made, is never adopted: adopting it
-    would also hand it to the garbage collector when the owner is deleted."""
-    what = f"{desired['kind']} {desired['metadata']['name']}"
-    current = controller_uid(live)
-    if current is not None and current == controller_uid(desired):
-        return None
-    if current is not None:
-        return (
-            f"{what} exists and is controlled by another object (uid {current}); "
-            "delete it or rename this resource"
-        )
-    mark = created_for(desired)
-    if mark is not None and created_for(live) == mark:
-        return None
-    return (
-        f"{what} already exists and was not created by tierplace for {mark or 'this object'}; "
-        "it is left untouched: rename or delete it, or rename this resource"
-    )
-
-
-def controller_uid(obj: Mapping[str, Any]) -> str | None:
-    for ref in obj.get("metadata", {}).get("ownerReferences", []) or []:
-        if ref.get("controller"):
-            return str(ref.get("uid"))
-    return None
+def _as_dict(_: Any, data: Any) -> Any:
+    """The dynamic client's serializer hook: keep the JSON as parsed (no ResourceInstance)."""
+    return data
 
 
 class Kube:
-    """A small async client for the operator's needs; one aiohttp session per operator."""
+    """The operator's API client (one per operator): ``connect()``, then the calls below."""
 
     def __init__(
         self,
-        credentials: Credentials,
+        dynamic: DynamicClient | None,
+        *,
+        pdb_api_version: str = "policy/v1",
         timeout_s: float = 30.0,
         concurrency: int = 16,
         attempts: int = 6,
     ) -> None:
-        self.credentials = credentials
-        headers = {"Accept": "application/json"}
-        if credentials.token:
-            headers["Authorization"] = f"Bearer {credentials.token}"
-        # The timeout covers one request on the wire, not the wait for a turn: a total timeout
-        # counted the time queued behind other reconciles, and a thousand reconciles at once
-        # timed out by the thousand while the API server was merely busy.
-        self._session = aiohttp.ClientSession(
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s),
-            connector=aiohttp.TCPConnector(ssl=credentials.ssl_context(), limit=concurrency),
-        )
-        #: At most this many requests in flight; the others wait their turn, untimed.
+        self._dynamic = dynamic
+        #: policy/v1 from Kubernetes 1.21, policy/v1beta1 before (and removed after 1.25).
+        self.pdb_api_version = pdb_api_version
+        #: (connect, read) for one call on the wire; the wait for a turn is not in it.
+        self._timeout = (timeout_s, timeout_s)
         self._turns = asyncio.Semaphore(concurrency)
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="kube")
         self._attempts = attempts
-        self._pdb_version: str | None = None
+        self._resources: dict[tuple[str, str], Any] = {}
+        self._discovery = threading.Lock()
         #: Event name -> the count last written, so a repeat is one PATCH (no read).
         self._event_counts: dict[str, int] = {}
-        #: API calls made, by HTTP method: the benchmark reports them.
-        self.calls: dict[str, int] = {}
-        #: Requests tried again, by cause (an HTTP status or an exception's name).
+        #: Calls tried again, by cause (an HTTP status or an exception's name).
         self.retries: dict[str, int] = {}
 
-    async def close(self) -> None:
-        await self._session.close()
+    @classmethod
+    async def connect(cls, concurrency: int = 16, **kwargs: Any) -> Kube:
+        """Configured as :func:`configuration` says; discovery runs once here, off the loop,
+        with its cache in a directory of this process (never another cluster's answers)."""
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        """One API call, retried with exponential backoff and jitter (0.2 s doubling to 10 s,
-        or the server's Retry-After) on 429, 5xx and timeouts, ``attempts`` times in all."""
-        data = None if body is None else json.dumps(body)
+        def build() -> tuple[DynamicClient, str]:
+            api = k8s.ApiClient(configuration(concurrency))
+            cache = Path(tempfile.mkdtemp(prefix="tierplace-discovery-")) / "resources.json"
+            dynamic = DynamicClient(api, cache_file=str(cache))  # type: ignore[no-untyped-call]
+            try:
+                dynamic.resources.get(api_version="policy/v1", kind="PodDisruptionBudget")
+            except ResourceNotFoundError:
+                return dynamic, "policy/v1beta1"
+            return dynamic, "policy/v1"
+
+        dynamic, pdb = await asyncio.to_thread(build)
+        return cls(dynamic, pdb_api_version=pdb, concurrency=concurrency, **kwargs)
+
+    async def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._dynamic is not None:
+            self._dynamic.client.close()
+
+    async def _call(self, verb: str, api_version: str, kind: str, **kwargs: Any) -> Any:
+        """``DynamicClient.<verb>`` on the kind's resource: in its turn, retried with backoff
+        and jitter (0.2 s doubling to 10 s, or the server's Retry-After) on 429, 5xx and
+        timeouts. Every call the operator makes is safe to repeat, even when the first one
+        was applied: a PUT carries its resourceVersion (a Conflict then), a repeated POST
+        answers 409 (``ensure`` reads it), a merge patch is idempotent, a repeated DELETE
+        answers 404."""
         for attempt in range(1, self._attempts + 1):
-            self.calls[method] = self.calls.get(method, 0) + 1
             try:
                 async with self._turns:
-                    status, text, retry_after = await self._once(
-                        method, path, data, params, content_type
-                    )
-            except (TimeoutError, aiohttp.ServerDisconnectedError) as exc:
-                # Every call the operator makes is safe to repeat after a timeout, even when
-                # the first one was applied: a PUT carries its resourceVersion (a Conflict
-                # then), a repeated POST answers 409 (ensure reads it), a merge patch is
-                # idempotent, a repeated DELETE answers 404.
-                if attempt == self._attempts:
+                    return await self._send(verb, api_version, kind, kwargs)
+            except ApiException as exc:
+                if exc.status not in RETRY_STATUSES or attempt == self._attempts:
                     raise
-                self.retries[type(exc).__name__] = self.retries.get(type(exc).__name__, 0) + 1
-                await asyncio.sleep(backoff(attempt))
-                continue
-            if status in RETRY_STATUSES and attempt < self._attempts:
-                self.retries[str(status)] = self.retries.get(str(status), 0) + 1
-                log.debug("%s %s answered %s; retrying (attempt %d)", method, path, status, attempt)
-                await asyncio.sleep(retry_after if retry_after is not None else backoff(attempt))
-                continue
-            if status >= 400:
-                raise _error(status, text)
-            return json.loads(text) if text else None
+                cause, pause = str(exc.status), _retry_after(exc.headers)
+            except _TRANSPORT as exc:
+                if attempt == self._attempts:
+                    raise _builtin(exc) from exc
+                cause, pause = type(exc).__name__, None
+            self.retries[cause] = self.retries.get(cause, 0) + 1
+            log.debug(
+                "%s %s %s: %s; retrying (attempt %d)",
+                verb,
+                kind,
+                kwargs.get("name"),
+                cause,
+                attempt,
+            )
+            await asyncio.sleep(backoff(attempt) if pause is None else pause)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _once(
-        self,
-        method: str,
-        path: str,
-        data: str | None,
-        params: Mapping[str, str] | None,
-        content_type: str,
-    ) -> tuple[int, str, float | None]:
-        async with self._session.request(
-            method,
-            self.credentials.server + path,
-            data=data,
-            params=dict(params or {}),
-            headers={"Content-Type": content_type} if data is not None else None,
-        ) as resp:
-            text = await resp.text()
-            return resp.status, text, _retry_after(resp.headers.get("Retry-After"))
+    async def _send(self, verb: str, api_version: str, kind: str, kwargs: Mapping[str, Any]) -> Any:
+        """One call on the wire, in a thread of the pool (the only place that blocks)."""
+        subresource = kwargs.get("subresource")
+        args = {k: v for k, v in kwargs.items() if k != "subresource"}
 
-    async def get(self, path: str) -> dict[str, Any] | None:
+        def call() -> Any:
+            resource = self._resource(api_version, kind)
+            if subresource:
+                resource = resource.subresources[subresource]
+            method: Callable[..., Any] = getattr(self._dynamic, verb)
+            return method(resource, serializer=_as_dict, _request_timeout=self._timeout, **args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        """The discovered resource of a kind (its path, scope, subresources), looked up once.
+        Under a lock: the library's discovery cache is not safe across threads."""
+        key = (api_version, kind)
+        found = self._resources.get(key)
+        if found is None:
+            assert self._dynamic is not None, "Kube.connect() first"
+            with self._discovery:
+                found = self._dynamic.resources.get(api_version=api_version, kind=kind)
+                self._resources[key] = found
+        return found
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        """The object, or None when there is none (404)."""
         try:
-            result: dict[str, Any] = await self.request("GET", path)
-        except ApiError as exc:
+            found: dict[str, Any] = await self._call(
+                "get", api_version, kind, name=name, namespace=namespace
+            )
+        except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return result
+        return found
 
-    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        result = await self.request("GET", path, params=params)
-        return list(result.get("items", []))
+    async def list(
+        self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        found = await self._call(
+            "get", api_version, kind, namespace=namespace, label_selector=selector
+        )
+        return list(found.get("items") or [])
 
-    async def delete(self, path: str) -> bool:
+    async def _delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete with background propagation; False if it was already gone."""
+        body = {"propagationPolicy": "Background"}
         try:
-            await self.request("DELETE", path, {"propagationPolicy": "Background"})
-        except ApiError as exc:
+            await self._call("delete", api_version, kind, name=name, namespace=namespace, body=body)
+        except ApiException as exc:
             if exc.status == 404:
                 return False
             raise
         return True
 
-    async def pdb_api_version(self) -> str:
-        """policy/v1 from Kubernetes 1.21, policy/v1beta1 before (and removed after 1.25)."""
-        if self._pdb_version is None:
-            found = await self.get("/apis/policy/v1")
-            self._pdb_version = "policy/v1" if found else "policy/v1beta1"
-        return self._pdb_version
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """Merge ``status`` into the object's status subresource (fields others write stay)."""
+        await self._call(
+            "patch",
+            api_version,
+            kind,
+            subresource="status",
+            name=name,
+            namespace=namespace,
+            body={"status": dict(status)},
+            content_type=MERGE_PATCH,
+        )
 
     async def ensure(
         self,
@@ -366,7 +264,8 @@ class Kube:
         resourceVersion; a stale cache loses that race as a Conflict, and the reconcile runs
         again). ``watched``: the watch holds every such object, so none cached means none
         exists (created at once; a 409 then reads it). Otherwise the child is read first."""
-        path = manifest_path(desired)
+        version, kind = str(desired["apiVersion"]), str(desired["kind"])
+        namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
         if cached is not None:
             if foreign_reason(desired, cached) is None and up_to_date(desired, cached):
                 return dict(cached)
@@ -374,15 +273,15 @@ class Kube:
         elif watched:
             live = None
         else:
-            live = await self.get(path)
+            live = await self.get(version, kind, namespace, name)
         if live is None:
             try:
-                created: dict[str, Any] = await self.request(
-                    "POST", manifest_path(desired, with_name=False), desired
+                created: dict[str, Any] = await self._call(
+                    "create", version, kind, namespace=namespace, body=dict(desired)
                 )
                 return created
-            except Conflict:
-                live = await self.get(path)
+            except ConflictError:
+                live = await self.get(version, kind, namespace, name)
                 if live is None:
                     raise
         reason = foreign_reason(desired, live)
@@ -390,19 +289,17 @@ class Kube:
             raise OwnedElsewhere(reason)
         if up_to_date(desired, live):
             return live
-        body = merged(desired, live)
-        replaced: dict[str, Any] = await self.request("PUT", path, body)
+        replaced: dict[str, Any] = await self._call(
+            "replace", version, kind, name=name, namespace=namespace, body=merged(desired, live)
+        )
         return replaced
 
     async def delete_owned(
         self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
     ) -> bool:
         """Delete a child only if this owner controls it (never someone else's object)."""
-        path = resource_path(api_version, kind, namespace, name)
-        live = await self.get(path)
-        if live is None or controller_uid(live) != owner_uid:
-            return False
-        return await self.delete(path)
+        live = await self.get(api_version, kind, namespace, name)
+        return await self.delete_owned_cached(live, api_version, kind, owner_uid)
 
     async def delete_owned_cached(
         self, live: Mapping[str, Any] | None, api_version: str, kind: str, owner_uid: str
@@ -412,9 +309,7 @@ class Kube:
         if live is None or controller_uid(live) != owner_uid:
             return False
         meta = live["metadata"]
-        return await self.delete(
-            resource_path(api_version, kind, meta.get("namespace"), meta["name"])
-        )
+        return await self._delete(api_version, kind, meta["namespace"], meta["name"])
 
     async def record_event(
         self,
@@ -433,39 +328,25 @@ class Kube:
         digest = hashlib.sha256(
             "\x00".join((involved["uid"], type_, reason, message)).encode()
         ).hexdigest()[:16]
-        name = f"{involved['name']}.{digest}"
-        namespace = involved["namespace"]
-        path = resource_path("v1", "Event", namespace, name)
+        name, namespace = f"{involved['name']}.{digest}", involved["namespace"]
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         count = self._event_counts.get(name)
         if count is None:
-            event = {
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {"name": name, "namespace": namespace},
-                "involvedObject": {
-                    k: involved[k] for k in ("apiVersion", "kind", "name", "namespace", "uid")
-                },
-                "type": type_,
-                "reason": reason,
-                "message": message,
-                "count": 1,
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "source": {"component": names.MANAGED_BY},
-                "reportingComponent": names.MANAGED_BY,
-            }
+            event = _event(involved, name, type_, reason, message, now)
             try:
-                await self.request("POST", resource_path("v1", "Event", namespace), event)
+                await self._call("create", "v1", "Event", namespace=namespace, body=event)
                 self._event_counts[name] = 1
                 return
-            except Conflict:  # recorded before this process started: bump that one
-                live = await self.get(path)
+            except ConflictError:  # recorded before this process started: bump that one
+                live = await self.get("v1", "Event", namespace, name)
                 count = int((live or {}).get("count") or 1)
         patch = {"count": count + 1, "lastTimestamp": now}
         try:
-            await self.request("PATCH", path, patch, content_type="application/merge-patch+json")
-        except ApiError as exc:
+            await self._call(
+                "patch", "v1", "Event", name=name, namespace=namespace, body=patch,
+                content_type=MERGE_PATCH,
+            )  # fmt: skip
+        except ApiException as exc:
             self._event_counts.pop(name, None)
             if exc.status != 404 or not retry:
                 raise
@@ -476,8 +357,7 @@ class Kube:
 
     async def pod_nodes(self, namespace: str, selector: Mapping[str, str]) -> tuple[str, ...]:
         """Nodes the scheduler bound the selected pods to (unscheduled pods are skipped)."""
-        text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-        pods = await self.list(resource_path("v1", "Pod", namespace), text)
+        pods = await self.list("v1", "Pod", namespace, selector)
         return tuple(
             sorted(
                 str(p["spec"]["nodeName"])
@@ -487,49 +367,44 @@ class Kube:
         )
 
 
-def _retry_after(value: str | None) -> float | None:
+def _event(
+    involved: Mapping[str, str], name: str, type_: str, reason: str, message: str, now: str
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": involved["namespace"]},
+        "involvedObject": {
+            k: involved[k] for k in ("apiVersion", "kind", "name", "namespace", "uid")
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message,
+        "count": 1,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "source": {"component": names.MANAGED_BY},
+        "reportingComponent": names.MANAGED_BY,
+    }
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     """The server's Retry-After in seconds (at most 30), when it gave one in seconds."""
     try:
+        value = (headers or {}).get("Retry-After")
         return None if value is None else min(float(value), 30.0)
     except ValueError:
         return None
+
+
+def _builtin(exc: Exception) -> OSError:
+    """A transport failure after the last try, as the builtin callers already handle."""
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return TimeoutError(str(exc))
+    return ConnectionError(str(exc))
 
 
 def backoff(attempt: int) -> float:
     """Seconds before try ``attempt + 1``: 0.2 s doubling to 10 s, with full jitter, so that
     many reconciles refused together do not come back together."""
     return float(random.uniform(0.5, 1.0) * min(10.0, 0.2 * 2 ** (attempt - 1)))
-
-
-def _error(status: int, text: str) -> ApiError:
-    try:
-        body = json.loads(text)
-        reason, message = str(body.get("reason", "")), str(body.get("message", text))
-    except ValueError:
-        reason, message = "", text
-    cls = Conflict if status == 409 else ApiError
-    return cls(status, reason, message)
-
-
-def in_cluster_credentials() -> Credentials | None:
-    """The pod's service account, when running inside the cluster."""
-    host, port = (
-        os.environ.get("KUBERNETES_SERVICE_HOST"),
-        os.environ.get("KUBERNETES_SERVICE_PORT"),
-    )
-    token = SA_DIR / "token"
-    if not host or not port or not token.exists():
-        return None
-    return Credentials(
-        server=f"https://{host}:{port}",
-        token=token.read_text().strip(),
-        ca_path=str(SA_DIR / "ca.crt"),
-    )
-
-
-def selector_text(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
-def owned(items: Sequence[Mapping[str, Any]], owner_uid: str) -> list[Mapping[str, Any]]:
-    return [i for i in items if controller_uid(i) == owner_uid]

@@ -23,13 +23,7 @@ from tierplace.api.conditions import Condition
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
 from tierplace.controller import manifests, prometheus, reconcile
 from tierplace.controller.config import SpecDefaults
-from tierplace.controller.kube import (
-    ApiError,
-    Kube,
-    OwnedElsewhere,
-    resource_path,
-    selector_text,
-)
+from tierplace.controller.kube import ApiError, Kube, OwnedElsewhere, describe
 from tierplace.controller.manifests import BUILTIN_DEFAULTS, Owner
 from tierplace.controller.observed import Observed
 from tierplace.controller.placement import NodeInfo
@@ -85,8 +79,10 @@ async def record(
     for event in reconcile.status_events(previous, status):
         try:
             await kube.record_event(involved(owner), event.type, event.reason, event.message)
-        except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("could not record event %s on %s: %s", event.reason, owner.name, exc)
+        except (ApiError, OSError) as exc:
+            log.warning(
+                "could not record event %s on %s: %s", event.reason, owner.name, describe(exc)
+            )
 
 
 async def sync_tier(
@@ -130,8 +126,7 @@ async def _tier_status(
         spec = InferenceTierSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         return invalid_status(body, _describe(exc))
-    pdb_version = await kube.pdb_api_version()
-    plan = reconcile.plan_tier(owner, spec, pool, pdb_version, defaults)
+    plan = reconcile.plan_tier(owner, spec, pool, kube.pdb_api_version, defaults)
     deployment: Mapping[str, Any] | None = None
     conflict: str | None = None
     for child in plan.apply:
@@ -150,7 +145,7 @@ async def _tier_status(
             await kube.delete_owned_cached(cached, key.api_version, key.kind, owner.uid)
     if not plan.apply:
         deployment = (
-            await kube.get(resource_path("apps/v1", "Deployment", owner.namespace, owner.name))
+            await kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
             if observed is None
             else observed.child("Deployment", owner.namespace, owner.name)
         )
@@ -217,9 +212,9 @@ async def _cascade_status(
     # Tiers this cascade created for rungs that are gone now.
     keep = {t["metadata"]["name"] for t in wanted}
     if observed is None:
-        tier_list = resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace)
-        selector = selector_text({names.CASCADE_LABEL: owner.name})
-        made = [t["metadata"]["name"] for t in await kube.list(tier_list, selector)]
+        selector = {names.CASCADE_LABEL: owner.name}
+        tiers = await kube.list(names.API_VERSION, names.TIER_KIND, owner.namespace, selector)
+        made = [t["metadata"]["name"] for t in tiers]
     else:
         made = observed.generated_tiers(owner.namespace, owner.name)
     for name in made:
@@ -236,11 +231,9 @@ async def _cascade_status(
         tier_live: Mapping[str, Any] | None
         service: Mapping[str, Any] | None
         if observed is None:
-            tier_live = await kube.get(
-                resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace, name)
-            )
+            tier_live = await kube.get(names.API_VERSION, names.TIER_KIND, owner.namespace, name)
             service = (
-                await kube.get(resource_path("v1", "Service", owner.namespace, name))
+                await kube.get("v1", "Service", owner.namespace, name)
                 if tier_live is not None
                 else None
             )
@@ -270,12 +263,12 @@ async def _cascade_status(
         for view in views:
             latency = status.get("observedLatency", {}).get(view.name)
             if view.exists and latency:
-                await kube.request(
-                    "PATCH",
-                    resource_path(names.API_VERSION, names.TIER_KIND, owner.namespace, view.name)
-                    + "/status",
-                    {"status": {"observedLatency": latency}},
-                    content_type="application/merge-patch+json",
+                await kube.patch_status(
+                    names.API_VERSION,
+                    names.TIER_KIND,
+                    owner.namespace,
+                    view.name,
+                    {"observedLatency": latency},
                 )
     return status
 
