@@ -64,7 +64,7 @@ def test_phase_lines_show_cpu_per_request_when_measured() -> None:
     phase = Phase("router", 200, 5, 1000, 1000, 0, 199.9, 5.0, 6.0, 8.0, 9.0)
     assert "CPU/req" not in _fmt(phase)
     line = _fmt(Phase("router", 200, 5, 1000, 1000, 0, 199.9, 5.0, 6.0, 8.0, 9.0, 0.412, 2.5, 12.0))
-    assert "CPU/req router 0.412 triton 2.500 ms, others 12%" in line
+    assert "CPU/req hop 0.412 triton 2.500 ms, others 12%" in line
 
 
 @pytest.mark.triton

@@ -5,30 +5,31 @@ cascade logic sees only ``TierResult`` or ``TierError``. An answer is believed o
 ``policy.check_answer`` and the batch-shape checks here: anything else is a ``TierError`` of
 kind ``invalid`` and its content goes no further.
 
-The transport is tritonclient's aio ``InferenceServerClient`` (its pooled aiohttp session,
-plugins and header checks), but the hot path does not pay for its tensor objects: the request
-body (JSON header plus the binary input tensor of the v2 binary extension) is written here
-directly, the outputs are asked for as JSON by name (only those the cascade reads), and the
-answer is parsed with one ``loads``, without numpy. Tensor objects, numpy round trips and
-``InferResult`` (two classes built per response) were about a fifth of the router's CPU per
-request. The body goes out through ``post_body``, the one place that reaches into
-tritonclient's private ``_post`` (why: see there).
+The transport is a pooled ``aiohttp.ClientSession`` of the tier client's own, chosen by
+measurement (docs/protocol.md, "The hop's cost"): serial calls to one tritonserver cost 0.43 ms
+of CPU each through it, against 0.58 ms through tritonclient's aio client with the same body
+(its per-call plugin, header and URL work, and a second timer) and 0.59 ms through the raw
+gRPC aio stub. tritonclient stays the client of record for readiness (``is_model_ready``), in
+tests and in tools. The hot path does not pay for tensor objects either: the request body (JSON
+header plus the binary input tensor of the v2 binary extension) is written here directly, the
+outputs are asked for as JSON by name (only those the cascade reads), and the answer is parsed
+with one ``loads``, without numpy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 import struct
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 import numpy as np
 import tritonclient.http.aio as triton_http
+import yarl
 from tritonclient.utils import InferenceServerException
 
 from tierplace.api.variants import LABELS
@@ -43,44 +44,6 @@ FailureKind = Literal["unavailable", "timeout", "failed", "invalid"]
 ANSWER_OUTPUTS = ("PROBS", "NUM_TOKENS", "EXIT_LAYER", "CONFIDENCE", "TRUNCATED")
 IMPORTANCE_OUTPUTS = ("TOKENS", "TOKEN_IDS", "IMPORTANCE")
 _JSON_SIZE_HEADER = "Inference-Header-Content-Length"
-
-_Post = Callable[
-    [triton_http.InferenceServerClient, str, bytes, dict[str, str], None],
-    Awaitable[aiohttp.ClientResponse],
-]
-#: The parameters of tritonclient's ``InferenceServerClient._post`` that ``post_body`` relies on.
-_POST_PARAMETERS = ("self", "request_uri", "request_body", "headers", "query_params")
-
-
-def _private_post() -> _Post:
-    """tritonclient's aio ``InferenceServerClient._post``, checked once at import.
-
-    Why a private call: tritonclient has no public call that POSTs a v2 body already written.
-    ``infer()`` builds the body from ``InferInput`` objects (numpy arrays) and parses the
-    answer into ``InferResult``, about a fifth of the router's CPU per request; ``_post`` is
-    what ``infer()`` itself sends with (the client's plugins, header checks and pooled
-    session). Any other route would bypass those or rebuild them. A tritonclient that renamed
-    or reshaped it fails here, when the router starts, with this message, not on a request.
-    """
-    post = getattr(triton_http.InferenceServerClient, "_post", None)
-    if post is None or tuple(inspect.signature(post).parameters) != _POST_PARAMETERS:
-        raise ImportError(
-            "tritonclient's InferenceServerClient._post is gone or changed "
-            f"(expected parameters {_POST_PARAMETERS}); router/tiers.py post_body needs it"
-        )
-    return cast(_Post, post)
-
-
-_POST = _private_post()
-
-
-async def post_body(
-    client: triton_http.InferenceServerClient, uri: str, body: bytes, headers: dict[str, str]
-) -> aiohttp.ClientResponse:
-    """POST a written v2 request ``body`` to ``uri`` through ``client``; the response is
-    unread (use it as an async context manager). The only use of tritonclient's private
-    ``_post`` (``_private_post`` says why)."""
-    return await _POST(client, uri, body, headers, None)
 
 
 class TierError(Exception):
@@ -135,10 +98,16 @@ class TierClient:
         self._max_timeout_s = max_timeout_s
         self._classes = classes
         self._layers = cfg.num_layers
+        # tritonclient for readiness; the hot path's own session (module docstring says why).
         self._client = triton_http.InferenceServerClient(
-            cfg.endpoint, conn_limit=conn_limit, conn_timeout=max_timeout_s
+            cfg.endpoint, conn_limit=2, conn_timeout=max_timeout_s
         )
-        self._uri = f"v2/models/{quote(cfg.model)}/infer"
+        # No timeout of aiohttp's: ``infer`` bounds the whole call with one timer of its own.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=conn_limit),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        self._url = yarl.URL(f"http://{cfg.endpoint}/v2/models/{quote(cfg.model)}/infer")
         # Built once; each request copies the small dicts it adds to.
         self._params = {
             want: {
@@ -154,6 +123,7 @@ class TierClient:
         }
 
     async def close(self) -> None:
+        await self._session.close()
         await self._client.close()
 
     async def ready(self, timeout_s: float = 0.5) -> bool:
@@ -205,24 +175,22 @@ class TierClient:
             timeout_us=max(1, int(timeout_s * 1e6)),  # Triton wants microseconds
         )
         # aiohttp offers gzip by default, so Triton compressed every response and we inflated
-        # it again: CPU on both sides for a few hundred bytes on loopback or a LAN. A fresh
-        # dict each call: tritonclient's plugins may add to it.
+        # it again: CPU on both sides for a few hundred bytes on loopback or a LAN.
         headers = {"Accept-Encoding": "identity", _JSON_SIZE_HEADER: str(json_size)}
         if trace_headers is not None:
             headers.update(trace_headers)
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await post_body(self._client, self._uri, body, headers)
-                async with response:
-                    status = response.status
-                    content = await response.read()
-                    binary_json_size = response.headers.get(_JSON_SIZE_HEADER)
+            async with (
+                asyncio.timeout(timeout_s),
+                self._session.post(self._url, data=body, headers=headers) as response,
+            ):
+                status = response.status
+                content = await response.read()
+                binary_json_size = response.headers.get(_JSON_SIZE_HEADER)
         except TimeoutError:
             raise TierError(self.cfg.name, "timeout", f"no answer in {timeout_s:.3f}s") from None
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise TierError(self.cfg.name, "unavailable", repr(exc)) from None
-        except InferenceServerException as exc:
-            raise TierError(self.cfg.name, "failed", str(exc.message())) from None
         except aiohttp.ClientError as exc:
             raise TierError(self.cfg.name, "failed", repr(exc)) from None
         if status != 200:
