@@ -34,13 +34,12 @@ def test_metadata_records_size_and_per_exit_accuracy(tiny_model_home: Path) -> N
     assert meta["params"] > 0 and meta["labels"] == ["negative", "positive"]
 
 
-def test_train_accepts_any_bert_checkpoint_directory(tmp_path: Path) -> None:
-    """A user's own checkpoint (here a small BERT built from a config) trains through the CLI."""
-    ckpt = tmp_path / "my-bert"
+def user_checkpoint(directory: Path) -> Path:
+    """A user's own small BERT checkpoint, built from a config (no hub)."""
     vocab = {
         t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_words(500)])
     }
-    BertTokenizer(vocab=vocab).save_pretrained(ckpt)
+    BertTokenizer(vocab=vocab).save_pretrained(directory)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=16,
@@ -48,7 +47,43 @@ def test_train_accepts_any_bert_checkpoint_directory(tmp_path: Path) -> None:
         num_attention_heads=2,
         intermediate_size=32,
     )
-    BertModel(config).save_pretrained(ckpt)
+    BertModel(config).save_pretrained(directory)
+    return directory
+
+
+def train_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "tierplace.cli", "train", "--variant", "minilm-l6", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
+
+
+def test_the_quick_profile_keeps_the_encoder_and_is_replaced_only_by_a_full_one(
+    tmp_path: Path,
+) -> None:
+    ckpt = user_checkpoint(tmp_path / "my-bert")
+    out = tmp_path / "models"
+    common = ("--encoder", str(ckpt), "--out", str(out), "--limit", "200")
+    done = train_cli(*common, "--profile", "quick")
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((out / "minilm-l6" / "tierplace.json").read_text())
+    assert meta["training"]["profile"] == "quick" and meta["training"]["epochs"] == 0
+    assert len(meta["exit_accuracy"]) == 2
+    # The packaged (here: the user's) encoder is served as it is; only exit heads learned.
+    trained = artifacts.load(out / "minilm-l6").model.backbone.encoder.state_dict()
+    original = BertModel.from_pretrained(str(ckpt)).state_dict()
+    assert all(torch.equal(trained[k], original[k]) for k in original if k in trained)
+    assert "already trained (quick)" in train_cli(*common, "--profile", "quick").stdout
+    # A full training replaces a quick variant; a quick one never replaces a full one.
+    done = train_cli(*common, "--epochs", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((out / "minilm-l6" / "tierplace.json").read_text())
+    assert meta["training"]["profile"] == "full"
+    assert "already trained (full)" in train_cli(*common, "--profile", "quick").stdout
+    assert not list(out.glob(".*"))  # no half-written folder left beside it
+
+
+def test_train_accepts_any_bert_checkpoint_directory(tmp_path: Path) -> None:
+    """A user's own checkpoint (here a small BERT built from a config) trains through the CLI."""
+    ckpt = user_checkpoint(tmp_path / "my-bert")
     out = tmp_path / "models"
     cmd = [
         sys.executable,

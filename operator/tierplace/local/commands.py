@@ -110,6 +110,7 @@ def _up(args: argparse.Namespace) -> int:
             print(format_event(event), flush=True)
 
         stack = Stack(spec, home, on_event=report)
+        upgrading: asyncio.Task[bool] | None = None
         starting = asyncio.create_task(stack.start())
         stopping = asyncio.create_task(stop.wait())
         try:
@@ -120,6 +121,9 @@ def _up(args: argparse.Namespace) -> int:
                 return 130
             starting.result()
             _print_up(stack)
+            upgrade = stack.upgrade()
+            if upgrade is not None:
+                upgrading = asyncio.create_task(upgrade.run())
             await stack.supervise(stop)
             print("\nstopping ...")
             return 0
@@ -129,6 +133,8 @@ def _up(args: argparse.Namespace) -> int:
             return 1
         finally:
             stopping.cancel()
+            if upgrading is not None:
+                upgrading.cancel()
             await stack.stop()
             print("stopped")
 
@@ -147,6 +153,9 @@ def _print_up(stack: Any) -> None:
     print(f"  prometheus {state['prometheus']}  (alerts: {state['prometheus']}/alerts)")
     print(f"  dashboard  {state['dashboard']}  (Grafana JSON: import it, data source above)")
     print(f"  logs       {stack.logs}")
+    quick = sorted(m for m, profile in state.get("weights", {}).items() if profile == "quick")
+    if quick:
+        print(f"  weights    quick profile for {', '.join(quick)}: answers now, full quality later")
     print('next: tierplace classify "a gorgeous, witty movie"   or   tierplace demo')
     policy = stack.spec.restart
     print(

@@ -49,6 +49,8 @@ from tierplace.local.supervise import (
     GaveUp as GaveUp,
 )
 from tierplace.local.triton import TritonServer, free_port, remove_leaked_shm
+from tierplace.local.upgrade import Upgrade, quick_variants
+from tierplace.model.profiles import trained_profile
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,11 @@ def missing_weights(home: Path, models: list[str]) -> list[str]:
 
 
 def ensure_weights(home: Path, models: list[str], tiny: bool) -> None:
-    """Train what is missing, in a child process (torch stays out of this one), progress shown."""
+    """Train what is missing, in a child process (torch stays out of this one), progress shown.
+
+    Real variants start with the quick profile, so that the cascade answers within minutes
+    of a fresh install; ``Stack.upgrade`` brings full quality behind it.
+    """
     missing = missing_weights(home, models)
     if not missing:
         return
@@ -159,8 +165,14 @@ def ensure_weights(home: Path, models: list[str], tiny: bool) -> None:
         )
         cmd = [sys.executable, "-c", code]
     else:
-        print(f"no trained weights for {', '.join(missing)}: training first ...", flush=True)
-        cmd = [sys.executable, "-m", "tierplace.cli", "train", "--variant", "all"]
+        print(
+            f"no trained weights for {', '.join(missing)}: training the quick profile first "
+            "(the packaged encoders as they are, only the exit heads trained: minutes); the "
+            "full training follows in the background once the cascade answers",
+            flush=True,
+        )
+        cmd = [sys.executable, "-m", "tierplace.cli", "train", "--profile", "quick"]
+        cmd += ["--variant", "all"]
     subprocess.run(cmd, env=env, check=True)
 
 
@@ -230,6 +242,7 @@ class Stack:
         self.links: list[Link] = []
         self.prometheus: PrometheusServer | None = None
         self.router: _Router | None = None
+        self.upgrading: Upgrade | None = None
         self.events: list[Event] = []
         self.on_event = on_event
         self._state: dict[str, Any] = {}
@@ -326,6 +339,10 @@ class Stack:
         """stack.json (once up): where everything is, and each child's pid and state."""
         if "router" not in self._state:
             return
+        self._state["weights"] = {
+            tier.model: trained_profile(self.home / "models" / tier.model)
+            for tier in self.spec.tiers
+        }
         self._state["children"] = {
             s.name: {"pid": s.pid, "state": s.state, "restarts": s.total_restarts}
             for s in self._supervisor.children
@@ -381,8 +398,23 @@ class Stack:
                 task.cancel()
             await asyncio.gather(running, stopped, return_exceptions=True)
 
+    def upgrade(self, command: list[str] | None = None) -> Upgrade | None:
+        """The background full training, when some tier serves the quick profile (start it
+        with ``await upgrade.run()``); ``command`` replaces the trainer (tests)."""
+        servers: dict[str, list[TritonServer]] = {}
+        for tier, server in zip(self.spec.tiers, self.tritons, strict=True):
+            servers.setdefault(tier.model, []).append(server)
+        if not quick_variants(self.home, list(servers)):
+            return None
+        self.upgrading = Upgrade(
+            self.home, servers, self.logs / "train-full.log", self._record, command
+        )
+        return self.upgrading
+
     async def stop(self) -> None:
         self._supervisor.stopping = True  # no restart begins from here on
+        if self.upgrading is not None:
+            await asyncio.to_thread(self.upgrading.stop)
         if self.router is not None:
             await asyncio.to_thread(self.router.stop)
         if self.prometheus is not None:

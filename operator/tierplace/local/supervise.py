@@ -67,7 +67,8 @@ class RestartPolicy:
         return float(min(self.max_backoff_s, self.initial_backoff_s * 2**recent_restarts))
 
 
-EventKind = Literal["crashed", "restarting", "ready", "gave-up"]
+#: "upgraded": a tier switched to better weights without a restart (``local.upgrade``).
+EventKind = Literal["crashed", "restarting", "ready", "gave-up", "upgraded"]
 
 
 @dataclass(frozen=True)

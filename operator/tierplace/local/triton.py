@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -200,6 +201,30 @@ class TritonServer:
                 return self
             time.sleep(0.2)
         raise TimeoutError(f"tritonserver on {self.http_url} not ready after {timeout:.0f} s")
+
+    def reload(self, model: str, weights_dir: Path, timeout: float = 600.0) -> None:
+        """Load ``model`` again, with the weights now in ``weights_dir`` (explicit model control).
+
+        Triton reloads a model only when its repository folder or config changes, and the
+        weights live outside the repository; so the load carries the model's own config with
+        ``weights_dir`` and a revision (the metadata's mtime) set. Triton keeps answering with
+        the loaded model until the new one is ready, then swaps; a failed load leaves the old
+        one serving and raises.
+        """
+        import tritonclient.http as triton_http  # the client of record; only this call needs it
+
+        client = triton_http.InferenceServerClient(
+            self.http_url, connection_timeout=timeout, network_timeout=timeout
+        )
+        try:
+            config = client.get_model_config(model)
+            params = config.setdefault("parameters", {})
+            revision = (weights_dir / "tierplace.json").stat().st_mtime_ns
+            params["weights_dir"] = {"string_value": str(weights_dir)}
+            params["weights_revision"] = {"string_value": str(revision)}
+            client.load_model(model, config=json.dumps(config))
+        finally:
+            client.close()
 
     def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, then SIGKILL after the exit timeout: a clean stop unloads the models."""

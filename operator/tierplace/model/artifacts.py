@@ -11,6 +11,7 @@ The layout is what Triton's model.py loads (from a volume in Kubernetes, from
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from tierplace.model.backbone import Backbone
 from tierplace.model.early_exit import EarlyExitClassifier
-
-METADATA = "tierplace.json"
+from tierplace.model.profiles import METADATA as METADATA
+from tierplace.model.profiles import swap_in
 
 
 @dataclass
@@ -70,12 +71,17 @@ def save(
     tokenizer: PreTrainedTokenizerBase,
     meta: VariantMetadata,
 ) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.backbone.encoder.save_pretrained(str(directory / "encoder"))
-    tokenizer.save_pretrained(str(directory / "encoder"))
+    """Written beside ``directory`` and swapped in whole: a server loading the variant (or a
+    crash mid-write) never meets half of one."""
+    staged = directory.with_name(f".{directory.name}.partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    model.backbone.encoder.save_pretrained(str(staged / "encoder"))
+    tokenizer.save_pretrained(str(staged / "encoder"))
     state = {k: v.detach().contiguous() for k, v in model.exits.state_dict().items()}
-    save_file(state, str(directory / "exits.safetensors"))
-    meta.write(directory)
+    save_file(state, str(staged / "exits.safetensors"))
+    meta.write(staged)
+    swap_in(staged, directory)
 
 
 def load(directory: Path) -> LoadedVariant:

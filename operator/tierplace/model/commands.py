@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tierplace import paths
 from tierplace.api.variants import VARIANTS
+from tierplace.model.profiles import FULL, QUICK, trained_profile
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +35,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the catalogue; 'none' turns distillation off)",
     )
     train.add_argument("--distill-weight", type=float, default=None, help="0 turns it off")
+    train.add_argument(
+        "--profile",
+        choices=["full", "quick"],
+        default="full",
+        help="full: fine-tune (about an hour for all three on 2 cores); quick: keep the packaged "
+        "encoders and train only the exit heads (minutes; what `tierplace up` serves first)",
+    )
     train.add_argument("--force", action="store_true", help="retrain even if weights exist")
     train.set_defaults(func=_train)
 
@@ -43,15 +51,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tierplace.model.train import DEFAULTS, train_variant, training_order, with_teacher
+    from tierplace.model.train import (
+        DEFAULTS,
+        QUICK_DEFAULTS,
+        train_variant,
+        training_order,
+        with_teacher,
+    )
 
     out = args.out or paths.models_dir()
     names = list(VARIANTS) if args.variant == "all" else [args.variant]
-    configs = with_teacher(DEFAULTS, args.teacher)
+    quick = args.profile == QUICK
+    configs = QUICK_DEFAULTS if quick else with_teacher(DEFAULTS, args.teacher)
     for name in training_order(names, configs):
         target = out / name
-        if (target / "tierplace.json").exists() and not args.force:
-            print(f"{name}: already trained in {target} (use --force to retrain)")
+        have = trained_profile(target)
+        # A full variant is never replaced by a quick one; a quick one is by a full one.
+        if have is not None and (have == FULL or quick) and not args.force:
+            print(f"{name}: already trained ({have}) in {target} (use --force to retrain)")
             continue
         cfg = configs[name]
         overrides = {

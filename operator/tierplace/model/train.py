@@ -32,6 +32,7 @@ from tierplace.api.variants import LABELS, VARIANTS
 from tierplace.model import artifacts, encoders
 from tierplace.model.data import Example, load_reviews
 from tierplace.model.early_exit import EarlyExitClassifier
+from tierplace.model.profiles import FULL, QUICK, Profile
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ class TrainConfig:
     distill_weight: float = 0.5  # share of the loss that follows the teacher
     distill_temperature: float = 2.0
 
+    @property
+    def profile(self) -> Profile:
+        """``quick`` when the encoder stays as packaged (no fine-tuning epoch), else ``full``."""
+        return QUICK if self.epochs == 0 else FULL
+
 
 #: Per-variant defaults, chosen to fit 2 CPU cores: the cloud variant gets fewer epochs; the
 #: lower tiers learn from it (see docs/models.md for what distillation bought).
@@ -66,6 +72,16 @@ DEFAULTS: dict[str, TrainConfig] = {
     "minilm-l6": TrainConfig(epochs=3, lr=5e-5, teacher="mpnet-base"),
     # 110 M parameters on 2 cores: one epoch over the top 4 layers, exit heads on 4k rows.
     "mpnet-base": TrainConfig(epochs=1, lr=5e-5, frozen_layers=8, head_rows=4000),
+}
+
+
+#: The quick profile: the packaged encoders unchanged, every exit head trained on their frozen
+#: features (one forward pass over the data per variant). Minutes instead of an hour, so that
+#: ``tierplace up`` answers early; the full profile replaces it without a restart
+#: (``local.upgrade``). No teacher: distilling from a quick cloud variant would teach its
+#: mistakes.
+QUICK_DEFAULTS: dict[str, TrainConfig] = {
+    name: TrainConfig(epochs=0, head_epochs=40, teacher=None) for name in DEFAULTS
 }
 
 
@@ -295,11 +311,13 @@ def train_exit_heads(
     cfg: TrainConfig,
     progress: bool,
     teacher: torch.Tensor | None = None,
+    layers: int | None = None,
 ) -> None:
-    """Stage 2: the earlier exits, on features of the frozen fine-tuned backbone."""
+    """Stage 2: the first ``layers`` exits (default: all but the last, which was trained with
+    the backbone), on features of the frozen backbone."""
     gen = torch.Generator().manual_seed(cfg.seed)
     loss_fn = Loss(cfg)
-    todo = range(model.num_layers - 1)
+    todo = range(model.num_layers - 1 if layers is None else layers)
     for layer in tqdm(todo, desc="exit heads", unit="exit", disable=not progress):
         head = model.exits[layer]
         # The head pools internally; feed pooled features through its MLP directly.
@@ -377,11 +395,14 @@ def train_variant(
         train.teacher_logits = _TEACHER_MEMO[key]
 
     started = time.perf_counter()
-    finetune(model, train, cfg, pad_id, device, progress)
-    if cfg.schedule == "two-stage" and model.num_layers > 1:
+    if cfg.epochs > 0:
+        finetune(model, train, cfg, pad_id, device, progress)
+    if cfg.epochs == 0 or (cfg.schedule == "two-stage" and model.num_layers > 1):
         subset = train.head(cfg.head_rows or len(train.ids))
         feats, labels, teacher = pooled(model, subset, cfg, pad_id, device)
-        train_exit_heads(model, feats, labels, cfg, progress, teacher)
+        # The final exit was trained with the backbone, unless nothing was fine-tuned.
+        layers = model.num_layers if cfg.epochs == 0 else model.num_layers - 1
+        train_exit_heads(model, feats, labels, cfg, progress, teacher, layers)
         model.exits.to(device)
     seconds = time.perf_counter() - started
     accuracy = exit_accuracy(model, val, cfg, pad_id, device)
@@ -399,6 +420,7 @@ def train_variant(
         exit_accuracy=accuracy,
         training={
             **{k: v for k, v in vars(replace(cfg)).items()},
+            "profile": cfg.profile,
             "device": str(device),
             "seconds": round(seconds, 1),
             "train_rows": len(train.ids),
