@@ -1,4 +1,5 @@
-"""``tierplace bench``, ``bench-router``, ``bench-models`` and ``bench-operator``.
+"""``tierplace bench``, ``bench-router``, ``bench-models``, ``bench-operator`` and
+``bench-first-answer``.
 
 The ``tierplace`` command imports this module by name when it can (tierplace/cli.py): the
 benchmarks are commands of a source checkout, not of the product. Each handler imports its
@@ -13,7 +14,7 @@ from pathlib import Path
 from tierplace.api.variants import VARIANTS
 
 #: The subcommands registered here; tierplace/cli.py names them when this package is missing.
-COMMANDS = ("bench", "bench-router", "bench-models", "bench-operator")
+COMMANDS = ("bench", "bench-router", "bench-models", "bench-operator", "bench-first-answer")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,6 +22,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_router(sub)
     _register_models(sub)
     _register_operator(sub)
+    _register_first_answer(sub)
+
+
+def _register_first_answer(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser(
+        "bench-first-answer",
+        help="(harness) `make run` in a fresh clone with an empty HOME: minutes to the first "
+        "answer and to full quality (JSON; the README's table)",
+    )
+    b.add_argument("--checkout", type=Path, help="a fresh clone to run `make run` in")
+    b.add_argument("--home", type=Path, help="an empty folder to serve as HOME")
+    b.add_argument("--first-within", type=float, default=45 * 60, help="seconds (default 45 min)")
+    b.add_argument("--full-within", type=float, default=180 * 60, help="seconds (default 3 h)")
+    b.add_argument("--out", type=Path, default=None, help="default: docs/results/first-answer.json")
+    b.add_argument(
+        "--render-only",
+        action="store_true",
+        help="regenerate the README's table from docs/results/first-answer.json",
+    )
+    b.set_defaults(func=_bench_first_answer)
+
+
+def _bench_first_answer(args: argparse.Namespace) -> int:
+    from tierplace_harness.bench import first_answer
+
+    if args.render_only:
+        first_answer.render()
+        return 0
+    if args.checkout is None or args.home is None:
+        raise SystemExit("bench-first-answer needs --checkout (a fresh clone) and --home (empty)")
+    out = args.out or first_answer.RESULTS
+    code = first_answer.main(args.checkout, args.home, out, args.first_within, args.full_within)
+    if out == first_answer.RESULTS:
+        first_answer.render()
+    return code
 
 
 def _register_cascade(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -28,7 +28,13 @@ _AREAS = (
 )
 # Imported by name only: the product never imports a harness (pyproject.toml, importlinter).
 _HARNESS = "tierplace_harness.commands"
-_HARNESS_COMMANDS = ("bench", "bench-router", "bench-models", "bench-operator")
+_HARNESS_COMMANDS = (
+    "bench",
+    "bench-router",
+    "bench-models",
+    "bench-operator",
+    "bench-first-answer",
+)
 _NO_HARNESS = (
     "tierplace {command}: this is a benchmark of a source checkout, and its harness package "
     "(tierplace_harness) is not installed here. In a checkout, `make setup` puts e2e/ on the "
