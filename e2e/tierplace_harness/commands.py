@@ -135,6 +135,12 @@ def _register_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     b.add_argument("--out", default=None, help="JSON path (default bench-results/...)")
     b.add_argument(
+        "--memprofile",
+        default=None,
+        help="run the operator under tracemalloc, writing its snapshots to this folder "
+        "(where memory goes; its numbers are not the operator's own)",
+    )
+    b.add_argument(
         "--render-only",
         action="store_true",
         help="regenerate docs/operating-at-scale.md from docs/results/operator-scale.json",
@@ -212,5 +218,6 @@ def _bench_operator(args: argparse.Namespace) -> int:
         out=out,
         timeout=args.timeout,
         idle_s=args.idle,
+        memprofile=Path(args.memprofile) if args.memprofile else None,
         sizes=args.sizes,
     )

@@ -28,6 +28,9 @@ class OperatorProcess:
     env: Mapping[str, str]
     log: Path
     args: Sequence[str] = ()
+    #: How Python starts the operator: the module, or a wrapper module and its arguments
+    #: (bench/memprofile.py) that runs it.
+    launcher: Sequence[str] = ("-m", "tierplace.controller")
     _popen: subprocess.Popen[bytes] | None = None
     _handle: IO[bytes] | None = None
     _port: int = field(default=0)
@@ -37,7 +40,7 @@ class OperatorProcess:
         self._handle = self.log.open("ab")
         self._popen = subprocess.Popen(
             [
-                sys.executable, "-m", "tierplace.controller", "operator",
+                sys.executable, *self.launcher, "operator",
                 f"--liveness=http://127.0.0.1:{self._port}/healthz", *self.args,
             ],
             env=dict(self.env),

@@ -242,10 +242,11 @@ def _install(cp: ControlPlane, docs: list[dict[str, Any]]) -> None:
 
 
 def operator_as_the_chart_runs_it(
-    cp: ControlPlane, work: Path, settings: dict[str, Any]
+    cp: ControlPlane, work: Path, settings: dict[str, Any], memprofile: Path | None = None
 ) -> OperatorProcess:
     """The chart's RBAC bound to a user with no other access, its webhook configurations,
-    and an operator that only serves them, with the chart's drift timer (not started)."""
+    and an operator that only serves them, with the chart's drift timer (not started).
+    ``memprofile``: run it under tracemalloc (memprofile.py), its snapshots written there."""
     _install(cp, rbac.manifests(SUBJECT, manage_webhooks=False))
     ca = pki.make_ca(work / "pki", "bench-webhook-ca")
     serving = pki.make_serving_cert(work / "pki", ca, "webhook", ["127.0.0.1"])
@@ -262,7 +263,10 @@ def operator_as_the_chart_runs_it(
         f"--webhook-cert={serving.cert}",
         f"--webhook-key={serving.key}",
     ]
-    return OperatorProcess(env, work / "operator.log", args)
+    if memprofile is None:
+        return OperatorProcess(env, work / "operator.log", args)
+    launcher = ("-m", "tierplace_harness.bench.memprofile", str(memprofile))
+    return OperatorProcess(env, work / "operator.log", args, launcher)
 
 
 def measure(
@@ -391,6 +395,7 @@ def main(
     timeout: float = 300,
     idle_s: float | None = None,
     sizes: list[int] | None = None,
+    memprofile: Path | None = None,
 ) -> int:
     """One cold run per size (``sizes``, else ``tiers``), each on a fresh control plane.
     ``idle_s`` defaults to one drift interval and 15 s, so that the idle window holds every
@@ -406,7 +411,7 @@ def main(
             control_plane(workdir=Path(tmp) / "cp") as cp,
         ):
             _prepare(cp, n)
-            operator = operator_as_the_chart_runs_it(cp, Path(tmp), settings)
+            operator = operator_as_the_chart_runs_it(cp, Path(tmp), settings, memprofile)
             result = Result(tiers=n, timeout_s=timeout, idle_s=idle_s)
             try:
                 measure(cp, operator, result, timeout, idle_s)
