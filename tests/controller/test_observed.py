@@ -183,3 +183,28 @@ async def test_an_object_being_deleted_is_not_reconciled() -> None:
     finally:
         await kube.close()
     assert not patch
+
+
+async def test_the_drift_loop_requeues_every_tier_and_cascade(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One loop for the operator (no kopf timer per object): every object of the indexes
+    again, each interval, spread over it."""
+    seen: list[tuple[str, str, str]] = []
+    twice = asyncio.Event()
+
+    def requeue(_memo: Any, key: tuple[str, str, str], _kw: Any) -> None:
+        seen.append(key)
+        if len(seen) == 6:
+            twice.set()
+
+    monkeypatch.setattr(handlers, "_requeue", requeue)
+    indexes = {"tiers": {("ns", "a"): [], ("ns", "b"): []}, "cascades": {("ns", "c"): []}}
+    loop = asyncio.get_running_loop().create_task(handlers.drift(kopf.Memo(), indexes, 0.05))
+    try:
+        await asyncio.wait_for(twice.wait(), 10)
+    finally:
+        loop.cancel()
+    tier, cascade = names.TIER_KIND, names.CASCADE_KIND
+    once = [(tier, "ns", "a"), (tier, "ns", "b"), (cascade, "ns", "c")]
+    assert seen[:6] == once * 2

@@ -150,6 +150,6 @@ async def test_handlers_count_reconciles_errors_and_managed_objects(
     assert _value(r, "managed_objects", kind="InferenceTier") == 1
     assert _value(r, "managed_objects", kind="InferenceCascade") == 1
 
-    handlers.gone(memo=kopf.Memo(), body=tier)  # the DELETED event
+    await handlers.gone(memo=kopf.Memo(), body=tier)  # the DELETED event
     assert _value(r, "managed_objects", kind="InferenceTier") == 0
     assert _value(r, "managed_objects", kind="InferenceCascade") == 1

@@ -1,25 +1,24 @@
 """The kopf layer: the ONLY module with kopf decorators. Each handler is a few lines that call
 plain functions (sync.py, admission.py); all state lives in the cluster.
 
-Create, update, resume and a drift timer share one level-based reconcile per kind. kopf keeps
+Create, update, resume and the drift loop share one level-based reconcile per kind. kopf keeps
 its own bookkeeping in ``tierplace.io/*`` annotations (never in our status), and status is
 written explicitly as conditions, because kopf has none.
 
 No finalizer: children are owned and garbage-collected, so nothing has to happen before a tier
 or cascade goes, and a finalizer would only make ``kubectl delete`` (and deleting the
-namespace) hang while the operator is down. kopf puts one on every object that has a timer
-(to stop the timer before the object goes); ours are registered without that need, and a
-DELETED watch event stops them instead. Objects that still carry the old finalizer lose it
-on resume (kopf removes a finalizer no handler requires).
+namespace) hang while the operator is down. No handler needs one (kopf would put one on every
+object with a timer, and the drift loop is not a kopf timer). Objects that still carry the old
+finalizer lose it on resume (kopf removes a finalizer no handler requires).
 
 What reconcile reads comes from watches, not from requests: kopf indexes of the kinds the
 operator owns, label-selected on the server (observed.py says what each keeps), and events of
 those objects requeue the tier or cascade they concern through the work queue (workqueue.py);
-the drift timer is a safety net. Everything in memory is rebuilt from the cluster on start.
+the drift loop is a safety net. Everything in memory is rebuilt from the cluster on start.
 
 Importing this module registers nothing and reads no environment. ``run(cfg)`` registers
 every handler on a registry of its own for one explicit ``config.OperatorConfig`` (the drift
-timer, the admission webhook server and whether kopf manages its configurations, the operator's
+interval, the admission webhook server and whether kopf manages its configurations, the operator's
 metrics port, the defaults for images and Prometheus that specs leave unset) and hands the
 same settings to the handlers as ``memo.config``. ``tierplace operator`` builds them from its
 flags over the environment (config.py lists the variables).
@@ -28,7 +27,6 @@ flags over the environment (config.py lists the variables).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -75,8 +73,8 @@ def run(cfg: config.OperatorConfig, namespaces: Sequence[str], liveness: str | N
 
 
 def registry(cfg: config.OperatorConfig) -> kopf.OperatorRegistry:
-    """Every handler, registered for ``cfg``: the timers' interval, and admission webhooks
-    only when a webhook server is configured. The handlers read ``memo.config`` (``run``)."""
+    """Every handler, registered for ``cfg``: admission webhooks only when a webhook server
+    is configured. The handlers read ``memo.config`` (``run``)."""
     reg = kopf.OperatorRegistry()
     kopf.on.startup(registry=reg)(configure)
     kopf.on.login(registry=reg)(login)
@@ -85,9 +83,8 @@ def registry(cfg: config.OperatorConfig) -> kopf.OperatorRegistry:
     _register_caches(reg)
     for kind in (TIER, CASCADE):
         kopf.on.event(*kind, when=_deleted, registry=reg)(gone)
-    _register_reconcile(reg, TIER, reconcile_tier, cfg.resync_seconds)
-    _register_reconcile(reg, CASCADE, reconcile_cascade, cfg.resync_seconds)
-    _without_finalizers(reg)
+    _register_reconcile(reg, TIER, reconcile_tier)
+    _register_reconcile(reg, CASCADE, reconcile_cascade)
     if cfg.webhook is not None:
         _register_admission(reg)
     return reg
@@ -96,7 +93,11 @@ def registry(cfg: config.OperatorConfig) -> kopf.OperatorRegistry:
 def _register_caches(reg: kopf.OperatorRegistry) -> None:
     """What reconcile reads (observed.py), kept by watches instead of read per pass, and the
     requeues: an event of a child requeues its tier or cascade, a tier's event the cascades
-    that use it (a cascade gets its router as soon as its tiers are placed)."""
+    that use it (a cascade gets its router as soon as its tiers are placed).
+
+    Every handler is ``async``, even where it awaits nothing: kopf runs a plain function in
+    a thread pool, and a thread hop per watch event (thousands at startup) cost CPU and
+    spread the bodies' allocations over the threads' own malloc arenas (resident memory)."""
     for kind, selector in CHILDREN.items():
         kopf.index(*selector, id=_child_index(kind), registry=reg)(_index_child)
         kopf.on.event(*selector, labels={names.TIER_LABEL: kopf.PRESENT}, registry=reg)(
@@ -119,27 +120,27 @@ def _child_index(kind: str) -> str:
     return f"owned_{kind.lower()}s"
 
 
-def _index_child(body: kopf.Body, **_: Any) -> dict[observed.NameKey, observed.Packed]:
+async def _index_child(body: kopf.Body, **_: Any) -> dict[observed.NameKey, observed.Packed]:
     return observed.child_entry(body)
 
 
-def tier_pods(body: kopf.Body, **_: Any) -> dict[observed.NameKey, str]:
+async def tier_pods(body: kopf.Body, **_: Any) -> dict[observed.NameKey, str]:
     return observed.pod_entry(body)
 
 
-def tiers(body: kopf.Body, **_: Any) -> dict[observed.NameKey, observed.Packed]:
+async def tiers(body: kopf.Body, **_: Any) -> dict[observed.NameKey, observed.Packed]:
     return observed.tier_entry(body)
 
 
-def generated_tiers(body: kopf.Body, **_: Any) -> dict[observed.NameKey, str]:
+async def generated_tiers(body: kopf.Body, **_: Any) -> dict[observed.NameKey, str]:
     return observed.cascade_tier_entry(body)
 
 
-def cascades(body: kopf.Body, **_: Any) -> dict[observed.NameKey, observed.Packed]:
+async def cascades(body: kopf.Body, **_: Any) -> dict[observed.NameKey, observed.Packed]:
     return observed.cascade_entry(body)
 
 
-def rungs(body: kopf.Body, **_: Any) -> dict[observed.NameKey, str]:
+async def rungs(body: kopf.Body, **_: Any) -> dict[observed.NameKey, str]:
     return observed.rung_entry(body)
 
 
@@ -226,7 +227,7 @@ async def _run_requeued(memo: kopf.Memo, key: Key, kw: dict[str, Any]) -> None:
         log.warning("requeued reconcile of %s failed: %s", key, describe(exc))
         if isinstance(exc, kopf.TemporaryError) and isinstance(exc.__cause__, Conflict):
             # A lost race (a stale cached resourceVersion): once more, after the watch caught
-            # up. Other failures wait for the object's next event or the drift timer.
+            # up. Other failures wait for the object's next event or the drift loop.
             await asyncio.sleep(1.0)
             _requeue(memo, key, {**kw, "type": "RETRY"})
 
@@ -283,20 +284,34 @@ async def requeue_on_node_change(
         _requeue(memo, (names.TIER_KIND, namespace, tier), {**kw, "type": type})
 
 
-def _register_reconcile(
-    reg: kopf.OperatorRegistry, kind: tuple[str, str, str], fn: Any, resync_seconds: float
-) -> None:
-    """Create, update, resume and the drift timer share one level-based reconcile."""
+def _register_reconcile(reg: kopf.OperatorRegistry, kind: tuple[str, str, str], fn: Any) -> None:
+    """Create, update and resume share one level-based reconcile (and ``drift`` requeues it)."""
     kopf.on.resume(*kind, registry=reg)(fn)
     kopf.on.create(*kind, registry=reg)(fn)
     kopf.on.update(*kind, registry=reg)(fn)
-    kopf.timer(
-        *kind, interval=resync_seconds, initial_delay=resync_seconds, when=_alive, registry=reg
-    )(fn)
 
 
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Bookkeeping under our prefix, no peering CRDs, and one API client for all handlers."""
+async def drift(memo: kopf.Memo, indexes: Mapping[str, Any], interval: float) -> None:
+    """The safety net for a missed event: every ``interval`` seconds, every tier and cascade
+    again, from the indexes through the work queue, spread over the interval (no burst).
+
+    One loop for the operator, not a kopf timer per object: a timer keeps a task and the
+    object's whole latest body for each (a thousand tiers' worth), and needs a finalizer."""
+    kw = {**indexes, "type": "DRIFT"}
+    await asyncio.sleep(interval)
+    while True:
+        keys = [(names.TIER_KIND, *k) for k in list(indexes["tiers"].keys())]
+        keys += [(names.CASCADE_KIND, *k) for k in list(indexes["cascades"].keys())]
+        for key in keys:
+            _requeue(memo, key, kw)
+            await asyncio.sleep(interval / len(keys))
+        if not keys:
+            await asyncio.sleep(interval)
+
+
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw: Any) -> None:
+    """Bookkeeping under our prefix, no peering CRDs, one API client for all handlers, and
+    the drift loop over the indexes (kopf passes them, still filling, to startup handlers)."""
     cfg: config.OperatorConfig = memo.config
     settings.persistence.finalizer = f"{names.PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.PREFIX)
@@ -331,6 +346,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         # handler, and empties them when it exits. Unmanaged (the Helm chart): it only serves.
         settings.admission.managed = names.GROUP if hook.managed else None
     memo.kube = await Kube.connect()
+    memo.drift = asyncio.get_running_loop().create_task(drift(memo, kw, cfg.resync_seconds))
     if cfg.metrics_port is not None:
         serve_metrics(cfg.metrics_port, cfg.metrics_addr)
 
@@ -344,11 +360,12 @@ def login(**kwargs: Any) -> Any:
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    memo.drift.cancel()
     await _state(memo).close()
     await memo.kube.close()
 
 
-def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
+async def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
     """Node capacity, labels and taints, kept current by a watch: placement reads it."""
     return {name: node_info(body)}
 
@@ -379,20 +396,12 @@ async def _guarded(kube: Kube, body: Mapping[str, Any], coro: Any) -> dict[str, 
     return result
 
 
-def _alive(memo: kopf.Memo, **_: Any) -> bool:
-    """The timers' filter: False once the object's DELETED event arrived (see ``gone``)."""
-    return not memo.get("gone")
-
-
 def _deleted(type: str | None, **_: Any) -> bool:
     return type == "DELETED"
 
 
-def gone(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-    """Stop the object's timer when it is deleted. Without a finalizer the DELETED event
-    carries no deletionTimestamp, so kopf would keep the timer running; watching handlers
-    run before the timers are re-matched, and ``_alive`` then no longer matches."""
-    memo.gone = True
+async def gone(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
+    """Forget what the operator kept about a deleted object (its metrics, its last status)."""
     meta = body["metadata"]
     METRICS.forget(str(body["kind"]), str(meta.get("namespace")), str(meta["name"]))
     _state(memo).forget(key_of(body))
@@ -415,15 +424,6 @@ async def reconcile_cascade(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         patch.status.update(status)
 
 
-def _without_finalizers(registry: kopf.OperatorRegistry) -> None:
-    """Register the timers as not needing a finalizer (kopf.timer always says they do, and
-    offers no option): deletion never waits for the operator."""
-    spawning = registry._spawning
-    spawning._handlers = [
-        dataclasses.replace(h, requires_finalizer=False) for h in spawning.get_all_handlers()
-    ]
-
-
 ON_WRITE: list[Literal["CREATE", "UPDATE"]] = ["CREATE", "UPDATE"]
 
 
@@ -443,7 +443,7 @@ def _register_admission(reg: kopf.OperatorRegistry) -> None:
     )(default_tier)
 
 
-def validate_tier(spec: kopf.Spec, name: str, **kw: Any) -> None:
+async def validate_tier(spec: kopf.Spec, name: str, **kw: Any) -> None:
     operation = kw.get("operation")
     if admission.spec_unchanged(operation, kw.get("old"), kw.get("new")):
         return
@@ -495,5 +495,5 @@ async def _tier_classes(
     return out
 
 
-def default_tier(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+async def default_tier(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
     patch.spec.update(admission.tier_defaults(dict(spec)))
