@@ -62,13 +62,13 @@ train: setup
 bench: setup
 	$(BIN)/tierplace bench-models
 
-# Router overhead vs calling Triton directly (p50/p99 per hop, throughput, memory); writes JSON.
-# Twice: behind a tiny variant (Triton has headroom, so the difference is the router's own)
-# and behind the real device model (one Triton thread near saturation at 200 req/s).
+# Router overhead per hop vs calling Triton directly and vs a reference aiohttp relay (REST and
+# gRPC), behind a tiny variant (Triton has headroom, so the difference is the hop's own); writes
+# docs/results/router-overhead.json and the measured section of docs/protocol.md from it.
 bench-router: setup
-	$(BIN)/tierplace bench-router --tiny --home bench-results/tiny-home \
-		--out bench-results/router-overhead-tiny.json
-	$(BIN)/tierplace bench-router --out bench-results/router-overhead.json
+	$(BIN)/tierplace bench-router --tiny --grpc --home bench-results/tiny-home \
+		--out docs/results/router-overhead.json
+	$(BIN)/python -m tierplace_harness.bench.router render
 
 # The cascade against its baselines, live on the test split (docs/benchmarks.md; ~25 min).
 bench-cascade: setup

@@ -322,6 +322,7 @@ def run(
                     _measure(
                         _Targets(
                             triton.http_url,
+                            triton.grpc_url,
                             f"127.0.0.1:{router_port}",
                             f"127.0.0.1:{relay_port}",
                             f"127.0.0.1:{grpc_port}" if grpc else None,
@@ -339,9 +340,16 @@ def run(
                 p.wait(15)
     # Other work on the machine shows up in the "added" numbers: say how loaded it was.
     result["machine"]["load_average"] = {"start": load_before, "end": os.getloadavg()}
+    result["method"]["triton_config"] = _queue_delay(paths.model_repository() / model)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _queue_delay(model_dir: Path) -> str:
+    """The model's dynamic batching line as Triton ran it (it sets the direct call's time)."""
+    text = (model_dir / "config.pbtxt").read_text()
+    return next((ln.strip() for ln in text.splitlines() if "dynamic_batching" in ln), "none")
 
 
 def _start_router(
@@ -370,6 +378,7 @@ class _Targets:
     """Where each call goes: Triton, the router's REST and gRPC doors, the relay."""
 
     triton: str
+    triton_grpc: str
     router: str
     relay: str
     grpc: str | None
@@ -437,14 +446,16 @@ async def _measure(
         c = _Calls(calls)
         await _warm_up(c)
         one = await _one_at_a_time(c)
+        clients = await _tier_clients(at)
         rounds = await _rounds(c, meter, plan)
         steps, sustainable = await _ladder(c["router"], plan.ladder, plan.seconds)
         soak, rss = await _soak(c["router"], plan.rate, plan.soak_seconds, hops["router"])
         if close_grpc is not None:
             await close_grpc()
-    return _result(
-        one, rounds, steps, sustainable, soak, _memory(rss, plan.soak_seconds), plan, at.model
-    )
+    memory = _memory(rss, plan.soak_seconds)
+    result = _result(one, rounds, steps, sustainable, soak, memory, plan, at.model)
+    result["tier_clients"] = clients
+    return result
 
 
 def _result(
@@ -536,6 +547,60 @@ async def _wait_ready(http: aiohttp.ClientSession, url: str) -> None:
 async def _warm_up(calls: _Calls) -> None:
     for name, (call, _) in calls.calls.items():
         await open_loop(f"warmup-{name}", call, 50, 2)
+
+
+#: The tier clients compared (calls one at a time from this process, CPU per call).
+TIER_CLIENTS = {
+    "aiohttp": "aiohttp session, the router's tier client (TierClient.infer)",
+    "tritonclient-http-aio": "tritonclient.http.aio infer()",
+    "tritonclient-grpc-aio": "tritonclient.grpc.aio infer()",
+}
+
+
+async def _tier_clients(at: _Targets, calls: int = 1000) -> dict[str, float]:
+    """CPU per call (ms) of each candidate tier client, same Triton and outputs, one call at
+    a time, interleaved in blocks of 100 so drift hits all alike: how the router's tier client
+    was chosen (router/tiers.py)."""
+    import numpy as np
+    import tritonclient.grpc.aio as triton_grpc
+    import tritonclient.http.aio as triton_http
+
+    from tierplace.router.tiers import ANSWER_OUTPUTS
+
+    cfg = TierConfig.model_validate({"name": "device", "endpoint": at.triton, "model": at.model})
+    tier = TierClient(cfg)
+    http = triton_http.InferenceServerClient(at.triton)
+    grpc = triton_grpc.InferenceServerClient(at.triton_grpc)
+    text = np.array([[TEXT.encode()]], dtype=np.object_)
+    http_in = triton_http.InferInput("TEXT", [1, 1], "BYTES")
+    http_in.set_data_from_numpy(text)
+    grpc_in = triton_grpc.InferInput("TEXT", [1, 1], "BYTES")
+    grpc_in.set_data_from_numpy(text)
+    http_out = [triton_http.InferRequestedOutput(n, binary_data=False) for n in ANSWER_OUTPUTS]
+    grpc_out = [triton_grpc.InferRequestedOutput(n) for n in ANSWER_OUTPUTS]
+    options: dict[str, Callable[[], Awaitable[object]]] = {
+        "aiohttp": lambda: tier.infer(TierInput(text=TEXT), want_importance=False, timeout_s=5),
+        "tritonclient-http-aio": lambda: http.infer(at.model, [http_in], outputs=http_out),
+        "tritonclient-grpc-aio": lambda: grpc.infer(at.model, [grpc_in], outputs=grpc_out),
+    }
+    cpu = dict.fromkeys(options, 0.0)
+    try:
+        for call in options.values():  # connections, first-call costs
+            for _ in range(20):
+                await call()
+        for _ in range(calls // 100):
+            for name, call in options.items():
+                t0 = time.process_time()
+                for _ in range(100):
+                    await call()
+                cpu[name] += time.process_time() - t0
+    finally:
+        await asyncio.gather(tier.close(), http.close(), grpc.close())
+    per_call = {name: round(1000 * s / (calls // 100 * 100), 4) for name, s in cpu.items()}
+    print(
+        "tier clients, CPU per call: " + ", ".join(f"{k} {v:.3f} ms" for k, v in per_call.items())
+    )
+    return per_call
 
 
 async def _one_at_a_time(calls: _Calls) -> dict[str, dict[str, float]]:
@@ -727,7 +792,7 @@ def _ms(value: float | None) -> str:
 
 
 def _x(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}x"
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -742,7 +807,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"{machine['load_average']['end'][0]:.2f} at the end; other work used up to "
         f"{machine['other_cpu_pct_max']:.0f} % of the CPUs in the loaded phases). Triton "
         f"directly: p50 {_ms(one['direct']['p50_ms'])}, p99 {_ms(one['direct']['p99_ms'])} "
-        "one at a time. Added per hop over that direct call:",
+        "one at a time"
+        + (
+            f" (`{result['method']['triton_config']}`)"
+            if "triton_config" in result["method"]
+            else ""
+        )
+        + ". Added per hop over that direct call:",
         "",
         f"| hop | p50, 1 in flight | p99, 1 in flight | p50 at {rate:.0f} req/s "
         f"| p99 at {rate:.0f} req/s | CPU per request |",
@@ -767,6 +838,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_HOPS[hop]} | {_x(r['p50_one_in_flight'])} | {_x(r['p50_at_rate'])} "
             f"| {_x(r['cpu_per_request'])} |"
         )
+    clients = result.get("tier_clients")
+    if clients:
+        lines += [
+            "",
+            "Tier clients: CPU per call from the bench process, one call at a time to the same "
+            "Triton, same input and outputs:",
+            "",
+            "| tier client | CPU per call |",
+            "|---|---:|",
+        ]
+        lines += [f"| {TIER_CLIENTS[k]} | {_ms(v)} |" for k, v in clients.items()]
     met = [k for k, v in result["goals"].items() if v]
     missed = [k for k, v in result["goals"].items() if not v]
     lines += [

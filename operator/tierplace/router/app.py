@@ -844,7 +844,7 @@ class CascadeService:
             if trace is not None:
                 trace.refused(refusal)
             raise Unavailable(429, f"cascade {name} is overloaded ({refusal}); retry later")
-        stats = self.stats.setdefault(name, ModelStats())
+        stats = self.stats.get(name) or self.stats.setdefault(name, ModelStats())
         self._enter(rt, n)
         try:
             deadline = arrival + req.budget_s

@@ -6,14 +6,15 @@ cascade logic sees only ``TierResult`` or ``TierError``. An answer is believed o
 kind ``invalid`` and its content goes no further.
 
 The transport is a pooled ``aiohttp.ClientSession`` of the tier client's own, chosen by
-measurement (docs/protocol.md, "The hop's cost"): serial calls to one tritonserver cost 0.43 ms
-of CPU each through it, against 0.58 ms through tritonclient's aio client with the same body
-(its per-call plugin, header and URL work, and a second timer) and 0.59 ms through the raw
-gRPC aio stub. tritonclient stays the client of record for readiness (``is_model_ready``), in
-tests and in tools. The hot path does not pay for tensor objects either: the request body (JSON
-header plus the binary input tensor of the v2 binary extension) is written here directly, the
-outputs are asked for as JSON by name (only those the cascade reads), and the answer is parsed
-with one ``loads``, without numpy.
+measurement (``tierplace bench-router`` times it against tritonclient's HTTP and gRPC aio clients
+on the same calls; docs/protocol.md, "The hop's cost"): tritonclient's HTTP aio client spent
+more CPU per call on its plugins, header checks, URL parsing and second timer. tritonclient
+stays the client of record for readiness (``is_model_ready``), in tests and in tools.
+
+The hot path does not pay for tensor objects either: the request body (JSON header plus the
+binary input tensor of the v2 binary extension) is written here directly, the outputs are asked
+for as JSON by name (only those the cascade reads), and the answer is parsed with one
+``loads``, without numpy.
 """
 
 from __future__ import annotations
