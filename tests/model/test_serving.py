@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from tierplace.model import artifacts
-from tierplace.model.serving import RequestError, TierRequest, TierResponse, VariantRunner
+from tierplace.model.serving import (
+    OUTPUTS,
+    MetricBuffer,
+    RequestError,
+    TierRequest,
+    TierResponse,
+    VariantRunner,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +101,34 @@ def test_requests_in_one_batch_keep_their_own_thresholds(runner: VariantRunner) 
     results = runner.execute([early, late, entropy])
     layers = [r.exit_layers for r in results if isinstance(r, TierResponse)]
     assert layers == [[1], [3], [1]]
+
+
+def test_only_the_requested_outputs_are_built(runner: VariantRunner) -> None:
+    asked = frozenset({"PROBS", "EXIT_LAYER"})
+    some = _one(runner, TierRequest(text=[b"a fine cast"], outputs=asked))
+    every = _one(runner, TierRequest(text=[b"a fine cast"]))
+    assert set(some.outputs) == asked
+    assert set(every.outputs) == set(OUTPUTS)
+    assert np.array_equal(some.outputs["PROBS"], every.outputs["PROBS"])
+
+
+def test_metric_buffer_hands_on_totals_only_at_flush() -> None:
+    added: dict[tuple[str, str], float] = {}
+    buffer = MetricBuffer(lambda series, n: added.update({series: n}), [0.001, 0.01], 3600)
+    buffer.start()
+    buffer.record([1, 2, 1], 0.004)
+    buffer.record([2], 0.0005)
+    assert added == {}  # nothing on the request path
+    buffer.close()
+    assert added == {
+        ("exit", "1"): 2,
+        ("exit", "2"): 2,
+        ("le", "0.001"): 1,
+        ("le", "0.01"): 2,
+        ("le", "+Inf"): 2,
+        ("sum", ""): pytest.approx(0.0045),
+        ("count", ""): 2,
+    }
+    added.clear()
+    buffer.flush()
+    assert added == {}  # each total is handed on once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tierplace.local.triton import TritonServer
 pytestmark = pytest.mark.triton
 
 OUTPUTS = ["PROBS", "EXIT_LAYER", "CONFIDENCE", "NUM_TOKENS", "TRUNCATED"]
+IMPORTANCE = ["IMPORTANCE", "TOKEN_IDS", "TOKENS"]
 
 
 def _text(module: object, rows: list[bytes]) -> object:
@@ -90,23 +92,46 @@ def test_pretokenised_ids_are_served(triton_all: TritonServer) -> None:
     assert second.as_numpy("NUM_TOKENS").ravel().tolist() == [ids.shape[1]]
 
 
+def _counter(text: str, series: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(series + " ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def _metrics_once_counted(url: str, series: str) -> str:
+    """The model hands its own metrics to Triton once a second, off the request path: read
+    until the counter moved (a bounded number of scrapes)."""
+    text = ""
+    for _ in range(50):
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        if _counter(text, series) >= 1:
+            break
+        time.sleep(0.1)
+    return text
+
+
 def test_metrics_show_triton_counters_and_the_models_own(triton_all: TritonServer) -> None:
     with httpclient.InferenceServerClient(triton_all.http_url) as client:
         client.infer("minilm-l2", [_text(httpclient, [b"fun"])], parameters={"exit_threshold": 0})
-    text = urllib.request.urlopen(triton_all.metrics_url, timeout=5).read().decode()
+    exit_one = 'tierplace_model_exits_total{exit_layer="1",model="minilm-l2"}'
+    text = _metrics_once_counted(triton_all.metrics_url, exit_one)
     for name in (
         'nv_inference_request_duration_us{model="minilm-l2"',
         'nv_inference_count{model="minilm-l2"',
         'nv_inference_queue_duration_us{model="minilm-l2"',
-        'tierplace_model_execute_seconds_bucket{model="minilm-l2",le="0.5"}',
+        'tierplace_model_execute_seconds_bucket{le="0.5",model="minilm-l2"}',
     ):
         assert name in text, name
-    exits = [
-        line
-        for line in text.splitlines()
-        if line.startswith('tierplace_model_exits_total{exit_layer="1",model="minilm-l2"}')
-    ]
-    assert exits and float(exits[0].split()[-1]) >= 1
+    assert _counter(text, exit_one) >= 1
+    assert _counter(text, 'tierplace_model_execute_seconds_count{model="minilm-l2"}') >= 1
+
+
+def test_only_the_requested_outputs_are_sent(triton_all: TritonServer) -> None:
+    asked = [httpclient.InferRequestedOutput(n) for n in ("EXIT_LAYER", "PROBS")]
+    with httpclient.InferenceServerClient(triton_all.http_url) as client:
+        some = client.infer("minilm-l6", [_text(httpclient, [b"fine"])], outputs=asked)
+        every = client.infer("minilm-l6", [_text(httpclient, [b"fine"])])
+    assert {o["name"] for o in some.get_response()["outputs"]} == {"EXIT_LAYER", "PROBS"}
+    assert {o["name"] for o in every.get_response()["outputs"]} == {*OUTPUTS, *IMPORTANCE}
 
 
 @pytest.mark.parametrize(
