@@ -37,6 +37,11 @@ def _register_first_answer(sub: argparse._SubParsersAction[argparse.ArgumentPars
     b.add_argument("--full-within", type=float, default=180 * 60, help="seconds (default 3 h)")
     b.add_argument("--out", type=Path, default=None, help="default: docs/results/first-answer.json")
     b.add_argument(
+        "--label",
+        default="a run",
+        help="what the machine was doing meanwhile (a run with the same label is replaced)",
+    )
+    b.add_argument(
         "--render-only",
         action="store_true",
         help="regenerate the README's table from docs/results/first-answer.json",
@@ -53,7 +58,9 @@ def _bench_first_answer(args: argparse.Namespace) -> int:
     if args.checkout is None or args.home is None:
         raise SystemExit("bench-first-answer needs --checkout (a fresh clone) and --home (empty)")
     out = args.out or first_answer.RESULTS
-    code = first_answer.main(args.checkout, args.home, out, args.first_within, args.full_within)
+    code = first_answer.main(
+        args.checkout, args.home, out, args.label, args.first_within, args.full_within
+    )
     if out == first_answer.RESULTS:
         first_answer.render()
     return code

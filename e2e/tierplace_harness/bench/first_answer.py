@@ -53,6 +53,7 @@ class Run:
 
     commit: str
     cpus: int
+    label: str = ""
     first_answer_s: float | None = None
     first_answer: dict[str, Any] = field(default_factory=dict)
     milestones: dict[str, float] = field(default_factory=dict)
@@ -130,6 +131,8 @@ def measure(
     loads: list[float] = []
     try:
         run.ended = _poll(proc, run, start, first_within_s, full_within_s, loads)
+    except KeyboardInterrupt:  # the bench stopped early: what was reached is still written
+        run.ended = f"stopped after {(time.monotonic() - start) / 60:.0f} min"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user stops it
         try:
@@ -181,29 +184,50 @@ def _minutes(seconds: float | None) -> str:
     return "not reached" if seconds is None else f"{seconds / 60:.1f} min"
 
 
+def _steps(run: dict[str, Any]) -> dict[str, str]:
+    """A run's steps, in the README's words, with minutes from the start of `make run`."""
+    m = run["milestones"]
+    steps = {
+        "setup done, quick profile training": _minutes(m.get("quick_training_started")),
+        "cascade up (quick profile)": _minutes(m.get("stack_up")),
+        "**first answer**": f"**{_minutes(run['first_answer_s'])}**",
+    }
+    for u in run["upgrades"]:
+        acc = f" (last exit {u['before']} -> {u['after']})" if u.get("after") else ""
+        steps[f"{u['variant']} fully trained, swapped in"] = _minutes(u["at_s"]) + acc
+    steps["**full quality**"] = f"**{_minutes(m.get('full_quality'))}**"
+    return steps
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    """The README's section, from the JSON alone."""
-    m = summary["milestones"]
-    load = summary.get("load_average") or {}
+    """The README's section, from the JSON alone: one column per run."""
+    runs = summary["runs"]
     lines = [
         BEGIN,
         "",
-        f"Measured from a fresh clone with an empty `HOME` (commit {summary['commit']}, "
-        f"{summary['cpus']} CPUs, load average {load.get('median', float('nan')):.1f} median, "
-        f"{load.get('max', float('nan')):.1f} max, while other work shared the machine; "
-        "`tierplace bench-first-answer`):",
+        "Measured with `tierplace bench-first-answer`: `make run` in a fresh clone with an empty "
+        "`HOME`, on this project's 2-CPU machine.",
         "",
-        "| step | after `make run` started |",
-        "|---|---:|",
-        f"| setup done, quick profile training | {_minutes(m.get('quick_training_started'))} |",
-        f"| cascade up (quick profile) | {_minutes(m.get('stack_up'))} |",
-        f"| **first answer** | **{_minutes(summary['first_answer_s'])}** |",
     ]
-    for u in summary["upgrades"]:
-        acc = f" (last exit {u['before']} -> {u['after']})" if u.get("after") else ""
-        lines.append(f"| {u['variant']} fully trained, swapped in{acc} | {_minutes(u['at_s'])} |")
-    lines += [f"| **full quality** | **{_minutes(m.get('full_quality'))}** |", "", END]
-    return "\n".join(lines)
+    for i, r in enumerate(runs, start=1):
+        load = r.get("load_average") or {}
+        lines.append(
+            f"{i}. {r['label']} (commit {r['commit']}; load average median "
+            f"{load.get('median', float('nan')):.1f}, max {load.get('max', float('nan')):.1f}); "
+            f"ended: {r['ended']}."
+        )
+    steps = [_steps(r) for r in runs]
+    names = list(dict.fromkeys(name for s in steps for name in s))
+    lines += [
+        "",
+        "| step, after `make run` started | "
+        + " | ".join(f"run {i}" for i in range(1, len(runs) + 1))
+        + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(s.get(name, "—") for s in steps) + " |")
+    return "\n".join([*lines, "", END])
 
 
 def render(results: Path = RESULTS, readme: Path = README) -> None:
@@ -214,11 +238,26 @@ def render(results: Path = RESULTS, readme: Path = README) -> None:
     readme.write_text(head + markdown(json.loads(results.read_text())) + tail)
 
 
-def main(checkout: Path, home: Path, out: Path, first_within_s: float, full_within_s: float) -> int:
-    log = out.with_suffix(".log")
-    run = measure(checkout, home, first_within_s, full_within_s, log)
+def record(out: Path, run: Run) -> None:
+    """Add ``run`` to the results in ``out``, replacing an earlier run with its label."""
+    runs: list[dict[str, Any]] = []
+    if out.exists():
+        runs = [r for r in json.loads(out.read_text())["runs"] if r["label"] != run.label]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(asdict(run), indent=2) + "\n")
+    out.write_text(json.dumps({"runs": [*runs, asdict(run)]}, indent=2) + "\n")
+
+
+def main(
+    checkout: Path, home: Path, out: Path, label: str, first_within_s: float, full_within_s: float
+) -> int:
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` ends it like Ctrl-C: results written
+    log = home / f"make-run-{time.strftime('%Y%m%d-%H%M%S')}.log"  # beside the run, not the repo
+    run = measure(checkout, home, first_within_s, full_within_s, log)
+    run.label = label
+    record(out, run)
     print(f"{run.ended}; first answer {_minutes(run.first_answer_s)}, full quality "
           f"{_minutes(run.milestones.get('full_quality'))}; {out}, output in {log}")  # fmt: skip
     return 0 if run.ended == "full quality" else 1
