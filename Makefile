@@ -53,8 +53,9 @@ pytest: setup controlplane helm images
 
 test: lint typecheck pytest
 
+# UP_ARGS passes options to `tierplace up`, e.g. make run UP_ARGS="--router-port 18080".
 run: setup
-	$(BIN)/tierplace up
+	$(BIN)/tierplace up $(UP_ARGS)
 
 train: setup
 	$(BIN)/tierplace train --variant all

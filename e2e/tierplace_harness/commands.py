@@ -36,6 +36,7 @@ def _register_first_answer(sub: argparse._SubParsersAction[argparse.ArgumentPars
     b.add_argument("--first-within", type=float, default=45 * 60, help="seconds (default 45 min)")
     b.add_argument("--full-within", type=float, default=180 * 60, help="seconds (default 3 h)")
     b.add_argument("--out", type=Path, default=None, help="default: docs/results/first-answer.json")
+    b.add_argument("--port", type=int, default=8080, help="the router's port (default 8080)")
     b.add_argument(
         "--label",
         default="a run",
@@ -59,7 +60,7 @@ def _bench_first_answer(args: argparse.Namespace) -> int:
         raise SystemExit("bench-first-answer needs --checkout (a fresh clone) and --home (empty)")
     out = args.out or first_answer.RESULTS
     code = first_answer.main(
-        args.checkout, args.home, out, args.label, args.first_within, args.full_within
+        args.checkout, args.home, out, args.label, args.first_within, args.full_within, args.port
     )
     if out == first_answer.RESULTS:
         first_answer.render()

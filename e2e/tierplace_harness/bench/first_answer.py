@@ -109,9 +109,11 @@ class Watch:
 
 
 def measure(
-    checkout: Path, home: Path, first_within_s: float, full_within_s: float, log: Path
+    checkout: Path, home: Path, first_within_s: float, full_within_s: float, log: Path, port: int
 ) -> Run:
-    """`make run` in ``checkout`` with ``HOME=home``, polled until full quality or a limit."""
+    """`make run` in ``checkout`` with ``HOME=home``, polled until full quality or a limit.
+    A ``port`` other than the default 8080 moves the router (gRPC and Prometheus beside it)
+    so that two runs can overlap."""
     commit = subprocess.run(
         ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -123,14 +125,18 @@ def measure(
     env.pop("TIERPLACE_HOME", None)
     env.pop("VIRTUAL_ENV", None)
     start = time.monotonic()
+    cmd = ["make", "run"]
+    if port != 8080:
+        ports = f"--router-port {port} --grpc-port {port + 1} --prometheus-port {port + 1010}"
+        cmd.append(f"UP_ARGS={ports}")
     proc = subprocess.Popen(
-        ["make", "run"], cwd=checkout, env=env, text=True, start_new_session=True,
+        cmd, cwd=checkout, env=env, text=True, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     watch = Watch(proc, run, log, start)
     loads: list[float] = []
     try:
-        run.ended = _poll(proc, run, start, first_within_s, full_within_s, loads)
+        run.ended = _poll(proc, run, start, first_within_s, full_within_s, loads, port)
     except KeyboardInterrupt:  # the bench stopped early: what was reached is still written
         run.ended = f"stopped after {(time.monotonic() - start) / 60:.0f} min"
     finally:
@@ -155,6 +161,7 @@ def _poll(
     first_within_s: float,
     full_within_s: float,
     loads: list[float],
+    port: int,
 ) -> str:
     """Why the run ended: full quality, a limit, or `make run` exiting."""
     last_load = 0.0
@@ -168,12 +175,12 @@ def _poll(
         if run.first_answer_s is None:
             if elapsed > first_within_s:
                 return f"no answer within {first_within_s:.0f} s"
-            answer = ask("127.0.0.1:8080")
+            answer = ask(f"127.0.0.1:{port}")
             if answer is not None:
                 run.first_answer_s, run.first_answer = round(elapsed, 1), answer
                 print(f"first answer after {elapsed:.0f} s: {answer}", flush=True)
         elif "full_quality" in run.milestones:
-            run.full_answer = ask("127.0.0.1:8080") or {}
+            run.full_answer = ask(f"127.0.0.1:{port}") or {}
             return "full quality"
         elif elapsed > full_within_s:
             return f"not at full quality within {full_within_s:.0f} s"
@@ -248,14 +255,20 @@ def record(out: Path, run: Run) -> None:
 
 
 def main(
-    checkout: Path, home: Path, out: Path, label: str, first_within_s: float, full_within_s: float
+    checkout: Path,
+    home: Path,
+    out: Path,
+    label: str,
+    first_within_s: float,
+    full_within_s: float,
+    port: int = 8080,
 ) -> int:
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)  # `kill` ends it like Ctrl-C: results written
     log = home / f"make-run-{time.strftime('%Y%m%d-%H%M%S')}.log"  # beside the run, not the repo
-    run = measure(checkout, home, first_within_s, full_within_s, log)
+    run = measure(checkout, home, first_within_s, full_within_s, log, port)
     run.label = label
     record(out, run)
     print(f"{run.ended}; first answer {_minutes(run.first_answer_s)}, full quality "
