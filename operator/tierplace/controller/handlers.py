@@ -360,9 +360,12 @@ def login(**kwargs: Any) -> Any:
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    memo.drift.cancel()
+    """Stop what ``configure`` started (as far as it got)."""
+    if memo.get("drift") is not None:
+        memo.drift.cancel()
     await _state(memo).close()
-    await memo.kube.close()
+    if memo.get("kube") is not None:
+        await memo.kube.close()
 
 
 async def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
