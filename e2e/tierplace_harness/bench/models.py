@@ -15,7 +15,9 @@ import platform
 import re
 import shutil
 import statistics
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,7 +358,7 @@ def breakdown(
     out: Path,
 ) -> dict[str, Any]:
     """Every setup: the batch-1 breakdown per variant, then ``load`` = (variant, req/s, s)."""
-    work = out.parent / "triton-breakdown-work"
+    work = Path(tempfile.mkdtemp(prefix="triton-breakdown-"))  # repositories and server logs
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
@@ -461,12 +463,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     delays = [int(d) for d in args.delays.split(",")]
     setups = [Setup("before", args.before, None)] if args.before else []
-    setups += [
-        Setup("after", paths.model_repository(), d, batch1=(i == 0)) for i, d in enumerate(delays)
-    ]
-    for i, s in enumerate(setups):  # labels stay unique per delay
-        if s.label == "after" and not s.batch1:
-            setups[i] = Setup(f"after, {s.delay_us} µs", s.repository, s.delay_us, False)
+    seen: Counter[int] = Counter()
+    for i, delay in enumerate(delays):  # repeated delays alternate: a drifting load hits all
+        seen[delay] += 1
+        label = (
+            "after"
+            if i == 0
+            else f"after, {delay} µs" + (f" #{seen[delay]}" if seen[delay] > 1 else "")
+        )
+        setups.append(Setup(label, paths.model_repository(), delay, batch1=(i == 0)))
     variant, rate, seconds = args.load.split(",")
     breakdown(
         args.variant or list(VARIANTS),
