@@ -231,6 +231,15 @@ def test_every_well_formed_answer_is_believed(
     )
 
 
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_a_uniform_answer_has_entropy_confidence_zero_and_is_believed(classes: int) -> None:
+    # Rounding once made it -2.2e-16, and the range check refused a well-formed answer.
+    probs = _softmax([0.7] * classes)
+    conf = answer_confidence(probs, "entropy")
+    assert 0.0 <= conf < 1e-12
+    assert check_answer(probs, conf, 1, classes=classes, layers=2, metric="entropy") is None
+
+
 @given(
     probs=st.lists(any_float, max_size=6),
     conf=any_float,

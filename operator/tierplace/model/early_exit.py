@@ -46,7 +46,8 @@ def confidence(probs: torch.Tensor, metric: ExitMetric) -> torch.Tensor:
     if metric == "confidence":
         return probs.max(dim=-1).values
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
-    return 1.0 - entropy / math.log(probs.shape[-1])
+    # Rounding puts a uniform answer a hair below 0; the router checks the range [0, 1].
+    return (1.0 - entropy / math.log(probs.shape[-1])).clamp(0.0, 1.0)
 
 
 @dataclass

@@ -199,7 +199,8 @@ def answer_confidence(probs: Sequence[float], metric: str) -> float:
         if len(probs) < 2:
             return 1.0
         entropy = -sum(p * math.log(max(p, 1e-12)) for p in probs)
-        return 1.0 - entropy / math.log(len(probs))
+        # Rounding puts a uniform answer a hair below 0 (-2.2e-16): it is 0, not an error.
+        return min(1.0, max(0.0, 1.0 - entropy / math.log(len(probs))))
     return max(probs, default=0.0)
 
 
