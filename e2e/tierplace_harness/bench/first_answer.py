@@ -224,7 +224,8 @@ def markdown(summary: dict[str, Any]) -> str:
             f"ended: {r['ended']}."
         )
     steps = [_steps(r) for r in runs]
-    names = list(dict.fromkeys(name for s in steps for name in s))
+    last = "**full quality**"
+    names = [n for n in dict.fromkeys(name for s in steps for name in s) if n != last] + [last]
     lines += [
         "",
         "| step, after `make run` started | "
