@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 
+from tierplace_harness import generated
 from tierplace_harness.bench.first_answer import BEGIN, END, README, RESULTS, markdown
 
 
 def test_the_readme_states_the_committed_first_answer_results() -> None:
-    text = README.read_text()
-    section = text[text.index(BEGIN) : text.index(END) + len(END)]
-    assert section == markdown(json.loads(RESULTS.read_text())), (
+    assert generated.section(README, BEGIN, END) == markdown(json.loads(RESULTS.read_text())), (
         "README.md disagrees with docs/results/first-answer.json: run "
         "`tierplace bench-first-answer --render-only`"
     )

@@ -8,14 +8,12 @@ import json
 import re
 
 from tierplace import paths
+from tierplace_harness import generated
 from tierplace_harness.bench.models import BEGIN, BREAKDOWN, DOC, END, markdown
 
 
 def test_the_models_page_is_the_committed_breakdown() -> None:
-    text = DOC.read_text()
-    start = text.index(BEGIN)
-    section = text[start : text.index(END, start) + len(END)]
-    assert section == markdown(json.loads(BREAKDOWN.read_text())), (
+    assert generated.section(DOC, BEGIN, END) == markdown(json.loads(BREAKDOWN.read_text())), (
         "docs/models.md disagrees with docs/results/triton-breakdown.json: run "
         "`python -m tierplace_harness.bench.models --render-only`"
     )

@@ -40,6 +40,7 @@ from tests.nodes.cluster import REPO, Images, RealCluster, pools, real_cluster
 from tests.nodes.prometheus import cluster_prometheus
 from tierplace import paths
 from tierplace.local.triton import TritonServer
+from tierplace_harness import generated
 from tierplace_harness.controlplane import bin_dir
 
 RESULTS = REPO / "docs" / "results" / "real-nodes.json"
@@ -301,9 +302,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def render(result: dict[str, Any], doc: Path = DOC) -> None:
-    text = doc.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    doc.write_text(text[:start] + markdown(result) + text[end:])
+    generated.replace(doc, BEGIN, END, markdown(result))
 
 
 def main() -> int:

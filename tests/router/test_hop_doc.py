@@ -10,13 +10,12 @@ import json
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tierplace_harness import generated
 from tierplace_harness.bench.router import BEGIN, DOC, END, RESULTS, markdown, relay_app
 
 
 def test_the_protocol_page_quotes_the_committed_router_bench() -> None:
-    text = DOC.read_text()
-    section = text[text.index(BEGIN) : text.index(END) + len(END)]
-    assert section == markdown(json.loads(RESULTS.read_text())), (
+    assert generated.section(DOC, BEGIN, END) == markdown(json.loads(RESULTS.read_text())), (
         "docs/protocol.md disagrees with docs/results/router-overhead.json: run "
         "`python -m tierplace_harness.bench.router render`"
     )

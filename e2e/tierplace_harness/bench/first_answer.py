@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import tritonclient.http as triton_http
 
+from tierplace_harness import generated
+
 REPO = Path(__file__).resolve().parents[3]
 RESULTS = REPO / "docs" / "results" / "first-answer.json"
 README = REPO / "README.md"
@@ -240,10 +242,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def render(results: Path = RESULTS, readme: Path = README) -> None:
     """Rewrite the README's generated section from ``results``."""
-    text = readme.read_text()
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    readme.write_text(head + markdown(json.loads(results.read_text())) + tail)
+    generated.replace(readme, BEGIN, END, markdown(json.loads(results.read_text())))
 
 
 def record(out: Path, run: Run) -> None:

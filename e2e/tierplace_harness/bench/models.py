@@ -31,6 +31,7 @@ from tierplace import paths
 from tierplace.local.triton import TritonServer
 from tierplace.model import artifacts
 from tierplace.model.data import load_reviews
+from tierplace_harness import generated
 
 BATCHES = (1, 8)
 THREADS = 1  # one intra-op thread per tier, as the embedded cascade gives each tier
@@ -439,10 +440,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def render(results: Path = BREAKDOWN, doc: Path = DOC) -> None:
     """Regenerate the generated section of ``doc`` from ``results``."""
-    text = doc.read_text()
-    start = text.index(BEGIN)
-    end = text.index(END, start) + len(END)
-    doc.write_text(text[:start] + markdown(json.loads(results.read_text())) + text[end:])
+    generated.replace(doc, BEGIN, END, markdown(json.loads(results.read_text())))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from tierplace.controller import admission, rbac
-from tierplace_harness import cluster, pki
+from tierplace_harness import cluster, generated, pki
 from tierplace_harness.controlplane import OPERATOR_USER, ControlPlane, control_plane, free_port
 from tierplace_harness.operator_process import OperatorProcess
 
@@ -561,6 +561,4 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def render(results: Path = RESULTS, doc: Path = DOC) -> None:
     """Regenerate the measured section of ``doc`` from ``results``."""
-    text = doc.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    doc.write_text(text[:start] + markdown(json.loads(results.read_text())) + text[end:])
+    generated.replace(doc, BEGIN, END, markdown(json.loads(results.read_text())))

@@ -39,6 +39,7 @@ from tierplace.router.app import event_loop_runner
 from tierplace.router.config import TierConfig
 from tierplace.router.policy import TierInput
 from tierplace.router.tiers import TierClient
+from tierplace_harness import generated
 
 TEXT = "an utterly charming little comedy that earns every laugh, even in its weaker moments."
 REPO = Path(__file__).resolve().parents[3]
@@ -862,9 +863,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def render(results: Path = RESULTS, doc: Path = DOC) -> None:
     """Regenerate the measured section of ``doc`` from ``results``."""
-    text = doc.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    doc.write_text(text[:start] + markdown(json.loads(results.read_text())) + text[end:])
+    generated.replace(doc, BEGIN, END, markdown(json.loads(results.read_text())))
 
 
 def main(argv: list[str]) -> int:
