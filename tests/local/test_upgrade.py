@@ -19,10 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tierplace import paths
 from tierplace.local.commands import infer, rows
 from tierplace.local.probe import RequestStream, tally, until
 from tierplace.local.stack import Stack, StackSpec
-from tierplace.local.upgrade import CHILD, quick_variants
+from tierplace.local.supervise import Event
+from tierplace.local.triton import TritonServer
+from tierplace.local.upgrade import CHILD, Upgrade, quick_variants
 from tierplace.model.profiles import FULL, QUICK, trained_profile
 
 pytestmark = [pytest.mark.triton, pytest.mark.prometheus, pytest.mark.slow]
@@ -118,3 +121,25 @@ async def test_quick_weights_answer_then_each_tier_switches_to_full_without_a_fa
             m.startswith(f"{variant}: the fully trained variant now answers") for m in upgraded
         )
     assert not (home / "staging").exists()  # staging removed once everything is served
+
+
+async def test_a_tier_that_cannot_reload_is_said_and_keeps_its_weights_for_its_restart(
+    tiny_model_home: Path, tmp_path: Path
+) -> None:
+    home = quick_home(tiny_model_home, tmp_path / "home")
+    down = TritonServer(paths.model_repository(), ["mpnet-base"], home)  # never started
+    events: list[Event] = []
+    upgrade = Upgrade(
+        home,
+        {"mpnet-base": [down]},
+        tmp_path / "train.log",
+        events.append,
+        trainer(tiny_model_home / "models", home / "staging" / "models", fail_after=1),
+    )
+    assert not await asyncio.wait_for(upgrade.run(), 120)
+    said = [e.message for e in events if e.kind == "crashed"]
+    assert any(f"tritonserver {down.http_url} could not load" in m for m in said), said
+    assert any("until their tritonserver restarts" in m for m in said), said
+    assert not any(e.kind == "upgraded" for e in events)  # never claimed
+    # The trained variant is in place on disk: the server's next start loads it.
+    assert trained_profile(home / "models" / "mpnet-base") == FULL

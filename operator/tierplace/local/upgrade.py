@@ -64,6 +64,8 @@ class Upgrade:
     on_event: Callable[[Event], None]
     command: list[str] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    #: Variants installed on disk that a tritonserver failed to load (they serve after its restart).
+    not_loaded: list[str] = field(default_factory=list, init=False)
 
     @property
     def staging(self) -> Path:
@@ -85,7 +87,8 @@ class Upgrade:
         )
 
     async def run(self) -> bool:
-        """Start the trainer, swap variants in as they finish; True once none is quick."""
+        """Start the trainer, swap variants in as they finish; True once every tier serves
+        fully trained weights."""
         started = time.monotonic()
         self.start()
         while True:
@@ -101,21 +104,30 @@ class Upgrade:
                 return self._failed(exit_code)
             await asyncio.sleep(POLL_S)
         minutes = (time.monotonic() - started) / 60
+        await asyncio.to_thread(self.stop)
+        shutil.rmtree(self.staging.parent, ignore_errors=True)
+        if self.not_loaded:
+            self._say(
+                "crashed",
+                f"full training done ({minutes:.0f} min), but {', '.join(self.not_loaded)} "
+                "answer with the quick profile until their tritonserver restarts",
+            )
+            return False
         self._say(
             "upgraded", f"full quality: every tier serves fully trained weights ({minutes:.0f} min)"
         )
-        await asyncio.to_thread(self.stop)
-        shutil.rmtree(self.staging.parent, ignore_errors=True)
         return True
 
     async def _swap_in(self, variant: str) -> None:
         served = self.home / "models" / variant
         before = last_exit_accuracy(served)
         await asyncio.to_thread(install, self.staging / variant, served)
+        loaded = True
         for server in self.servers[variant]:
             try:
                 await asyncio.to_thread(server.reload, variant, served)
             except Exception as exc:  # a failed load leaves the old one serving: said, not fatal
+                loaded = False
                 log.warning("reloading %s on %s failed: %s", variant, server.http_url, exc)
                 self._say(
                     "crashed",
@@ -123,13 +135,14 @@ class Upgrade:
                     f"trained variant ({exc}); it keeps answering with the quick one until "
                     "it restarts",
                 )
+        if not loaded:
+            self.not_loaded.append(variant)
+            return
         after = last_exit_accuracy(served)
-        change = f" (validation accuracy of its last exit {before:.3f} -> {after:.3f})"
-        self._say(
-            "upgraded",
-            f"{variant}: the fully trained variant now answers"
-            + (change if before is not None and after is not None else ""),
-        )
+        change = ""
+        if before is not None and after is not None:
+            change = f" (validation accuracy of its last exit {before:.3f} -> {after:.3f})"
+        self._say("upgraded", f"{variant}: the fully trained variant now answers{change}")
 
     def _failed(self, code: int | None) -> bool:
         self._say(
