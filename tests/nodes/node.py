@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -286,11 +287,28 @@ imageGCLowThresholdPercent: 99
         )
         (d / "launch.sh").write_text(_LAUNCHER)
 
+    def _one_build_only(self) -> None:
+        """Empty the node's containerd store when the images differ from the ones it holds.
+
+        Removing the old images inside containerd (the launcher does) does not free their
+        content: a run measured 6 GB per node after two builds, 44 GB across the pool, and a
+        third build filled the disk mid-import. A store keyed by the image set holds one build,
+        whatever containerd's collector keeps; a new build re-imports what it needs anyway."""
+        store = self.cache / self.name
+        stamp = store / "images.key"
+        want = "".join(f"{ref}\n" for ref, _ in sorted(self.images))
+        have = stamp.read_text() if stamp.exists() else None
+        if have != want and (store / "containerd").exists():
+            shutil.rmtree(store / "containerd")
+        store.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(want)
+
     def start(self, kube_bin: Path) -> None:
-        self._write_config()
         # Leftovers of a killed run would keep the cgroups (and their pods) alive.
         _kill_group(self.launcher_group)
         _kill_group(self.pods_group)
+        self._one_build_only()
+        self._write_config()
         groups = []
         for h in _hierarchies():
             for name in (self.launcher_group, self.pods_group):
