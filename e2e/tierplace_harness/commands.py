@@ -77,8 +77,9 @@ def _register_cascade(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     b.add_argument("--docs-dir", type=Path, default=None, help="also copy the plots here")
     b.add_argument("--limit", type=int, default=None, help="first N test rows only")
     b.add_argument("--quick", action="store_true", help="a few rows and a tiny grid (tests)")
-    b.add_argument("--target-accuracy-gap", type=float, default=0.005)
-    b.add_argument("--confidence", type=float, default=0.8, help="as for calibrate")
+    b.add_argument("--target-harm-rate", type=float, default=0.025, help="as for calibrate")
+    b.add_argument("--delta", type=float, default=0.1, help="as for calibrate")
+    b.add_argument("--order-share", type=float, default=0.3, help="as for calibrate")
     b.add_argument("--keep-ratios", default="1,0.8")
     b.add_argument("--load-clients", type=int, default=8)
     b.add_argument("--load-requests", type=int, default=300)
@@ -165,8 +166,9 @@ def _bench_cascade(args: argparse.Namespace) -> int:
         docs_dir=args.docs_dir,
         limit=args.limit,
         quick=args.quick,
-        accuracy_gap=args.target_accuracy_gap,
-        confidence=args.confidence,
+        harm_rate=args.target_harm_rate,
+        delta=args.delta,
+        order_share=args.order_share,
         keep_ratios=parse_keep_ratios(args.keep_ratios),
         load_clients=args.load_clients,
         load_requests=args.load_requests,
@@ -178,7 +180,8 @@ def _bench_cascade(args: argparse.Namespace) -> int:
     print(
         f"accuracy gap {g['accuracy_gap_points']:.2f} points; latency "
         f"-{g['latency_cut_vs_cloud'] * 100:.1f}% vs cloud only, "
-        f"-{g['latency_cut_vs_cloud_ee'] * 100:.1f}% vs cloud with early exit\n"
+        f"-{g['latency_cut_vs_cloud_ee'] * 100:.1f}% vs cloud with early exit, "
+        f"-{g.get('latency_cut_vs_sedna', float('nan')) * 100:.1f}% vs Sedna-style\n"
         f"wrote {args.out_dir}/cascade.json, cascade.md and plots"
     )
     return 0

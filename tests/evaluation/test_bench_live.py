@@ -59,8 +59,16 @@ def test_bench_writes_json_markdown_and_plots(bench: tuple[Path, Path]) -> None:
     assert result["calibration"]["split"] == "validation"
     assert set(result["load"]) == {"load-cloud-only", "load-cloud-ee", "load-tierplace"}
     assert result["slow_uplink"]["systems"]["cloud-only"]["mean_ms"] > 200  # 200 ms RTT
+    # tierplace against the Sedna-style filter: a paired interval, as against cloud only
+    vs = result["systems"]["tierplace"]["live"]["gap_to_sedna"]
+    sedna = result["systems"]["sedna-edge-cloud"]["live"]["accuracy"]
+    ours = result["systems"]["tierplace"]["live"]["accuracy"]
+    assert vs["points"] == pytest.approx((sedna - ours) * 100)
+    assert result["goals"]["accuracy_vs_sedna_interval"] == vs
+    cert = result["calibration"]["certificate"]
+    assert cert["guarantee"].startswith("P(harm rate <= 2.5%) >= 90%")
     md = (out / "cascade.md").read_text()
-    assert "| tierplace |" in md and "Goals:" in md
+    assert "| tierplace |" in md and "| vs Sedna-style" in md and "Certificate" in md
     for d in (out, docs):
         for png in ("cascade-pareto.png", "cascade-latency.png"):
             assert (d / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

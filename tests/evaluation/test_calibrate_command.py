@@ -16,7 +16,10 @@ from tierplace.router.config import parse
 
 
 def test_calibrate_writes_thresholds_and_never_reads_the_test_split(
-    eval_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    eval_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def guarded(split: Split) -> object:
         if split == "test":
@@ -26,14 +29,15 @@ def test_calibrate_writes_thresholds_and_never_reads_the_test_split(
     monkeypatch.setattr(tables, "load_reviews", guarded)
     tables.SPLIT_READS.clear()
     out = tmp_path / "cal"
-    code = cli.main(
-        ["calibrate", "--target-accuracy-gap", "0.02", "--limit", "80", "--out-dir", str(out)]
-    )
+    args = ["calibrate", "--target-harm-rate", "0.3", "--delta", "0.2", "--limit", "80"]
+    code = cli.main([*args, "--out-dir", str(out)])
     assert code == 0
     assert set(tables.SPLIT_READS) == {"validation"}
+    said = capsys.readouterr().out
+    assert "certificate: P(harm rate <= 30.0%) >= 80%" in said
     result = json.loads((out / "calibration.json").read_text())
     assert result["split"] == "validation" and result["met"]
-    assert result["accuracy"] >= result["reference_accuracy"] - 0.02 - 1e-9
+    assert result["certificate"]["p_value"] <= 0.2
     frag = yaml.safe_load((out / "inference-cascade.yaml").read_text())
     assert frag["kind"] == "InferenceCascade"
     chosen = result["setting"]
@@ -52,6 +56,10 @@ def test_calibrate_writes_thresholds_and_never_reads_the_test_split(
     assert lowest.exit_threshold == pytest.approx(expected_exit)
 
 
-def test_calibrate_refuses_two_targets() -> None:
+def test_calibrate_refuses_two_targets_and_a_meaningless_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit):
-        cli.main(["calibrate", "--target-accuracy-gap", "0.01", "--latency-budget", "60ms"])
+        cli.main(["calibrate", "--target-harm-rate", "0.01", "--latency-budget", "60ms"])
+    with pytest.raises(SystemExit, match="alpha"):
+        cli.main(["calibrate", "--target-harm-rate", "1.5"])

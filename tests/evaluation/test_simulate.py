@@ -93,16 +93,35 @@ def test_offloading_costs_round_trips_and_pruning_saves_tokens(val: TableSet) ->
     assert slow.mean_latency_s > out.mean_latency_s + 0.15
 
 
-@pytest.mark.parametrize("gap", [0.0, 0.01, 0.05])
-def test_calibration_meets_an_accuracy_target_on_its_data(val: TableSet, gap: float) -> None:
-    result = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=gap), NOMINAL, (1.0, 0.7))
-    assert result.met
-    assert result.accuracy >= result.reference_accuracy - gap - 1e-9
+@pytest.mark.parametrize("alpha", [0.15, 0.3])
+def test_calibration_certifies_a_harm_rate_and_takes_the_fastest_certified(
+    val: TableSet, alpha: float
+) -> None:
+    target = cal.Target(harm_rate=alpha, delta=0.2)
+    result = cal.calibrate(val, COSTS, target, NOMINAL, (1.0, 0.7))
+    assert result.met and result.certified
+    cert = result.certificate
+    assert cert is not None and cert.p_value is not None and cert.p_value <= 0.2
+    assert cert.n_order + cert.n_test == len(val.labels)
     chosen = simulate(full(result.setting, NOMINAL, COSTS), val, COSTS)
+    ref = simulate(cloud_only(NOMINAL, COSTS), val, COSTS)
     assert chosen.accuracy == pytest.approx(result.accuracy)
-    # it is the fastest setting that meets the target among those it tried
-    ok = [p for p in result.points if p.accuracy >= result.reference_accuracy - gap - 1e-12]
-    assert result.mean_latency_s == pytest.approx(min(p.mean_latency_s for p in ok))
+    assert cert.harm_rate == pytest.approx(float((~chosen.correct & ref.correct).mean()))
+    assert cert.disagreement == pytest.approx(float((chosen.label != ref.label).mean()))
+    # the fastest of the settings certified together
+    fastest = min(result.points[i].mean_latency_s for i in result.certified)
+    assert result.mean_latency_s == pytest.approx(fastest)
+    # the baselines were certified the same way, each on its own order
+    assert set(result.baseline_certificates) == {"cloud_exit", "sedna"}
+    assert result.as_dict()["certificate"]["guarantee"].startswith(f"P(harm rate <= {alpha:.1%})")
+
+
+def test_a_target_too_strict_for_the_data_is_not_met_and_says_so(val: TableSet) -> None:
+    # 120 rows cannot certify a 0.1% harm rate whatever the setting
+    result = cal.calibrate(val, COSTS, cal.Target(harm_rate=0.001), NOMINAL, (1.0,))
+    assert not result.met
+    assert result.certificate is not None and result.certificate.p_value is None
+    assert result.certified == () and result.threshold_floors == {}
 
 
 def test_calibration_meets_a_latency_budget_or_says_it_cannot(val: TableSet) -> None:
@@ -116,7 +135,7 @@ def test_calibration_meets_a_latency_budget_or_says_it_cannot(val: TableSet) -> 
 def test_the_cascade_fragment_is_valid_for_the_crd(val: TableSet) -> None:
     from tierplace.api.models import InferenceCascadeSpec
 
-    result = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=0.01), NOMINAL, (1.0, 0.7))
+    result = cal.calibrate(val, COSTS, cal.Target(harm_rate=0.3, delta=0.2), NOMINAL, (1.0, 0.7))
     frag = cal.cascade_fragment(result)
     spec = InferenceCascadeSpec.model_validate(frag["spec"])
     chosen = result.setting.tiers
@@ -131,7 +150,7 @@ def test_a_two_tier_choice_renders_two_tiers_for_the_crd(val: TableSet) -> None:
     s = Setting(
         1.01, 0.8, 0.9, 1.0, (0.0, 0.5, 1.0), tiers=("edge", "cloud"), lower_early_exit=False
     )
-    result = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=0.5), NOMINAL, (1.0,), [s])
+    result = cal.calibrate(val, COSTS, cal.Target(harm_rate=0.5), NOMINAL, (1.0,), [s])
     frag = cal.cascade_fragment(result)
     assert [t["tierClass"] for t in frag["spec"]["tiers"]] == ["Edge", "Cloud"]
     assert frag["spec"]["fusionWeights"] == ["0.5", "1"]
@@ -143,36 +162,6 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     assert cal.pareto(pts) == [(0.03, 0.70), (0.04, 0.78), (0.05, 0.80), (0.10, 0.85)]
 
 
-def _answers(correct: list[bool]) -> Outcome:
-    n = len(correct)
-    zeros = np.zeros(n, dtype=np.int64)
-    return Outcome(
-        "x",
-        np.asarray(correct),
-        zeros,
-        zeros,
-        zeros,
-        np.zeros(n),
-        zeros,
-        np.zeros(n),
-        zeros,
-    )
-
-
-def test_a_gap_won_by_a_few_lucky_requests_is_not_trusted() -> None:
-    # cloud right on 22 requests the cascade gets wrong, wrong on 18 it gets right: 1 point
-    ref = [True] * 22 + [False] * 18 + [True] * 300 + [False] * 60
-    ours = [False] * 22 + [True] * 18 + [True] * 300 + [False] * 60
-    point = cal.gap_bound(_answers(ours), _answers(ref), 0.5)
-    assert point == pytest.approx(4 / 400)
-    bound = cal.gap_bound(_answers(ours), _answers(ref), 0.8)
-    assert bound > point + 0.005
-    # the same disagreement rate over ten times the requests is known ten times better
-    bound10 = cal.gap_bound(_answers(ours * 10), _answers(ref * 10), 0.8)
-    assert point < bound10 < bound
-    assert cal.gap_bound(_answers(ours), _answers(ref), 0.95) > bound
-
-
 def test_a_gap_interval_is_as_wide_as_the_disagreements_make_it() -> None:
     ref = [True] * 22 + [False] * 18 + [True] * 300 + [False] * 60
     ours = [False] * 22 + [True] * 18 + [True] * 300 + [False] * 60
@@ -181,23 +170,26 @@ def test_a_gap_interval_is_as_wide_as_the_disagreements_make_it() -> None:
     # 40 disagreements in 400: the interval spans zero although the point gap is one point
     assert low < 0 < gap < high
     assert gap - low == pytest.approx(high - gap)
-    # it agrees with the one-sided bound at the matching level
-    assert high == pytest.approx(cal.gap_bound(_answers(ours), _answers(ref), 0.975))
+    # 1.96 standard errors of the paired difference either side
+    diff = np.asarray(ref, float) - np.asarray(ours, float)
+    assert high - gap == pytest.approx(1.959964 * diff.std(ddof=1) / np.sqrt(400), rel=1e-5)
     # identical answers: no gap and no spread
     assert cal.gap_interval(ref, ref) == (0.0, 0.0, 0.0)
 
 
-def test_calibration_at_a_confidence_keeps_its_bound_and_is_never_faster(val: TableSet) -> None:
-    loose = cal.calibrate(val, COSTS, cal.Target(accuracy_gap=0.02), NOMINAL, (1.0,))
-    strict = cal.calibrate(
-        val, COSTS, cal.Target(accuracy_gap=0.02, confidence=0.9), NOMINAL, (1.0,)
-    )
+def test_a_stricter_certificate_is_never_faster(val: TableSet) -> None:
+    loose = cal.calibrate(val, COSTS, cal.Target(harm_rate=0.3, delta=0.3), NOMINAL, (1.0,))
+    strict = cal.calibrate(val, COSTS, cal.Target(harm_rate=0.3, delta=0.05), NOMINAL, (1.0,))
     assert loose.met and strict.met
-    assert strict.gap_bound <= 0.02 + 1e-12
-    assert strict.gap_bound >= strict.reference_accuracy - strict.accuracy
     assert strict.mean_latency_s >= loose.mean_latency_s
-    assert strict.three_tier_setting is not None
-    assert strict.three_tier_setting.tiers == ("device", "edge", "cloud")
-    assert strict.as_dict()["target"]["confidence"] == 0.9
-    with pytest.raises(ValueError, match="confidence"):
-        cal.Target(accuracy_gap=0.01, confidence=1.0)
+    assert set(strict.certified) <= set(loose.certified)
+    assert strict.three_tier_setting is None or strict.three_tier_setting.tiers == (
+        "device",
+        "edge",
+        "cloud",
+    )
+    assert strict.as_dict()["target"]["delta"] == 0.05
+    with pytest.raises(ValueError, match="delta"):
+        cal.Target(harm_rate=0.01, delta=1.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        cal.Target()

@@ -311,7 +311,7 @@ def test_benchmark_and_calibration_router_configs_carry_calibrated_floors() -> N
     assert [t.get("threshold_floor") for t in floored["tiers"]] == [0.75, 0.8, None]
     parse({"cascades": [floored]})
 
-    target = SimpleNamespace(accuracy_gap=0.005)
+    target = SimpleNamespace(harm_rate=0.025)
     assert "device 0.75" in _router_header(
         SimpleNamespace(threshold_floors={"device": 0.75}, target=target)
     )

@@ -1,8 +1,9 @@
-"""Calibration certifies how low live adaptation may push a threshold; the router obeys.
+"""Calibration tells live adaptation how low it may push a threshold; the router obeys.
 
-The validation table is built by hand so the right floor is known: the device is right when
-its confidence is 0.95 or 0.75 and wrong at 0.62, and the cloud is always right. Any
-threshold above 0.62 keeps the device's mistakes away from the answers; 0.6 lets them in.
+A harm certificate covers the setting it certified, not a lower threshold: the floor is the
+certified threshold itself, so latency feedback may raise a threshold (safer) and never lower
+it. The validation table is built by hand: the device is right when its confidence is 0.95 or
+0.75 and wrong at 0.38, and the cloud is always right, so the device at 0.9 harms no request.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def tables() -> TableSet:
     )
 
 
-def test_the_floor_is_the_lowest_threshold_that_still_meets_the_target(tables: TableSet) -> None:
+def test_the_floor_is_the_certified_threshold(tables: TableSet) -> None:
     result = cal.calibrate(
-        tables, COSTS, cal.Target(accuracy_gap=0.0), NOMINAL, (1.0,), settings=[CHOSEN]
+        tables, COSTS, cal.Target(harm_rate=0.05, delta=0.1), NOMINAL, (1.0,), settings=[CHOSEN]
     )
     assert result.met
-    assert result.threshold_floors == {"device": 0.65}  # 0.6 would answer the 0.62 mistakes
-    assert result.as_dict()["threshold_floors"] == {"device": 0.65}
+    assert result.certificate is not None and result.certificate.harm_rate == 0.0
+    assert result.threshold_floors == {"device": 0.9}
+    assert result.as_dict()["threshold_floors"] == {"device": 0.9}
 
 
 def test_a_latency_target_certifies_no_lowering(tables: TableSet) -> None:
@@ -73,12 +75,12 @@ def test_a_latency_target_certifies_no_lowering(tables: TableSet) -> None:
 
 def test_the_router_config_calibration_writes_carries_the_floor(tables: TableSet) -> None:
     result = cal.calibrate(
-        tables, COSTS, cal.Target(accuracy_gap=0.0), NOMINAL, (1.0,), settings=[CHOSEN]
+        tables, COSTS, cal.Target(harm_rate=0.05, delta=0.1), NOMINAL, (1.0,), settings=[CHOSEN]
     )
     system = full(result.setting, NOMINAL, COSTS, name="sentiment")
     entry = router_cascade(system, {"device": "127.0.0.1:8000", "cloud": "127.0.0.1:8100"})
     doc = cal.router_floors(entry, result)
-    assert [t.get("threshold_floor") for t in doc["tiers"]] == [0.65, None]
+    assert [t.get("threshold_floor") for t in doc["tiers"]] == [0.9, None]
     device = parse({"cascades": [doc]}).cascades[0].policies()[0]
     assert device.offload_threshold == 0.9
-    assert device.lowest_threshold == 0.65
+    assert device.lowest_threshold == 0.9

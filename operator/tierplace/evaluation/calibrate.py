@@ -1,18 +1,17 @@
-"""Turn a target accuracy or a latency budget into thresholds, on the validation split.
+"""Turn a target harm rate or a latency budget into thresholds, on the validation split.
 
 Pure: validation tables, a latency model and a target in; the chosen ``Setting`` and its
 simulated outcome out. The search is a grid over the device and edge thresholds (each tier's
 exit threshold tied to its offload threshold), the cloud's early-exit threshold, the keep
 ratio and the fusion weights; every point is an exact replay of the router's decision
-(``simulate``). The baselines get the same treatment so comparisons are at equal accuracy:
-the cloud's early exit and Sedna's entropy filter are calibrated to the same target.
+(``simulate``). The baselines get the same treatment so comparisons are at equal footing:
+the cloud's early exit and Sedna's entropy filter are certified for the same target.
 
-An accuracy target is met with a stated confidence, not on the point estimate: the validation
-split is ~1,300 requests, so a gap measured there is uncertain by about half a point, and the
+A harm target is certified with Learn-then-Test (``risk``): with probability at least
+1 - delta, the chosen setting's harm rate (wrong where cloud only is right) is at most
+alpha. Choosing "the fastest setting whose measured gap passes" had no such meaning: the
 fastest of thousands of settings that barely passes is the one most likely to have passed by
-luck (run 2 of docs/benchmarks.md: 0.47 points below cloud on validation, 1.09 on test). The
-bound is one-sided on the paired per-request difference with cloud only, which cancels the
-requests both get right or both get wrong.
+luck, and a setting chosen that way held on validation and missed on test.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tierplace.evaluation import risk
 from tierplace.evaluation.simulate import Outcome, System, TierCost, simulate
 from tierplace.evaluation.systems import (
     CLOUD,
@@ -67,22 +67,31 @@ FUSIONS: tuple[tuple[float, float, float], ...] = (
 
 @dataclass(frozen=True)
 class Target:
-    """Either stay within ``accuracy_gap`` of cloud only (minimise latency), or keep the mean
-    latency within ``latency_budget_s`` (maximise accuracy).
+    """Either certify a harm rate of at most ``harm_rate`` (minimise latency among the
+    certified settings), or keep the mean latency within ``latency_budget_s`` (maximise
+    accuracy; a latency budget certifies nothing about accuracy).
 
-    ``confidence`` applies to the accuracy gap: the chosen setting's gap must stay within
-    ``accuracy_gap`` at this one-sided confidence (0.5 = the point estimate itself).
+    ``delta``: the certificate may fail with at most this probability. ``order_share``: the
+    share of validation rows that learns the order in which the cascade's settings are tested
+    (``risk.learned_order_test``); the rest give the p-values.
     """
 
-    accuracy_gap: float | None = None
+    harm_rate: float | None = None
     latency_budget_s: float | None = None
-    confidence: float = 0.5
+    delta: float = 0.1
+    order_share: float = 0.3
 
     def __post_init__(self) -> None:
-        if (self.accuracy_gap is None) == (self.latency_budget_s is None):
-            raise ValueError("give exactly one of accuracy_gap or latency_budget_s")
-        if not 0.5 <= self.confidence < 1.0:
-            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if (self.harm_rate is None) == (self.latency_budget_s is None):
+            raise ValueError("give exactly one of harm_rate or latency_budget_s")
+        if self.harm_rate is not None:
+            self.guarantee()  # validates alpha and delta
+        if not 0.0 < self.order_share < 1.0:
+            raise ValueError(f"order_share must be in (0, 1), got {self.order_share}")
+
+    def guarantee(self) -> risk.Guarantee:
+        assert self.harm_rate is not None
+        return risk.Guarantee(self.harm_rate, self.delta)
 
 
 def _paired(reference_correct: npt.ArrayLike, correct: npt.ArrayLike) -> tuple[float, float]:
@@ -92,18 +101,6 @@ def _paired(reference_correct: npt.ArrayLike, correct: npt.ArrayLike) -> tuple[f
     if n < 2:
         return (float(diff.mean()) if n else 0.0), 0.0
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(n))
-
-
-def gap_bound(out: Outcome, reference: Outcome, confidence: float) -> float:
-    """Upper confidence bound on ``reference``'s accuracy minus ``out``'s (a fraction).
-
-    Normal approximation to the paired difference: only requests where the two disagree
-    contribute to its spread.
-    """
-    mean, se = _paired(reference.correct, out.correct)
-    if confidence <= 0.5:
-        return mean
-    return mean + NormalDist().inv_cdf(confidence) * se
 
 
 def gap_interval(
@@ -126,6 +123,25 @@ class Point:
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """What Learn-then-Test said about the chosen setting, for the record and the docs."""
+
+    guarantee: str
+    alpha: float
+    delta: float
+    harm_rate: float  # measured on all validation rows (point estimate)
+    disagreement: float  # answers that differ from cloud only's (needs no labels)
+    p_value: float | None  # the chosen setting's; None when nothing was certified
+    certified: int  # settings certified at once
+    tested: int  # settings on the tested order
+    n_order: int  # rows that learned the order (0: an order fixed in advance)
+    n_test: int  # rows behind the p-values
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class Calibration:
     """What calibration chose, and what it was measured against (all on ``split``)."""
 
@@ -139,24 +155,28 @@ class Calibration:
     cloud_exit_threshold: float  # the calibrated DeeBERT baseline
     sedna_threshold: float  # the calibrated Sedna baseline
     points: tuple[Point, ...]
-    gap_bound: float = 0.0  # upper bound on the chosen setting's gap, at target.confidence
+    certificate: Certificate | None = None  # a harm target's; None for a latency budget
+    certified: tuple[int, ...] = ()  # indexes into ``points``: every setting certified at once
     three_tier_setting: Setting | None = None  # the best setting that keeps all three tiers
-    # Per lower tier: the lowest offload threshold that still met the target (the router's
-    # threshold_floor: how far live adaptation may lower it).
+    baseline_certificates: Mapping[str, Certificate] = field(default_factory=dict)
+    # Per lower tier: the lowest offload threshold the router may adapt down to. Under a harm
+    # certificate that is the certified threshold itself: only the certified setting is
+    # covered, so live adaptation may raise thresholds (safer) and never lower them.
     threshold_floors: Mapping[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "split": self.split,
             "target": {
-                "accuracy_gap": self.target.accuracy_gap,
+                "harm_rate": self.target.harm_rate,
+                "delta": self.target.delta,
+                "order_share": self.target.order_share,
                 "latency_budget_s": self.target.latency_budget_s,
-                "confidence": self.target.confidence,
             },
             "reference_accuracy": self.reference_accuracy,
             "setting": self.setting.as_dict(),
             "accuracy": self.accuracy,
-            "gap_bound": self.gap_bound,
+            "certificate": self.certificate.as_dict() if self.certificate else None,
             "mean_latency_s": self.mean_latency_s,
             "met": self.met,
             "three_tier_setting": (
@@ -166,32 +186,98 @@ class Calibration:
             "baselines": {
                 "cloud_exit_threshold": self.cloud_exit_threshold,
                 "sedna_threshold": self.sedna_threshold,
+                "certificates": {k: v.as_dict() for k, v in self.baseline_certificates.items()},
             },
         }
 
 
-def _choose(
-    candidates: Iterable[tuple[Any, Outcome]], target: Target, reference: Outcome
-) -> tuple[Any, Outcome, bool]:
-    """Best candidate for the target; when none meets it, the closest one (flagged)."""
-    rows = list(candidates)
-    if target.accuracy_gap is not None:
-        gap = target.accuracy_gap
-        ok = [r for r in rows if gap_bound(r[1], reference, target.confidence) <= gap + 1e-12]
-        if ok:
-            best = min(ok, key=lambda r: (r[1].mean_latency_s, -r[1].accuracy))
-            return best[0], best[1], True
-        best = min(
-            rows, key=lambda r: (gap_bound(r[1], reference, target.confidence), r[1].mean_latency_s)
+@dataclass(frozen=True)
+class _Scored:
+    """One candidate's replay, reduced to what choosing needs (thousands are kept)."""
+
+    value: Any
+    accuracy: float
+    mean_latency_s: float
+    harm: npt.NDArray[np.bool_]
+    learn_latency_s: float  # mean over the rows that learn the test order
+
+
+def _score(
+    build: Callable[[Any], System],
+    values: Iterable[Any],
+    tables: TableSet,
+    costs: Mapping[str, TierCost],
+    reference: Outcome,
+    learn_rows: npt.NDArray[np.int64],
+) -> list[_Scored]:
+    out = []
+    for v in values:
+        o = simulate(build(v), tables, costs)
+        out.append(
+            _Scored(
+                v,
+                o.accuracy,
+                o.mean_latency_s,
+                risk.harm(o.correct, reference.correct),
+                float(o.latency_s[learn_rows].mean()) if len(learn_rows) else o.mean_latency_s,
+            )
         )
-        return best[0], best[1], False
+    return out
+
+
+def _certify(
+    rows: Sequence[_Scored], target: Target, learned: bool, n: int
+) -> tuple[risk.Test, npt.NDArray[np.int64]]:
+    """Learn-then-Test over ``rows``; ``learned``: order from a share of the rows (the
+    cascade's grid), else the given order, strictest first (a baseline's one threshold)."""
+    losses = np.stack([r.harm for r in rows])
+    if learned:
+        learn, test = risk.split_rows(n, target.order_share)
+        order = risk.front_order(
+            losses[:, learn].mean(axis=1), np.asarray([r.learn_latency_s for r in rows])
+        )
+        t = risk.learn_then_test(losses[:, test], order, target.guarantee())
+        t = replace(t, n_order=len(learn))
+    else:
+        t = risk.learn_then_test(losses, np.arange(len(rows), dtype=np.int64), target.guarantee())
+    return t, t.certified
+
+
+def _certificate(
+    test: risk.Test, chosen: int, rows: Sequence[_Scored], disagreement: float
+) -> Certificate:
+    where = np.flatnonzero(test.order == chosen)
+    certified = bool(np.isin(chosen, test.certified))
+    return Certificate(
+        guarantee=str(test.guarantee),
+        alpha=test.guarantee.alpha,
+        delta=test.guarantee.delta,
+        harm_rate=float(rows[chosen].harm.mean()),
+        disagreement=disagreement,
+        p_value=float(test.p_values[where[0]]) if certified and len(where) else None,
+        certified=len(test.certified),
+        tested=len(test.order),
+        n_order=test.n_order,
+        n_test=test.n_test,
+    )
+
+
+def _choose(
+    rows: Sequence[_Scored], target: Target, learned: bool, n: int
+) -> tuple[int, bool, risk.Test | None]:
+    """Index of the best candidate for the target and whether it met it. Under a harm target:
+    the fastest certified candidate; when none is certified, the first tested (the safest)."""
+    if target.harm_rate is not None:
+        test, certified = _certify(rows, target, learned, n)
+        if len(certified):
+            best = min(certified, key=lambda i: (rows[i].mean_latency_s, -rows[i].accuracy))
+            return int(best), True, test
+        return int(test.order[0]), False, test
     assert target.latency_budget_s is not None
-    ok = [r for r in rows if r[1].mean_latency_s <= target.latency_budget_s]
+    ok = [i for i, r in enumerate(rows) if r.mean_latency_s <= target.latency_budget_s]
     if ok:
-        best = max(ok, key=lambda r: (r[1].accuracy, -r[1].mean_latency_s))
-        return best[0], best[1], True
-    best = min(rows, key=lambda r: r[1].mean_latency_s)
-    return best[0], best[1], False
+        return max(ok, key=lambda i: (rows[i].accuracy, -rows[i].mean_latency_s)), True, None
+    return min(range(len(rows)), key=lambda i: rows[i].mean_latency_s), False, None
 
 
 def grid(keep_ratios: Sequence[float]) -> list[Setting]:
@@ -224,6 +310,12 @@ def sweep(
     return [(v, simulate(build(v), tables, costs)) for v in values]
 
 
+def _strictest_first(values: Sequence[float]) -> list[float]:
+    """A baseline's thresholds in the order fixed-sequence testing needs: a higher threshold
+    sends more to the full cloud model, so it is the safer one."""
+    return sorted(values, reverse=True)
+
+
 def calibrate(
     tables: TableSet,
     costs: Mapping[str, TierCost],
@@ -233,76 +325,80 @@ def calibrate(
     settings: Sequence[Setting] | None = None,
 ) -> Calibration:
     """Pick the full system's setting and the baselines' thresholds for ``target``."""
+    n = len(tables.labels)
     reference = simulate(cloud_only(net, costs), tables, costs)
-    candidates = sweep(lambda s: full(s, net, costs), settings or grid(keep_ratios), tables, costs)
-    best, out, met = _choose(candidates, target, reference)
-    three = [c for c in candidates if len(c[0].tiers) == 3]
-    three_tier = (
-        best if len(best.tiers) == 3 else (_choose(three, target, reference)[0] if three else None)
+    learn = (
+        risk.split_rows(n, target.order_share)[0]
+        if target.harm_rate is not None
+        else np.arange(0, dtype=np.int64)
     )
-    cloud_exit, _, _ = _choose(
-        sweep(lambda c: cloud_only(net, costs, c), CLOUD_EXITS, tables, costs), target, reference
+    rows = _score(
+        lambda s: full(s, net, costs), settings or grid(keep_ratios), tables, costs, reference,
+        learn,
+    )  # fmt: skip
+    chosen, met, test = _choose(rows, target, True, n)
+    best: Setting = rows[chosen].value
+    three = [i for i, r in enumerate(rows) if len(r.value.tiers) == 3]
+    three_tier = best if len(best.tiers) == 3 else _best_of(rows, three, test, target)
+    baselines: dict[str, float] = {}
+    baseline_certs: dict[str, Certificate] = {}
+    builders: tuple[tuple[str, Callable[[Any], System], Sequence[float]], ...] = (
+        ("cloud_exit", lambda c: cloud_only(net, costs, c), CLOUD_EXITS),
+        ("sedna", lambda t: sedna(t, net, costs), THRESHOLDS),
     )
-    sedna_thr, _, _ = _choose(
-        sweep(lambda t: sedna(t, net, costs), THRESHOLDS, tables, costs), target, reference
+    for name, build, values in builders:
+        b_rows = _score(build, _strictest_first(values), tables, costs, reference, learn)
+        b, _, b_test = _choose(b_rows, target, False, n)
+        baselines[name] = float(b_rows[b].value)
+        if b_test is not None:
+            b_out = simulate(build(b_rows[b].value), tables, costs)
+            b_dis = float((b_out.label != reference.label).mean())
+            baseline_certs[name] = _certificate(b_test, b, b_rows, b_dis)
+    out = simulate(full(best, net, costs), tables, costs)
+    certificate = (
+        _certificate(test, chosen, rows, float((out.label != reference.label).mean()))
+        if test is not None
+        else None
     )
     return Calibration(
         split=tables.split,
         target=target,
         reference_accuracy=reference.accuracy,
-        threshold_floors=(
-            threshold_floors(full(best, net, costs), tables, costs, target, reference)
-            if met
-            else {}
-        ),
+        threshold_floors=_floors(best) if met else {},
         setting=best,
         accuracy=out.accuracy,
-        gap_bound=gap_bound(out, reference, target.confidence),
+        certificate=certificate,
+        baseline_certificates=baseline_certs,
         three_tier_setting=three_tier,
         mean_latency_s=out.mean_latency_s,
         met=met,
-        cloud_exit_threshold=float(cloud_exit),
-        sedna_threshold=float(sedna_thr),
-        points=tuple(Point(s, o.accuracy, o.mean_latency_s) for s, o in candidates),
+        cloud_exit_threshold=baselines["cloud_exit"],
+        sedna_threshold=baselines["sedna"],
+        points=tuple(Point(r.value, r.accuracy, r.mean_latency_s) for r in rows),
+        certified=tuple(int(i) for i in test.certified) if test is not None else (),
     )
 
 
-def threshold_floors(
-    system: System,
-    tables: TableSet,
-    costs: Mapping[str, TierCost],
-    target: Target,
-    reference: Outcome,
-) -> dict[str, float]:
-    """Per lower tier, the lowest offload threshold (of ``THRESHOLDS``) that still meets an
-    accuracy ``target``, everything else as chosen (exit thresholds included, as live
-    adaptation leaves them): the router's ``threshold_floor``. Without it the router may only
-    raise thresholds; a constant floor (0.5) let a slow upper tier make every two-class answer
-    confident. Tiers are lowered one at a time, lowest first, each with the tiers below at
-    their floors, so the floors were replayed together. A latency target certifies no
-    accuracy: there each floor is the chosen threshold.
-    """
-    tiers = list(system.tiers)
-    floors: dict[str, float] = {}
-    for k, tier in enumerate(tiers[:-1]):
-        floor = tier.offload_threshold
-        if target.accuracy_gap is not None:
-            for value in sorted((t for t in THRESHOLDS if t < floor), reverse=True):
-                trial = tiers.copy()
-                trial[k] = replace(
-                    tier,
-                    offload_threshold=value,
-                    threshold_bounds=(
-                        min(value, tier.threshold_bounds[0]),
-                        tier.threshold_bounds[1],
-                    ),
-                )
-                out = simulate(replace(system, tiers=tuple(trial)), tables, costs)
-                if gap_bound(out, reference, target.confidence) > target.accuracy_gap + 1e-12:
-                    break
-                floor, tiers = value, trial
-        floors[tier.name] = floor
-    return floors
+def _best_of(
+    rows: Sequence[_Scored], among: Sequence[int], test: risk.Test | None, target: Target
+) -> Setting | None:
+    """The fastest of ``among`` that the same test certified (or that fits the budget)."""
+    if test is not None:
+        ok = [i for i in among if i in set(test.certified.tolist())]
+    else:
+        assert target.latency_budget_s is not None
+        ok = [i for i in among if rows[i].mean_latency_s <= target.latency_budget_s]
+    if not ok:
+        return None
+    best: Setting = rows[min(ok, key=lambda i: (rows[i].mean_latency_s, -rows[i].accuracy))].value
+    return best
+
+
+def _floors(setting: Setting) -> dict[str, float]:
+    """The router's ``threshold_floor`` per lower tier: the chosen threshold. The certificate
+    (or the budget) covers the chosen setting only; a lower threshold is another setting."""
+    by_tier = {DEVICE: setting.device_threshold, EDGE: setting.edge_threshold}
+    return {t: by_tier[t] for t in setting.tiers if t in by_tier}
 
 
 def router_floors(cascade: Mapping[str, Any], cal: Calibration) -> dict[str, Any]:

@@ -14,24 +14,35 @@ from tierplace import paths
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser(
         "calibrate",
-        help="pick thresholds on the validation split for a target accuracy or latency budget",
+        help="pick thresholds on the validation split for a certified harm rate or a latency "
+        "budget",
         description="Replays the cascade over every exit's probabilities on the validation "
-        "split (never the test split) and writes the chosen thresholds as an InferenceCascade "
-        "spec fragment and as a router config.",
+        "split (never the test split), certifies settings with Learn-then-Test, and writes the "
+        "chosen thresholds as an InferenceCascade spec fragment and as a router config. The "
+        "guarantee: with probability at least 1 - delta, the chosen setting's harm rate (wrong "
+        "where cloud only is right) is at most the target, assuming future requests are drawn "
+        "like the validation split's.",
     )
     goal = c.add_mutually_exclusive_group(required=True)
     goal.add_argument(
-        "--target-accuracy-gap",
+        "--target-harm-rate",
         type=float,
-        help="stay within this accuracy (fraction, 0.005 = half a point) of cloud only",
+        help="certify at most this share of requests wrong where cloud only is right "
+        "(0.025 = 2.5%%); it also bounds the accuracy gap to cloud only",
     )
-    goal.add_argument("--latency-budget", help="mean latency budget, e.g. 60ms")
+    goal.add_argument("--latency-budget", help="mean latency budget, e.g. 60ms (certifies nothing)")
     c.add_argument(
-        "--confidence",
+        "--delta",
         type=float,
-        default=0.8,
-        help="one-sided confidence that the accuracy gap holds beyond the validation split "
-        "(paired bound against cloud only; 0.5 = trust the point estimate)",
+        default=0.1,
+        help="the certificate may be wrong with at most this probability (default 0.1)",
+    )
+    c.add_argument(
+        "--order-share",
+        type=float,
+        default=0.3,
+        help="share of validation rows that learn the order in which settings are tested; the "
+        "rest give the p-values (default 0.3)",
     )
     c.add_argument("--out-dir", type=Path, default=Path("bench-results/calibration"))
     c.add_argument("--limit", type=int, default=None, help="first N validation rows only")
@@ -65,11 +76,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     from tierplace.router.config import parse, parse_duration
 
     keeps = parse_keep_ratios(args.keep_ratios)
-    target = (
-        cal.Target(accuracy_gap=args.target_accuracy_gap, confidence=args.confidence)
-        if args.target_accuracy_gap is not None
-        else cal.Target(latency_budget_s=parse_duration(args.latency_budget))
-    )
+    try:
+        target = (
+            cal.Target(
+                harm_rate=args.target_harm_rate, delta=args.delta, order_share=args.order_share
+            )
+            if args.target_harm_rate is not None
+            else cal.Target(latency_budget_s=parse_duration(args.latency_budget))
+        )
+    except ValueError as exc:
+        raise SystemExit(f"tierplace calibrate: {exc}") from exc
     variants = [VARIANT_OF[t] for t in ("device", "edge", "cloud")]
     tables = build_tables(variants, "validation", keeps, args.limit, progress=True)
     costs = measure_costs({VARIANT_OF[t]: n for t, n in THREADS.items()})
@@ -101,12 +117,30 @@ def _calibrate(args: argparse.Namespace) -> int:
         f"device {s.device_threshold} edge {s.edge_threshold} cloud exit "
         f"{s.cloud_exit_threshold} keep {s.keep_ratio} fusion {list(s.fusion)}\n"
         f"simulated (latency modelled from in-process timings, no live fit): accuracy "
-        f"{result.accuracy:.4f} (gap to cloud at most {result.gap_bound * 100:.2f} points at "
-        f"{target.confidence:.0%} confidence), mean latency "
-        f"{result.mean_latency_s * 1000:.1f} ms; target {'met' if result.met else 'NOT met'}\n"
+        f"{result.accuracy:.4f}, mean latency {result.mean_latency_s * 1000:.1f} ms; "
+        f"target {'met' if result.met else 'NOT met'}\n"
+        f"{_certificate_line(result)}\n"
         f"wrote {out}/calibration.json, inference-cascade.yaml, router.yaml"
     )
     return 0 if result.met else 1
+
+
+def _certificate_line(result: Any) -> str:
+    """What the user may rely on, in one sentence."""
+    c = result.certificate
+    if c is None:
+        return "certificate: none (a latency budget certifies nothing about accuracy)"
+    if c.p_value is None:
+        return (
+            f"certificate: NONE. No setting could be certified for {c.guarantee}; the safest "
+            f"tested one is written, measured harm rate {c.harm_rate:.2%}"
+        )
+    return (
+        f"certificate: {c.guarantee}, by Learn-then-Test (p = {c.p_value:.3g}, {c.certified} of "
+        f"{c.tested} settings certified on {c.n_test} rows, order learned on {c.n_order}); "
+        f"measured on validation: harm rate {c.harm_rate:.2%}, disagreement with cloud only "
+        f"{c.disagreement:.2%}"
+    )
 
 
 def _router_header(result: Any) -> str:
@@ -114,9 +148,8 @@ def _router_header(result: Any) -> str:
     if result.threshold_floors:
         floors = ", ".join(f"{k} {v:g}" for k, v in result.threshold_floors.items())
         why = (
-            "the lowest offload threshold that still met the accuracy target on the validation "
-            "split"
-            if result.target.accuracy_gap is not None
+            "the certified threshold itself (the certificate covers that setting, not a lower one)"
+            if result.target.harm_rate is not None
             else "the chosen threshold (a latency target certifies no accuracy, so no lowering)"
         )
         return (
