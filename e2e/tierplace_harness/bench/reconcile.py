@@ -493,50 +493,79 @@ def markdown(summary: dict[str, Any]) -> str:
         "| tiers | converged | operator CPU to converge | peak RSS | idle CPU | log while idle "
         "| new tier placed (max of 5) | new cascade's router | all pods scheduled |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *(_run_row(r) for r in runs),
+        *_goal_lines(runs),
+        *_slope_lines(runs),
+        *_read_lines(runs),
     ]
-    for r in runs:
-        new_tier = max(r["new_tier_s"]) if r["new_tier_s"] else None
-        converged = (
-            _num(r["converge_s"], " s")
-            if r["converged"]
-            else f"no: {r['converged_tiers']:,} in {r['timeout_s']:.0f} s"
-        )
-        lines.append(
-            f"| {r['tiers']:,} | {converged} | {_num(r['operator_cpu_to_converge_s'], ' s')} "
-            f"| {_num(r['operator_peak_rss_mb'], ' MB', 0)} "
-            f"| {_num(r['idle_cpu_percent'], ' %', 2)} of a core "
-            f"| {_num(r['idle_log_bytes_per_min'], ' B/min', 0)} "
-            f"| {_num(new_tier, ' s', 2)} | {_num(r['new_cascade_router_s'], ' s', 2)} "
-            f"| {_num(r['pods_scheduled_s'], ' s')} |"
-        )
+    misses = [m for r in runs for m in r["misses"]]
+    if misses:
+        lines += ["", "Misses recorded by the bench:", ""] + [f"- {m}" for m in misses]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def _run_row(r: dict[str, Any]) -> str:
+    """One run's row of the table; a run that did not converge says how far it got."""
+    new_tier = max(r["new_tier_s"]) if r["new_tier_s"] else None
+    converged = (
+        _num(r["converge_s"], " s")
+        if r["converged"]
+        else f"no: {r['converged_tiers']:,} in {r['timeout_s']:.0f} s"
+    )
+    return (
+        f"| {r['tiers']:,} | {converged} | {_num(r['operator_cpu_to_converge_s'], ' s')} "
+        f"| {_num(r['operator_peak_rss_mb'], ' MB', 0)} "
+        f"| {_num(r['idle_cpu_percent'], ' %', 2)} of a core "
+        f"| {_num(r['idle_log_bytes_per_min'], ' B/min', 0)} "
+        f"| {_num(new_tier, ' s', 2)} | {_num(r['new_cascade_router_s'], ' s', 2)} "
+        f"| {_num(r['pods_scheduled_s'], ' s')} |"
+    )
+
+
+def _goal_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The goals table (from the first run that has goals), so a miss shows as **no**."""
     goals = [(r["tiers"], r["goals"]) for r in runs if r.get("goals")]
-    if goals:
-        lines += ["", "| goal at 1,000 tiers | below | measured | met |", "|---|---:|---:|---|"]
-        what = {
-            "converge_s": ("converge, cold", " s"),
-            "peak_rss_mb": ("operator peak RSS", " MB"),
-            "idle_cpu_percent": ("idle CPU, % of a core", " %"),
-            "new_tier_s": ("a new tier placed", " s"),
-        }
-        for _, g in goals[:1]:
-            for key, (label, unit) in what.items():
-                row = g[key]
-                lines.append(
-                    f"| {label} | {row['goal_below']:g}{unit} | {_num(row['measured'], unit, 2)} "
-                    f"| {'yes' if row['met'] else '**no**'} |"
-                )
+    if not goals:
+        return []
+    lines = ["", "| goal at 1,000 tiers | below | measured | met |", "|---|---:|---:|---|"]
+    what = {
+        "converge_s": ("converge, cold", " s"),
+        "peak_rss_mb": ("operator peak RSS", " MB"),
+        "idle_cpu_percent": ("idle CPU, % of a core", " %"),
+        "new_tier_s": ("a new tier placed", " s"),
+    }
+    for _, g in goals[:1]:
+        for key, (label, unit) in what.items():
+            row = g[key]
+            lines.append(
+                f"| {label} | {row['goal_below']:g}{unit} | {_num(row['measured'], unit, 2)} "
+                f"| {'yes' if row['met'] else '**no**'} |"
+            )
+    return lines
+
+
+def _slope_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Cost per 1,000 more tiers between the smallest and largest converged runs: how the
+    operator scales, which one run alone cannot say."""
     done = sorted((r for r in runs if r["converged"]), key=lambda r: r["tiers"])
-    if len(done) >= 2:
-        a, b = done[0], done[-1]
-        per_k = 1000 / (b["tiers"] - a["tiers"])
-        lines += [
-            "",
-            f"Slope from {a['tiers']:,} to {b['tiers']:,} tiers, per 1,000 more: converge "
-            f"+{(b['converge_s'] - a['converge_s']) * per_k:.1f} s, operator CPU "
-            f"+{(b['operator_cpu_to_converge_s'] - a['operator_cpu_to_converge_s']) * per_k:.1f} s,"
-            f" peak RSS +{(b['operator_peak_rss_mb'] - a['operator_peak_rss_mb']) * per_k:.0f} MB.",
-        ]
-    lines += [
+    if len(done) < 2:
+        return []
+    a, b = done[0], done[-1]
+    per_k = 1000 / (b["tiers"] - a["tiers"])
+    return [
+        "",
+        f"Slope from {a['tiers']:,} to {b['tiers']:,} tiers, per 1,000 more: converge "
+        f"+{(b['converge_s'] - a['converge_s']) * per_k:.1f} s, operator CPU "
+        f"+{(b['operator_cpu_to_converge_s'] - a['operator_cpu_to_converge_s']) * per_k:.1f} s,"
+        f" peak RSS +{(b['operator_peak_rss_mb'] - a['operator_peak_rss_mb']) * per_k:.0f} MB.",
+    ]
+
+
+def _read_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The API server's own count of reads per run (the operator's load on it, with the
+    bench's own polling said alongside)."""
+    lines = [
         "",
         "Reads the API server answered during each run, from its own metrics (all clients: the "
         "bench itself LISTs the namespace's tiers, Deployments and Services once a second "
@@ -552,11 +581,7 @@ def markdown(summary: dict[str, Any]) -> str:
             if k.split(" ")[0] in ("LIST", "GET") and k.split(" ")[-1] in read | {"inferencetiers"}
         )
         lines.append(f"- {r['tiers']:,} tiers: {shown or 'none recorded'}")
-    misses = [m for r in runs for m in r["misses"]]
-    if misses:
-        lines += ["", "Misses recorded by the bench:", ""] + [f"- {m}" for m in misses]
-    lines += ["", END]
-    return "\n".join(lines)
+    return lines
 
 
 def render(results: Path = RESULTS, doc: Path = DOC) -> None:
