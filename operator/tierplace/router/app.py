@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -36,7 +36,7 @@ from tierplace.router.metrics import RouterMetrics
 from tierplace.router.policy import expected_latency
 
 if TYPE_CHECKING:  # imported only when tracing is configured (serve, router/tracing.py)
-    from tierplace.router.tracing import Tracing
+    from tierplace.router.tracing import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,22 @@ def validate_infer(
             f"unknown parameter(s) {_show(unknown)}; supported: "
             f"{', '.join(sorted(_REQUEST_PARAMETERS))}",
         )
-    truncate = _flag(params, TRUNCATE_PARAMETER, default=True)
+    kept, cut = _within_limit(texts, truncate=_flag(params, TRUNCATE_PARAMETER, default=True))
+    rid = doc.get("id")
+    if rid is not None and (not isinstance(rid, str) or not _encodable(rid)):
+        raise BadRequest(400, "BadId", f"'id' must be a UTF-8 string, got {_show(rid)}")
+    return InferRequest(
+        texts=tuple(kept),
+        budget_s=_budget(params.get(BUDGET_PARAMETER, header_budget), default_budget_s),
+        request_id=rid,
+        outputs=_outputs(doc.get("outputs"), _flag(params, BINARY_OUTPUT_PARAMETER, default=False)),
+        truncated=cut,
+    )
+
+
+def _within_limit(texts: list[str], *, truncate: bool) -> tuple[list[str], int]:
+    """The texts cut to ``MAX_TEXT_CHARS`` (or refused with ``"truncate": false``) and how
+    many were cut; a text with no words left is refused, as no tier could classify it."""
     cut = 0
     kept: list[str] = []
     for row, text in enumerate(texts):
@@ -249,16 +264,7 @@ def validate_infer(
                 400, "EmptyText", f"element {row} has no words{where}; send at least one word"
             )
         kept.append(text)
-    rid = doc.get("id")
-    if rid is not None and (not isinstance(rid, str) or not _encodable(rid)):
-        raise BadRequest(400, "BadId", f"'id' must be a UTF-8 string, got {_show(rid)}")
-    return InferRequest(
-        texts=tuple(kept),
-        budget_s=_budget(params.get(BUDGET_PARAMETER, header_budget), default_budget_s),
-        request_id=rid,
-        outputs=_outputs(doc.get("outputs"), _flag(params, BINARY_OUTPUT_PARAMETER, default=False)),
-        truncated=cut,
-    )
+    return kept, cut
 
 
 def _split_binary(body: bytes, json_size: str | None) -> tuple[bytes, bytes]:
@@ -282,6 +288,48 @@ def _split_binary(body: bytes, json_size: str | None) -> tuple[bytes, bytes]:
 def _texts(inputs: object, binary: bytes, max_batch: int) -> list[str]:
     """The TEXT input's elements, row-major, each checked to be classifiable text; the batch
     limit is checked on the shape, before any element is decoded."""
+    entry = _text_input(inputs)
+    shape = entry.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 2
+        or not all(_is_int(s) and s >= 0 for s in shape)
+    ):
+        raise BadRequest(
+            400, "BadShape", f"shape must be 1 or 2 non-negative integers, got {_show(shape)}"
+        )
+    count = math.prod(shape)
+    if count > max_batch:
+        raise BadRequest(400, "BatchTooLarge", f"{count} texts exceed the limit {max_batch}")
+    params = entry.get("parameters", {})
+    if not isinstance(params, dict) or set(params) - {"binary_data_size"}:
+        raise BadRequest(
+            400,
+            "BadParameters",
+            f"input parameters may only hold binary_data_size, got {_show(params)}",
+        )
+    if "binary_data_size" in params:
+        data = _binary_elements(entry, params["binary_data_size"], binary, count)
+    else:
+        data = _json_elements(entry, binary)
+    if count != len(data):
+        raise BadRequest(
+            400, "BadShape", f"shape {_show(shape)} does not match {len(data)} elements"
+        )
+    if not data:
+        raise BadRequest(
+            400, "BadData", f"input {INPUT_NAME} has no elements; send one text or more"
+        )
+    for row, value in enumerate(data):
+        problem = _text_error(row, value)
+        if problem is not None:
+            raise BadRequest(400, "BadText", f"input {INPUT_NAME} {problem}")
+    return data  # every element checked to be a str above
+
+
+def _text_input(inputs: object) -> dict[str, Any]:
+    """The one input, checked to be TEXT with BYTES and no unknown field; a request naming
+    any other input is refused rather than have it silently ignored."""
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest(400, "MissingInput", f"'inputs' must list the {INPUT_NAME} input")
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -307,74 +355,48 @@ def _texts(inputs: object, binary: bytes, max_batch: int) -> list[str]:
             "WrongDatatype",
             f"input {INPUT_NAME} must have datatype BYTES, got {_show(entry.get('datatype'))}",
         )
-    shape = entry.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not 1 <= len(shape) <= 2
-        or not all(_is_int(s) and s >= 0 for s in shape)
-    ):
-        raise BadRequest(
-            400, "BadShape", f"shape must be 1 or 2 non-negative integers, got {_show(shape)}"
-        )
-    count = math.prod(shape)
-    if count > max_batch:
-        raise BadRequest(400, "BatchTooLarge", f"{count} texts exceed the limit {max_batch}")
-    params = entry.get("parameters", {})
-    if not isinstance(params, dict) or set(params) - {"binary_data_size"}:
+    return entry
+
+
+def _binary_elements(entry: dict[str, Any], size: object, binary: bytes, count: int) -> list[Any]:
+    """The elements of a binary tensor (the binary extension), decoded from UTF-8; its size
+    must be exactly the bytes after the JSON header, so no stray bytes go unread."""
+    if "data" in entry or not _is_int(size) or size != len(binary):
         raise BadRequest(
             400,
-            "BadParameters",
-            f"input parameters may only hold binary_data_size, got {_show(params)}",
+            "BadBinaryData",
+            f"binary_data_size {_show(size)} must be the {len(binary)} bytes after the JSON "
+            "header, and the input must have no 'data'",
         )
-    data: list[Any]
-    if "binary_data_size" in params:
-        size = params["binary_data_size"]
-        if "data" in entry or not _is_int(size) or size != len(binary):
+    try:
+        raw = codec.unpack_bytes(binary, count) if count else []
+    except ValueError as exc:
+        raise BadRequest(400, "BadBinaryData", f"{INPUT_NAME} binary tensor: {exc}") from None
+    data = []
+    for row, item in enumerate(raw):
+        try:
+            data.append(item.decode())
+        except UnicodeDecodeError as exc:
             raise BadRequest(
                 400,
-                "BadBinaryData",
-                f"binary_data_size {_show(size)} must be the {len(binary)} bytes after the JSON "
-                "header, and the input must have no 'data'",
-            )
-        try:
-            raw = codec.unpack_bytes(binary, count) if count else []
-        except ValueError as exc:
-            raise BadRequest(400, "BadBinaryData", f"{INPUT_NAME} binary tensor: {exc}") from None
-        data = []
-        for row, item in enumerate(raw):
-            try:
-                data.append(item.decode())
-            except UnicodeDecodeError as exc:
-                raise BadRequest(
-                    400,
-                    "BadText",
-                    f"element {row} is not valid UTF-8 (bad byte at offset {exc.start}); "
-                    "send UTF-8 text",
-                ) from None
-    else:
-        if binary:
-            raise BadRequest(
-                400, "BadBinaryData", f"{len(binary)} binary bytes but no binary input"
-            )
-        sent = entry.get("data")
-        if isinstance(sent, list) and sent and all(isinstance(d, list) for d in sent):
-            sent = [x for row in sent for x in row]  # row-major nested form
-        if not isinstance(sent, list):
-            raise BadRequest(400, "BadData", f"input {INPUT_NAME} data must be a list of strings")
-        data = sent
-    if count != len(data):
-        raise BadRequest(
-            400, "BadShape", f"shape {_show(shape)} does not match {len(data)} elements"
-        )
-    if not data:
-        raise BadRequest(
-            400, "BadData", f"input {INPUT_NAME} has no elements; send one text or more"
-        )
-    for row, value in enumerate(data):
-        problem = _text_error(row, value)
-        if problem is not None:
-            raise BadRequest(400, "BadText", f"input {INPUT_NAME} {problem}")
-    return data  # every element checked to be a str above
+                "BadText",
+                f"element {row} is not valid UTF-8 (bad byte at offset {exc.start}); "
+                "send UTF-8 text",
+            ) from None
+    return data
+
+
+def _json_elements(entry: dict[str, Any], binary: bytes) -> list[Any]:
+    """The elements sent as JSON ``data``, flat or nested row-major; binary bytes with no
+    binary input to hold them are refused rather than ignored."""
+    if binary:
+        raise BadRequest(400, "BadBinaryData", f"{len(binary)} binary bytes but no binary input")
+    sent = entry.get("data")
+    if isinstance(sent, list) and sent and all(isinstance(d, list) for d in sent):
+        sent = [x for row in sent for x in row]  # row-major nested form
+    if not isinstance(sent, list):
+        raise BadRequest(400, "BadData", f"input {INPUT_NAME} data must be a list of strings")
+    return sent
 
 
 def _flag(params: dict[str, Any], name: str, *, default: bool) -> bool:
@@ -838,53 +860,13 @@ class CascadeService:
         name = rt.cfg.name
         n = len(req.texts)
         trace = None if self.tracing is None else self.tracing.request(name, door, n, carrier)
-        refusal = self._admit(rt, n)
-        if refusal is not None:
-            self.metrics.child(self.metrics.rejections, name, refusal).inc()
-            if trace is not None:
-                trace.refused(refusal)
-            raise Unavailable(429, f"cascade {name} is overloaded ({refusal}); retry later")
+        self._admit_or_refuse(rt, n, trace)
         stats = self.stats.get(name) or self.stats.setdefault(name, ModelStats())
-        self._enter(rt, n)
-        try:
-            deadline = arrival + req.budget_s
-            snapshot = self.feed.snapshot(name)
-            results: list[Answer | BaseException]
-            if n == 1:  # the common case: no task and no gather for one text
-                try:
-                    results = [
-                        await rt.classify(req.texts[0], deadline, snapshot, self.clock, trace)
-                    ]
-                except Exception as exc:  # as gather(return_exceptions=True) would collect
-                    results = [exc]
-            else:
-                results = await asyncio.gather(
-                    *(
-                        rt.classify(t, deadline, snapshot, self.clock, trace, k)
-                        for k, t in enumerate(req.texts)
-                    ),
-                    return_exceptions=True,
-                )
-        except BaseException:  # cancelled: the client went away or its deadline passed
-            if trace is not None:
-                trace.failed("Cancelled", "the request was cancelled")
-            raise
-        finally:
-            self._leave(rt, n)
+        results = await self._classify_texts(rt, req, arrival, trace)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             stats.record(False, n, self.clock() - arrival)
-        for r in failures:
-            if not isinstance(r, NoAnswer):
-                self.metrics.child(self.metrics.failures, name, "InternalError").inc()
-                if trace is not None:
-                    trace.failed(type(r).__name__, str(r))
-                raise r  # json_errors answers 500 with its type and message, and logs it
-        if failures:
-            detail = "; ".join(sorted({str(f) for f in failures}))
-            if trace is not None:
-                trace.failed(next(f.reason for f in failures if isinstance(f, NoAnswer)), detail)
-            raise Unavailable(503, f"no tier could answer: {detail}")
+            self._raise_failure(name, failures, trace)
         answers = [r for r in results if isinstance(r, Answer)]
         elapsed = self.clock() - arrival
         stats.record(True, n, elapsed)
@@ -893,6 +875,62 @@ class CascadeService:
         if trace is not None:
             trace.answered(answers)
         return answers
+
+    def _admit_or_refuse(self, rt: CascadeRuntime, n: int, trace: RequestTrace | None) -> None:
+        """Raise Unavailable (429), counted and traced, when admission refuses ``n`` texts:
+        an overloaded cascade says so at once rather than queue the request past its budget."""
+        refusal = self._admit(rt, n)
+        if refusal is not None:
+            self.metrics.child(self.metrics.rejections, rt.cfg.name, refusal).inc()
+            if trace is not None:
+                trace.refused(refusal)
+            raise Unavailable(429, f"cascade {rt.cfg.name} is overloaded ({refusal}); retry later")
+
+    async def _classify_texts(
+        self, rt: CascadeRuntime, req: InferRequest, arrival: float, trace: RequestTrace | None
+    ) -> list[Answer | BaseException]:
+        """Each text's answer or failure, classified concurrently within the request's budget
+        and counted in flight meanwhile; a cancellation (the client went away) propagates."""
+        n = len(req.texts)
+        self._enter(rt, n)
+        try:
+            deadline = arrival + req.budget_s
+            snapshot = self.feed.snapshot(rt.cfg.name)
+            if n == 1:  # the common case: no task and no gather for one text
+                try:
+                    return [await rt.classify(req.texts[0], deadline, snapshot, self.clock, trace)]
+                except Exception as exc:  # as gather(return_exceptions=True) would collect
+                    return [exc]
+            return await asyncio.gather(
+                *(
+                    rt.classify(t, deadline, snapshot, self.clock, trace, k)
+                    for k, t in enumerate(req.texts)
+                ),
+                return_exceptions=True,
+            )
+        except BaseException:  # cancelled: the client went away or its deadline passed
+            if trace is not None:
+                trace.failed("Cancelled", "the request was cancelled")
+            raise
+        finally:
+            self._leave(rt, n)
+
+    def _raise_failure(
+        self, name: str, failures: list[BaseException], trace: RequestTrace | None
+    ) -> NoReturn:
+        """Raise for a request some text of which got no answer: a bug of the router's as
+        itself (json_errors answers 500 with its type and message, and logs it), else
+        Unavailable (503) with every tier's reason, so the client may retry."""
+        for r in failures:
+            if not isinstance(r, NoAnswer):
+                self.metrics.child(self.metrics.failures, name, "InternalError").inc()
+                if trace is not None:
+                    trace.failed(type(r).__name__, str(r))
+                raise r
+        detail = "; ".join(sorted({str(f) for f in failures}))
+        if trace is not None:
+            trace.failed(next(f.reason for f in failures if isinstance(f, NoAnswer)), detail)
+        raise Unavailable(503, f"no tier could answer: {detail}")
 
     async def _read_request(self, request: web.Request, rt: CascadeRuntime) -> InferRequest:
         body = await self._read_body(request)

@@ -22,6 +22,7 @@ from tierplace.api.variants import LABELS
 from tierplace.router.config import CascadeConfig, TierConfig
 from tierplace.router.metrics import RouterMetrics
 from tierplace.router.policy import (
+    Decision,
     MetricsSnapshot,
     Reason,
     decide,
@@ -218,7 +219,6 @@ class CascadeRuntime:
     ) -> Answer:
         """The answer to one text; ``trace`` (when tracing is on) gets a span per tier call,
         ``text_index`` saying which text of the request it was."""
-        name = self.cfg.name
         tiers = self.cfg.tiers
         seen: list[tuple[int, TierResult]] = []
         payload = TierInput(text=text)
@@ -226,102 +226,155 @@ class CascadeRuntime:
         refused = False  # some tier's answer failed validation: whatever we return is degraded
         i = 0
         while i < len(tiers):
-            tier, client, breaker = tiers[i], self.clients[i], self.breakers[i]
-            now = clock()
-            # The last tier that could still answer is always tried: a breaker may make an
-            # answer degraded, never turn it into none.
-            admitted = breaker.admit(now)
-            error: TierError | None = None
-            call: TierCall | None = None
-            if admitted or (not seen and i + 1 == len(tiers)):
-                limit = self.call_limit(i, deadline - now, snapshot, bool(seen), now)
-                want_importance = i + 1 < len(tiers) and tier.keep_ratio < 1.0
-                if trace is not None:
-                    call = trace.tier_call(tier, payload, text_index)
-                try:
-                    result = await self._call(
-                        i, client, payload, want_importance, limit, clock, call
-                    )
-                except TierError as exc:
-                    error = exc
-                    self._judge(i, exc, limit, clock(), admitted)
-                except BaseException:  # cancelled: no verdict on the tier
-                    if admitted:
-                        breaker.released()
-                    if call is not None:
-                        call.cancelled()
-                    raise
-                else:
-                    if not breaker.is_closed():
-                        self._open[i].set(0)
-                    breaker.succeeded()
-            else:
-                self.metrics.child(self.metrics.tier_skipped, name, tier.name).inc()
-                error = TierError(
-                    tier.name, breaker.cause, f"skipped: breaker open after {breaker.cause}"
-                )
-                if trace is not None:
-                    trace.skipped(tier.name, breaker.cause, text_index)
-            if error is not None:
-                last_error = error
-                invalid = error.kind == "invalid"
-                refused = refused or invalid
-                onwards = Reason.TIER_ANSWER_INVALID if invalid else Reason.TIER_UNAVAILABLE
-                if call is not None:
-                    call.failed(error, onwards if not seen and i + 1 < len(tiers) else None)
-                if seen:
-                    self.metrics.child(
-                        self.metrics.degraded, name, tiers[seen[-1][0]].name, error.kind
-                    ).inc()
-                    reason = Reason.TIER_ANSWER_INVALID if refused else Reason.UPPER_TIER_FAILED
-                    return self._answer(seen, reason, degraded=True)
-                if i + 1 < len(tiers):
-                    self.metrics.child(
-                        self.metrics.offloads,
-                        name,
-                        tier.name,
-                        tiers[i + 1].name,
-                        onwards,
-                    ).inc()
-                    payload = TierInput(text=text)
-                    i += 1
-                    continue
-                break
-            seen.append((i, result))
-            self._exit_layer[i].observe(result.exit_layer)
-            self._confidence[i].observe(result.confidence)
-            now = clock()
-            decision = decide(
-                self.policies,
-                i,
-                result.confidence,
-                deadline - now - ANSWER_MARGIN_S,
-                self.live(snapshot, i + 1, now),
+            outcome, call = await self._try_tier(
+                i, payload, deadline, snapshot, bool(seen), clock, trace, text_index
             )
-            if call is not None:
-                call.decided(
-                    result.exit_layer, result.confidence, decision.reason, decision.offload
-                )
+            if isinstance(outcome, TierError):
+                last_error = outcome
+                refused = refused or outcome.kind == "invalid"
+                degraded = self._after_failure(i, outcome, call, seen, refused)
+                if degraded is not None:
+                    return degraded
+                # Nothing answered yet: the original text goes up (past the top tier, the
+                # loop ends and no tier could answer).
+                payload = TierInput(text=text)
+                i += 1
+                continue
+            seen.append((i, outcome))
+            decision = self._decide(i, outcome, deadline, snapshot, clock, call)
             if not decision.offload:
                 if refused:
                     return self._answer(seen, Reason.TIER_ANSWER_INVALID, degraded=True)
                 return self._answer(seen, decision.reason, degraded=False)
-            payload = self._next_input(tier, tiers[i + 1], text, result)
-            self.metrics.child(
-                self.metrics.offloads, name, tier.name, tiers[i + 1].name, decision.reason
-            ).inc()
-            self.metrics.child(
-                self.metrics.offload_bytes, name, tier.name, tiers[i + 1].name
-            ).observe(payload.nbytes)
+            payload = self._offload(i, text, outcome, decision.reason)
             i += 1
+        raise self._no_answer(last_error)
+
+    async def _try_tier(
+        self,
+        i: int,
+        payload: TierInput,
+        deadline: float,
+        snapshot: MetricsSnapshot,
+        answered: bool,
+        clock: Callable[[], float],
+        trace: RequestTrace | None,
+        text_index: int,
+    ) -> tuple[TierResult | TierError, TierCall | None]:
+        """Call tier ``i`` unless its breaker skips it: the tier's result or its failure, with
+        the call's span. The last tier that could still answer is always tried: a breaker may
+        make an answer degraded, never turn it into none."""
+        tier, client, breaker = self.cfg.tiers[i], self.clients[i], self.breakers[i]
+        last = i + 1 == len(self.cfg.tiers)
+        now = clock()
+        admitted = breaker.admit(now)
+        if not (admitted or (not answered and last)):
+            return self._skip(i, trace, text_index), None
+        limit = self.call_limit(i, deadline - now, snapshot, answered, now)
+        want_importance = not last and tier.keep_ratio < 1.0
+        call = None if trace is None else trace.tier_call(tier, payload, text_index)
+        try:
+            result = await self._call(i, client, payload, want_importance, limit, clock, call)
+        except TierError as exc:
+            self._judge(i, exc, limit, clock(), admitted)
+            return exc, call
+        except BaseException:  # cancelled: no verdict on the tier
+            if admitted:
+                breaker.released()
+            if call is not None:
+                call.cancelled()
+            raise
+        if not breaker.is_closed():
+            self._open[i].set(0)
+        breaker.succeeded()
+        return result, call
+
+    def _skip(self, i: int, trace: RequestTrace | None, text_index: int) -> TierError:
+        """The failure that stands for a call not made because tier ``i``'s breaker is open:
+        counted and traced as a skip, then handled like any other failure of the tier."""
+        tier, breaker = self.cfg.tiers[i], self.breakers[i]
+        self.metrics.child(self.metrics.tier_skipped, self.cfg.name, tier.name).inc()
+        error = TierError(tier.name, breaker.cause, f"skipped: breaker open after {breaker.cause}")
+        if trace is not None:
+            trace.skipped(tier.name, breaker.cause, text_index)
+        return error
+
+    def _after_failure(
+        self,
+        i: int,
+        error: TierError,
+        call: TierCall | None,
+        seen: Sequence[tuple[int, TierResult]],
+        refused: bool,
+    ) -> Answer | None:
+        """After tier ``i`` failed: the best answer so far, flagged degraded, when a lower tier
+        answered (a request some tier answered is never lost); else None, counting the
+        offload of the original text to the next tier when there is one."""
+        tiers = self.cfg.tiers
+        invalid = error.kind == "invalid"
+        onwards = Reason.TIER_ANSWER_INVALID if invalid else Reason.TIER_UNAVAILABLE
+        if call is not None:
+            call.failed(error, onwards if not seen and i + 1 < len(tiers) else None)
+        if seen:
+            self.metrics.child(
+                self.metrics.degraded, self.cfg.name, tiers[seen[-1][0]].name, error.kind
+            ).inc()
+            reason = Reason.TIER_ANSWER_INVALID if refused else Reason.UPPER_TIER_FAILED
+            return self._answer(seen, reason, degraded=True)
+        if i + 1 < len(tiers):
+            self.metrics.child(
+                self.metrics.offloads, self.cfg.name, tiers[i].name, tiers[i + 1].name, onwards
+            ).inc()
+        return None
+
+    def _decide(
+        self,
+        i: int,
+        result: TierResult,
+        deadline: float,
+        snapshot: MetricsSnapshot,
+        clock: Callable[[], float],
+        call: TierCall | None,
+    ) -> Decision:
+        """The policy's verdict on tier ``i``'s answer, on the budget left now and the next
+        tier's live latency; the answer's exit and confidence are observed first."""
+        self._exit_layer[i].observe(result.exit_layer)
+        self._confidence[i].observe(result.confidence)
+        now = clock()
+        decision = decide(
+            self.policies,
+            i,
+            result.confidence,
+            deadline - now - ANSWER_MARGIN_S,
+            self.live(snapshot, i + 1, now),
+        )
+        if call is not None:
+            call.decided(result.exit_layer, result.confidence, decision.reason, decision.offload)
+        return decision
+
+    def _offload(self, i: int, text: str, result: TierResult, reason: Reason) -> TierInput:
+        """What goes up from tier ``i`` to the next (pruned by its attention), counted."""
+        tier, upper = self.cfg.tiers[i], self.cfg.tiers[i + 1]
+        payload = self._next_input(tier, upper, text, result)
+        self.metrics.child(
+            self.metrics.offloads, self.cfg.name, tier.name, upper.name, reason
+        ).inc()
+        self.metrics.child(
+            self.metrics.offload_bytes, self.cfg.name, tier.name, upper.name
+        ).observe(payload.nbytes)
+        return payload
+
+    def _no_answer(self, last_error: TierError | None) -> NoAnswer:
+        """The failure of a request no tier answered, counted; its reason says whether the
+        last tier's answer was refused by validation or the tier could not answer at all."""
         detail = str(last_error) if last_error else "no tier configured"
         reason = (
             Reason.TIER_ANSWER_INVALID
             if last_error is not None and last_error.kind == "invalid"
             else Reason.TIER_UNAVAILABLE
         )
-        self.metrics.child(self.metrics.failures, name, reason).inc()
-        raise NoAnswer(reason, detail)
+        self.metrics.child(self.metrics.failures, self.cfg.name, reason).inc()
+        return NoAnswer(reason, detail)
 
     def _judge(
         self, index: int, exc: TierError, limit_s: float, now: float, admitted: bool

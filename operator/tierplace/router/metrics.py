@@ -42,7 +42,14 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
-        r = self.registry
+        # Registered in this order, which is the order /metrics lists them in.
+        self._add_answer_metrics(self.registry)
+        self._add_tier_output_metrics(self.registry)
+        self._add_door_and_policy_metrics(self.registry)
+        self._add_fault_metrics(self.registry)
+
+    def _add_answer_metrics(self, r: CollectorRegistry) -> None:
+        """How each request was answered: latency, the answering tier and reason, offloads."""
         self.request_seconds = Histogram(
             f"{PREFIX}_request_seconds",
             "End-to-end latency of a cascade request, by the tier that answered.",
@@ -75,6 +82,9 @@ class RouterMetrics:
             ["cascade", "tier", "reason"],
             registry=r,
         )
+
+    def _add_tier_output_metrics(self, r: CollectorRegistry) -> None:
+        """What the tiers' models reported and what each offload carried up."""
         self.exit_layer = Histogram(
             f"{PREFIX}_exit_layer",
             "Early-exit layer (1-based) at which a tier's model answered.",
@@ -103,6 +113,9 @@ class RouterMetrics:
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=r,
         )
+
+    def _add_door_and_policy_metrics(self, r: CollectorRegistry) -> None:
+        """Refusals at the door, load, and the thresholds and budget the policy works with."""
         self.rejections = Counter(
             f"{PREFIX}_rejections_total",
             "Requests refused before any tier saw them (4xx, 429), by reason.",
@@ -147,6 +160,9 @@ class RouterMetrics:
             ["result"],
             registry=r,
         )
+
+    def _add_fault_metrics(self, r: CollectorRegistry) -> None:
+        """Tier answers refused by validation and the breakers' state (docs/faults.md)."""
         self.invalid_answers = Counter(
             f"{PREFIX}_invalid_answers_total",
             "Tier answers refused by validation (never fused nor returned), by failed check.",

@@ -196,14 +196,22 @@ class TierClient:
             raise TierError(self.cfg.name, "failed", repr(exc)) from None
         if status != 200:
             raise TierError(self.cfg.name, "failed", _error_message(content), status=status)
+        result = self._parse_answer(content, binary_json_size, want_importance)
+        self.check(result)
+        return result
+
+    def _parse_answer(
+        self, content: bytes, binary_json_size: str | None, want_importance: bool
+    ) -> TierResult:
+        """The outputs of a 200 response; anything unreadable in it is an invalid answer of
+        the tier's (``check="malformed"``), never a crash of the router's."""
         try:
             if binary_json_size is not None:  # binary outputs after all (a proxy, a plugin)
                 parsed = triton_http.InferenceServerClient.parse_response_body(
                     content, header_length=binary_json_size
                 )
-                result = _parse(parsed, want_importance)
-            else:
-                result = parse_outputs(codec.loads(content), want_importance)
+                return _parse(parsed, want_importance)
+            return parse_outputs(codec.loads(content), want_importance)
         except (
             TypeError,
             ValueError,
@@ -216,8 +224,6 @@ class TierClient:
             raise TierError(
                 self.cfg.name, "invalid", f"unexpected outputs: {exc}", check="malformed"
             ) from None
-        self.check(result)
-        return result
 
     def check(self, result: TierResult) -> None:
         """Raise ``TierError(kind="invalid")`` unless the answer can be believed."""
