@@ -11,6 +11,10 @@ built from Debian's source package). There is no kubelet, so:
   schedule;
 * pods are scheduled (``spec.nodeName`` is set) but never run.
 
+With ``audit_users``, the API server also keeps an audit log of those users' requests (at
+``Metadata`` level: who, verb, resource, namespace, name, answer; no bodies), which is how the
+least-privilege test sees every call the operator made (:func:`audit_events`).
+
 Use :func:`control_plane` as a context manager; it always stops every process it started.
 """
 
@@ -29,7 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -117,6 +121,8 @@ class ControlPlane:
     ca: pki.KeyPair
     kubeconfig: Path
     tokens: dict[str, str] = field(default_factory=dict)
+    #: The API server's audit log (JSON lines), when started with ``audit_users``.
+    audit_log: Path | None = None
     _procs: list[_Proc] = field(default_factory=list)
     _ssl: ssl.SSLContext | None = None
 
@@ -125,6 +131,12 @@ class ControlPlane:
         path = self.workdir / f"kubeconfig-{user}"
         _kubeconfig(path, self.server, self.ca.cert, self.tokens[user])
         return path
+
+    def audit_mark(self) -> int:
+        """Where the audit log ends now: :func:`audit_events` from here gives only what comes
+        after (the API server creates the file with its first event)."""
+        assert self.audit_log is not None, "started without audit_users"
+        return self.audit_log.stat().st_size if self.audit_log.exists() else 0
 
     def env(self) -> dict[str, str]:
         """The environment for a child process (kopf, kubectl) pointed at this cluster."""
@@ -217,6 +229,46 @@ def _start(
     return proc
 
 
+def audit_policy(users: Sequence[str]) -> dict[str, Any]:
+    """An audit policy that records only ``users``' requests, at ``Metadata`` level, once
+    each: when the answer is complete, or when a watch's stream starts (a watch completes only
+    when it is closed)."""
+    return {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", "users": list(users)}, {"level": "None"}],
+    }
+
+
+def _audit_flags(cp: ControlPlane, users: Sequence[str]) -> list[str]:
+    if not users:
+        return []
+    policy = cp.workdir / "audit-policy.yaml"
+    policy.write_text(json.dumps(audit_policy(users), indent=2))  # JSON is valid YAML
+    cp.audit_log = cp.workdir / "audit.log"
+    # Blocking (the default mode, said here): each event is written by the request itself,
+    # not buffered, so it is in the file moments after the answer.
+    return [
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={cp.audit_log}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",
+    ]
+
+
+def audit_events(path: Path, offset: int = 0) -> list[dict[str, Any]]:
+    """The audit events written to ``path`` from byte ``offset`` on (``audit_mark()`` earlier:
+    only what came since), in order; a last line still being written is left out."""
+    if not path.exists():
+        return []
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        raw = handle.read()
+    *complete, _partial = raw.split(b"\n")  # every event ends with a newline
+    return [json.loads(line) for line in complete if line.strip()]
+
+
 def _apiserver_node_flags(network: Network) -> list[str]:
     if network.kubelets:
         # Pods reach the apiserver through the ``kubernetes`` Service (kube-proxy), and
@@ -252,8 +304,10 @@ def start(
     binaries: Path | None = None,
     timeout: float = 90.0,
     network: Network = LOOPBACK,
+    audit_users: Sequence[str] = (),
 ) -> ControlPlane:
-    """Start the control plane in ``workdir``; the caller must call ``stop()``."""
+    """Start the control plane in ``workdir``; the caller must call ``stop()``. With
+    ``audit_users``, the API server logs their requests to ``cp.audit_log``."""
     binaries = binaries or bin_dir()
     missing = missing_binaries(binaries)
     if missing:
@@ -270,7 +324,9 @@ def start(
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
     try:
         _start_etcd(cp, env, network, etcd_client, etcd_peer)
-        _start_apiserver(cp, binaries, env, network, keys, etcd_client, api_port)
+        _start_apiserver(
+            cp, binaries, env, network, keys, etcd_client, api_port, _audit_flags(cp, audit_users)
+        )
         _wait(cp, "kube-apiserver /readyz", lambda: cp.request("GET", "/readyz")[0] == 200, timeout)
         _start_controllers(cp, binaries, env, network, keys)
         # The service-account controller runs once the controller-manager is up: pods need it.
@@ -355,6 +411,7 @@ def _start_apiserver(
     keys: _Pki,
     etcd_client: int,
     port: int,
+    extra: Sequence[str] = (),
 ) -> None:
     _start(
         cp,
@@ -373,7 +430,7 @@ def _start_apiserver(
             f"--service-account-signing-key-file={keys.sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={network.service_cidr}",
-            *_apiserver_node_flags(network),
+            *_apiserver_node_flags(network), *extra,
             "--profiling=false", "--v=0",
         ],
         env,
@@ -420,13 +477,14 @@ def control_plane(
     workdir: Path | None = None,
     timeout: float = 90.0,
     network: Network = LOOPBACK,
+    audit_users: Sequence[str] = (),
 ) -> Iterator[ControlPlane]:
     """Start a control plane, yield it, and always tear it down and remove its files."""
     owned = workdir is None
     root = Path(tempfile.mkdtemp(prefix="tierplace-cp-")) if workdir is None else workdir
     cp: ControlPlane | None = None
     try:
-        cp = start(root, binaries, timeout, network)
+        cp = start(root, binaries, timeout, network, audit_users)
         yield cp
     finally:
         if cp is not None:

@@ -18,6 +18,7 @@ from tierplace.controller.config import SpecDefaults
 from tierplace_harness import cluster, pki
 from tierplace_harness.cluster import Api
 from tierplace_harness.controlplane import (
+    OPERATOR_USER,
     ControlPlane,
     control_plane,
     free_port,
@@ -50,7 +51,10 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     missing = missing_binaries()
     if missing:
         pytest.fail(f"missing {', '.join(missing)}: run scripts/build-control-plane.sh first")
-    with control_plane(workdir=tmp_path_factory.mktemp("controlplane")) as plane:
+    # The least-privilege user's requests are audited (test_rbac_audit.py reads them); nobody
+    # else's, so the log stays small.
+    workdir = tmp_path_factory.mktemp("controlplane")
+    with control_plane(workdir=workdir, audit_users=[OPERATOR_USER]) as plane:
         cluster.apply_crds(plane, REPO / "crds")
         for name, (pool, memory) in POOL_NODES.items():
             cluster.create_node(plane, cluster.pool_node(name, pool, memory))
