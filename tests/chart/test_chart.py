@@ -292,6 +292,12 @@ def test_operator_serves_the_webhooks_the_chart_owns_and_gets_its_defaults(helm:
     )
 
 
+def test_operator_caps_glibc_malloc_arenas(helm: Helm) -> None:
+    """Two malloc arenas instead of one per thread (the client's pool has 16): most of the
+    operator's memory beyond Python objects was glibc's arenas (docs/operating-at-scale.md)."""
+    assert _operator_env(helm.template())["MALLOC_ARENA_MAX"] == "2"
+
+
 def test_kind_values_give_created_tiers_and_routers_the_images_kind_loads(helm: Helm) -> None:
     """e2e/kind loads its images under their own names only: the chart must hand exactly
     those to the operator, or created Triton and router pods never start."""
