@@ -55,6 +55,13 @@ THRESHOLDS: tuple[float, ...] = (
     0.99,
     NO_EXIT,
 )
+#: Sedna's filter thresholds 1 - normalised entropy, which for two classes sits far below
+#: the max probability (0.9 is about 0.53): its grid reaches down to where it sends almost
+#: nothing up, or its certified fastest setting would be cut off by the grid, not the data.
+SEDNA_THRESHOLDS: tuple[float, ...] = (
+    *THRESHOLDS,
+    *(0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05),
+)
 CLOUD_EXITS: tuple[float, ...] = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, NO_EXIT)
 FUSIONS: tuple[tuple[float, float, float], ...] = (
     (0.0, 0.0, 1.0),
@@ -73,7 +80,7 @@ class Target:
 
     ``delta``: the certificate may fail with at most this probability. ``order_share``: the
     share of validation rows that learns the order in which the cascade's settings are tested
-    (``risk.learned_order_test``); the rest give the p-values.
+    (``risk.split_rows``, ``risk.front_order``); the rest give the p-values.
     """
 
     harm_rate: float | None = None
@@ -225,22 +232,18 @@ def _score(
     return out
 
 
-def _certify(
-    rows: Sequence[_Scored], target: Target, learned: bool, n: int
-) -> tuple[risk.Test, npt.NDArray[np.int64]]:
-    """Learn-then-Test over ``rows``; ``learned``: order from a share of the rows (the
-    cascade's grid), else the given order, strictest first (a baseline's one threshold)."""
+def _certify(rows: Sequence[_Scored], target: Target, n: int) -> risk.Test:
+    """Learn-then-Test over ``rows``, every system alike: the order (the harm/latency front,
+    safest first) is learned on the same share of the rows, the p-values come from the rest.
+    A one-threshold baseline has a natural order and could test on every row; giving it the
+    same rows as the cascade compares systems, not procedures (docs/benchmarks.md)."""
     losses = np.stack([r.harm for r in rows])
-    if learned:
-        learn, test = risk.split_rows(n, target.order_share)
-        order = risk.front_order(
-            losses[:, learn].mean(axis=1), np.asarray([r.learn_latency_s for r in rows])
-        )
-        t = risk.learn_then_test(losses[:, test], order, target.guarantee())
-        t = replace(t, n_order=len(learn))
-    else:
-        t = risk.learn_then_test(losses, np.arange(len(rows), dtype=np.int64), target.guarantee())
-    return t, t.certified
+    learn, test = risk.split_rows(n, target.order_share)
+    order = risk.front_order(
+        losses[:, learn].mean(axis=1), np.asarray([r.learn_latency_s for r in rows])
+    )
+    t = risk.learn_then_test(losses[:, test], order, target.guarantee())
+    return replace(t, n_order=len(learn))
 
 
 def _certificate(
@@ -262,13 +265,12 @@ def _certificate(
     )
 
 
-def _choose(
-    rows: Sequence[_Scored], target: Target, learned: bool, n: int
-) -> tuple[int, bool, risk.Test | None]:
+def _choose(rows: Sequence[_Scored], target: Target, n: int) -> tuple[int, bool, risk.Test | None]:
     """Index of the best candidate for the target and whether it met it. Under a harm target:
     the fastest certified candidate; when none is certified, the first tested (the safest)."""
     if target.harm_rate is not None:
-        test, certified = _certify(rows, target, learned, n)
+        test = _certify(rows, target, n)
+        certified = test.certified
         if len(certified):
             best = min(certified, key=lambda i: (rows[i].mean_latency_s, -rows[i].accuracy))
             return int(best), True, test
@@ -310,12 +312,6 @@ def sweep(
     return [(v, simulate(build(v), tables, costs)) for v in values]
 
 
-def _strictest_first(values: Sequence[float]) -> list[float]:
-    """A baseline's thresholds in the order fixed-sequence testing needs: a higher threshold
-    sends more to the full cloud model, so it is the safer one."""
-    return sorted(values, reverse=True)
-
-
 def calibrate(
     tables: TableSet,
     costs: Mapping[str, TierCost],
@@ -336,7 +332,7 @@ def calibrate(
         lambda s: full(s, net, costs), settings or grid(keep_ratios), tables, costs, reference,
         learn,
     )  # fmt: skip
-    chosen, met, test = _choose(rows, target, True, n)
+    chosen, met, test = _choose(rows, target, n)
     best: Setting = rows[chosen].value
     three = [i for i, r in enumerate(rows) if len(r.value.tiers) == 3]
     three_tier = best if len(best.tiers) == 3 else _best_of(rows, three, test, target)
@@ -344,11 +340,11 @@ def calibrate(
     baseline_certs: dict[str, Certificate] = {}
     builders: tuple[tuple[str, Callable[[Any], System], Sequence[float]], ...] = (
         ("cloud_exit", lambda c: cloud_only(net, costs, c), CLOUD_EXITS),
-        ("sedna", lambda t: sedna(t, net, costs), THRESHOLDS),
+        ("sedna", lambda t: sedna(t, net, costs), SEDNA_THRESHOLDS),
     )
     for name, build, values in builders:
-        b_rows = _score(build, _strictest_first(values), tables, costs, reference, learn)
-        b, _, b_test = _choose(b_rows, target, False, n)
+        b_rows = _score(build, values, tables, costs, reference, learn)
+        b, _, b_test = _choose(b_rows, target, n)
         baselines[name] = float(b_rows[b].value)
         if b_test is not None:
             b_out = simulate(build(b_rows[b].value), tables, costs)

@@ -18,10 +18,10 @@ which needs no labels, is reported beside it.
 The p-values and the fixed-sequence procedure are mapie's (``mapie.risk_control``). Fixed-
 sequence testing walks an order fixed before the test rows are seen and stops at the first
 setting it cannot certify; it spends all of delta on each step, which is what makes it
-powerful, and it needs a good order. A one-dimensional grid has one (strictest threshold
-first). The cascade's grid (thresholds per tier, the cloud's exit, keep ratio, fusion) does
-not, so it is learned on a share of the validation rows that the test never uses: the
-settings on that share's harm/latency front, safest first.
+powerful, and it needs a good order, fixed before the tested rows are seen. The cascade's grid
+(thresholds per tier, the cloud's exit, keep ratio, fusion) has no natural one, so it is
+learned on a share of the validation rows that the test never uses: the settings on that
+share's harm/latency front, safest first (``split_rows``, ``front_order``).
 """
 
 from __future__ import annotations
@@ -122,28 +122,4 @@ def learn_then_test(losses: npt.ArrayLike, order: IntArray, guarantee: Guarantee
         certified=np.asarray(order, np.int64)[rejected],
         n_order=0,
         n_test=n,
-    )
-
-
-def learned_order_test(
-    losses: npt.ArrayLike,
-    latency_s: npt.ArrayLike,
-    guarantee: Guarantee,
-    order_share: float,
-    seed: int = SPLIT_SEED,
-) -> Test:
-    """Learn the order on ``order_share`` of the rows (their harm/latency front), then test
-    it on the others. ``losses`` and ``latency_s`` are candidates x rows."""
-    loss = np.asarray(losses, np.float64)
-    lat = np.asarray(latency_s, np.float64)
-    learn, test = split_rows(loss.shape[1], order_share, seed)
-    order = front_order(loss[:, learn].mean(axis=1), lat[:, learn].mean(axis=1))
-    result = learn_then_test(loss[:, test], order, guarantee)
-    return Test(
-        guarantee=guarantee,
-        order=result.order,
-        p_values=result.p_values,
-        certified=result.certified,
-        n_order=len(learn),
-        n_test=len(test),
     )
