@@ -170,6 +170,57 @@ def triton_args(spec: InferenceTierSpec, variant: VariantProfile) -> list[str]:
     ]
 
 
+def _triton_container(
+    spec: InferenceTierSpec, variant: VariantProfile, memory_mib: int, defaults: SpecDefaults
+) -> dict[str, Any]:
+    """Triton's container: args, ports, probes patient enough for a slow model load, and the
+    memory the placement reserved for the variant as both request and limit."""
+    requests: dict[str, str] = {"cpu": spec.resources.cpu, "memory": f"{memory_mib}Mi"}
+    limits: dict[str, str] = {"memory": f"{memory_mib}Mi"}
+    if spec.resources.gpu:
+        limits[GPU_RESOURCE] = str(spec.resources.gpu)
+    return {
+        "name": "triton",
+        "image": defaults.tier_image(spec),
+        "args": triton_args(spec, variant),
+        # The exit threshold is not here: the router sends it with every request
+        # (router config), so changing it never restarts Triton.
+        "env": [{"name": "TIERPLACE_VARIANT", "value": variant.name}],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        # Loading a torch model takes seconds alone and minutes when a node starts many at
+        # once (seen on real nodes: 9 tiers on 2 cores took over a minute, and a liveness
+        # probe alone killed them mid-load). Liveness starts once live.
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": STARTUP_PROBE_FAILURES,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": {"requests": requests, "limits": limits},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {
+                "name": "model-repository",
+                "mountPath": spec.model_repository.mount_path,
+                "readOnly": True,
+            },
+            _scratch_mount(),
+        ],
+    }
+
+
 def triton_deployment(
     owner: Owner,
     spec: InferenceTierSpec,
@@ -179,56 +230,11 @@ def triton_deployment(
 ) -> Manifest:
     """The Triton Deployment of a placed tier."""
     labels = tier_labels(owner, spec, variant)
-    requests: dict[str, str] = {"cpu": spec.resources.cpu, "memory": f"{memory_mib}Mi"}
-    limits: dict[str, str] = {"memory": f"{memory_mib}Mi"}
-    if spec.resources.gpu:
-        limits[GPU_RESOURCE] = str(spec.resources.gpu)
     pod_spec: dict[str, Any] = {
         "nodeSelector": spec.pool.effective_selector(spec.tier_class),
         "tolerations": tier_tolerations(spec),
         "securityContext": pod_security_context(),
-        "containers": [
-            {
-                "name": "triton",
-                "image": defaults.tier_image(spec),
-                "args": triton_args(spec, variant),
-                # The exit threshold is not here: the router sends it with every request
-                # (router config), so changing it never restarts Triton.
-                "env": [{"name": "TIERPLACE_VARIANT", "value": variant.name}],
-                "ports": [
-                    {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-                    {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-                ],
-                # Loading a torch model takes seconds alone and minutes when a node starts
-                # many at once (seen on real nodes: 9 tiers on 2 cores took over a minute, and
-                # a liveness probe alone killed them mid-load). Liveness starts once live.
-                "startupProbe": {
-                    "httpGet": {"path": "/v2/health/live", "port": "http"},
-                    "periodSeconds": 5,
-                    "failureThreshold": STARTUP_PROBE_FAILURES,
-                },
-                "readinessProbe": {
-                    "httpGet": {"path": "/v2/health/ready", "port": "http"},
-                    "periodSeconds": 5,
-                },
-                "livenessProbe": {
-                    "httpGet": {"path": "/v2/health/live", "port": "http"},
-                    "periodSeconds": 10,
-                    "failureThreshold": 6,
-                },
-                "resources": {"requests": requests, "limits": limits},
-                "securityContext": container_security_context(),
-                "volumeMounts": [
-                    {
-                        "name": "model-repository",
-                        "mountPath": spec.model_repository.mount_path,
-                        "readOnly": True,
-                    },
-                    _scratch_mount(),
-                ],
-            }
-        ],
+        "containers": [_triton_container(spec, variant, memory_mib, defaults)],
         "volumes": [
             {"name": "model-repository", **spec.model_repository.volume},
             _scratch_volume(),
@@ -397,6 +403,45 @@ def router_env(spec: InferenceCascadeSpec) -> dict[str, list[dict[str, str]]]:
     return {"env": [{"name": e.name, "value": e.value} for e in spec.router.env]}
 
 
+def _router_container(spec: InferenceCascadeSpec, defaults: SpecDefaults) -> dict[str, Any]:
+    """The router's container: ``tierplace route`` on the mounted config, REST and gRPC ports,
+    probes, and a drain period so a rollout never drops requests in flight."""
+    port = spec.router.port
+    return {
+        "name": "router",
+        "image": defaults.cascade_router_image(spec),
+        "args": [
+            "tierplace",
+            "route",
+            f"--config={ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}",
+            "--host=0.0.0.0",
+            f"--port={port}",
+            f"--grpc-port={router_grpc_port(spec)}",
+            f"--drain-seconds={ROUTER_DRAIN_S}",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": port},
+            {"name": "grpc", "containerPort": router_grpc_port(spec)},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 5,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+        },
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "config", "mountPath": ROUTER_CONFIG_DIR},
+            _scratch_mount(),
+        ],
+        # Only when set: an empty list would change the spec hash of every router made
+        # before the field existed.
+        **router_env(spec),
+    }
+
+
 def router_deployment(
     owner: Owner,
     spec: InferenceCascadeSpec,
@@ -428,41 +473,7 @@ def router_deployment(
                     },
                     "spec": {
                         "securityContext": pod_security_context(),
-                        "containers": [
-                            {
-                                "name": "router",
-                                "image": defaults.cascade_router_image(spec),
-                                "args": [
-                                    "tierplace",
-                                    "route",
-                                    f"--config={ROUTER_CONFIG_DIR}/{ROUTER_CONFIG_KEY}",
-                                    "--host=0.0.0.0",
-                                    f"--port={port}",
-                                    f"--grpc-port={router_grpc_port(spec)}",
-                                    f"--drain-seconds={ROUTER_DRAIN_S}",
-                                ],
-                                "ports": [
-                                    {"name": "http", "containerPort": port},
-                                    {"name": "grpc", "containerPort": router_grpc_port(spec)},
-                                ],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/v2/health/ready", "port": "http"},
-                                    "periodSeconds": 5,
-                                },
-                                "livenessProbe": {
-                                    "httpGet": {"path": "/v2/health/live", "port": "http"},
-                                    "periodSeconds": 10,
-                                },
-                                "securityContext": container_security_context(),
-                                "volumeMounts": [
-                                    {"name": "config", "mountPath": ROUTER_CONFIG_DIR},
-                                    _scratch_mount(),
-                                ],
-                                # Only when set: an empty list would change the spec hash
-                                # of every router made before the field existed.
-                                **router_env(spec),
-                            }
-                        ],
+                        "containers": [_router_container(spec, defaults)],
                         "volumes": [
                             {"name": "config", "configMap": {"name": router_name(owner.name)}},
                             _scratch_volume(),

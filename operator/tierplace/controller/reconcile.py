@@ -418,6 +418,60 @@ def _tier_entry(view: TierView, namespace: str) -> dict[str, Any]:
     return entry
 
 
+def _tiers_ready(
+    owner: Owner,
+    spec: InferenceCascadeSpec,
+    views: Sequence[TierView],
+    not_ready: Sequence[TierView],
+) -> Condition:
+    """TiersReady with the first reason that holds, in this order: an invalid ladder, a tier
+    of the wrong class, a child owned elsewhere, tiers not ready; the earlier ones need a
+    person to fix the spec, so they are the ones said."""
+    problems = order_problems(spec, owner.namespace, owner.name)
+    foreign = [v for v in views if v.owned_elsewhere]
+    mismatched = [
+        class_mismatch_message(i, v.name, v.tier_class, str(v.found_class))
+        for i, v in enumerate(views)
+        if v.class_mismatch
+    ]
+    if problems:
+        return Condition(cond.TIERS_READY, "False", "InvalidLadder", "; ".join(problems))
+    if mismatched:
+        return Condition(cond.TIERS_READY, "False", "TierClassMismatch", "; ".join(mismatched))
+    if foreign:
+        return Condition(
+            cond.TIERS_READY, "False", "ChildOwnedElsewhere", "; ".join(v.reason for v in foreign)
+        )
+    if not_ready:
+        return Condition(
+            cond.TIERS_READY,
+            "False",
+            "TiersNotReady",
+            "; ".join(f"{v.name}: {v.reason}" for v in not_ready),
+        )
+    return Condition(cond.TIERS_READY, "True", "AllTiersReady", f"{len(views)} tier(s) ready")
+
+
+def _router_available(router: Mapping[str, Any] | None, router_conflict: str | None) -> Condition:
+    """RouterAvailable from the router Deployment's ready replicas; a router owned elsewhere
+    or none at all (nothing placed yet) says why rather than only False."""
+    if router_conflict is not None:
+        return Condition(cond.ROUTER_AVAILABLE, "False", "ChildOwnedElsewhere", router_conflict)
+    if router is None:
+        return Condition(
+            cond.ROUTER_AVAILABLE,
+            "False",
+            "NoRouter",
+            "no tier has a placed variant yet, so the router is not deployed",
+        )
+    ready = int((router.get("status", {}) or {}).get("readyReplicas", 0) or 0)
+    if ready > 0:
+        return Condition(cond.ROUTER_AVAILABLE, "True", "RouterReady", f"{ready} router replica(s)")
+    return Condition(
+        cond.ROUTER_AVAILABLE, "False", "NoReadyReplicas", "no router replica is ready"
+    )
+
+
 def cascade_status(
     owner: Owner,
     spec: InferenceCascadeSpec,
@@ -430,55 +484,9 @@ def cascade_status(
     """The cascade status: per-tier readiness, degraded tiers, router availability.
     ``router_conflict`` says why a router child could not be written (not ours)."""
     previous = previous or {}
-    problems = order_problems(spec, owner.namespace, owner.name)
     not_ready = [v for v in views if not v.ready or v.class_mismatch]
-    foreign = [v for v in views if v.owned_elsewhere]
-    mismatched = [
-        class_mismatch_message(i, v.name, v.tier_class, str(v.found_class))
-        for i, v in enumerate(views)
-        if v.class_mismatch
-    ]
-    if problems:
-        tiers_ready = Condition(cond.TIERS_READY, "False", "InvalidLadder", "; ".join(problems))
-    elif mismatched:
-        tiers_ready = Condition(
-            cond.TIERS_READY, "False", "TierClassMismatch", "; ".join(mismatched)
-        )
-    elif foreign:
-        tiers_ready = Condition(
-            cond.TIERS_READY, "False", "ChildOwnedElsewhere", "; ".join(v.reason for v in foreign)
-        )
-    elif not_ready:
-        tiers_ready = Condition(
-            cond.TIERS_READY,
-            "False",
-            "TiersNotReady",
-            "; ".join(f"{v.name}: {v.reason}" for v in not_ready),
-        )
-    else:
-        tiers_ready = Condition(
-            cond.TIERS_READY, "True", "AllTiersReady", f"{len(views)} tier(s) ready"
-        )
-    if router_conflict is not None:
-        router_cond = Condition(
-            cond.ROUTER_AVAILABLE, "False", "ChildOwnedElsewhere", router_conflict
-        )
-    elif router is None:
-        router_cond = Condition(
-            cond.ROUTER_AVAILABLE,
-            "False",
-            "NoRouter",
-            "no tier has a placed variant yet, so the router is not deployed",
-        )
-    else:
-        ready = int((router.get("status", {}) or {}).get("readyReplicas", 0) or 0)
-        router_cond = (
-            Condition(cond.ROUTER_AVAILABLE, "True", "RouterReady", f"{ready} router replica(s)")
-            if ready > 0
-            else Condition(
-                cond.ROUTER_AVAILABLE, "False", "NoReadyReplicas", "no router replica is ready"
-            )
-        )
+    tiers_ready = _tiers_ready(owner, spec, views, not_ready)
+    router_cond = _router_available(router, router_conflict)
     parts = [tiers_ready, router_cond]
     router_host = manifests.service_host(manifests.router_name(owner.name), owner.namespace)
     return {

@@ -195,6 +195,26 @@ async def _cascade_status(
     if reconcile.order_problems(spec, owner.namespace, owner.name):
         return reconcile.cascade_status(owner, spec, [], None, body.get("status"), generation)
 
+    live_tiers, foreign = await _ensure_generated_tiers(kube, owner, spec, observed)
+    views = await _tier_views(kube, owner, spec, live_tiers, foreign, observed)
+    plan = reconcile.plan_router(owner, spec, views, defaults)
+    router, router_conflict = await _apply_router(kube, plan.apply, observed)
+    status = reconcile.cascade_status(
+        owner, spec, views, router, body.get("status"), generation, router_conflict
+    )
+    prometheus_url = defaults.cascade_prometheus_url(spec)
+    if prometheus_url:
+        status.update(await _router_metrics(prometheus_url, owner.name))
+        await _share_tier_latency(kube, owner, views, status)
+    return status
+
+
+async def _ensure_generated_tiers(
+    kube: Kube, owner: Owner, spec: InferenceCascadeSpec, observed: Observed | None
+) -> tuple[dict[str, Mapping[str, Any] | None], dict[str, str]]:
+    """Write the InferenceTiers the cascade's rungs generate and delete the ones it made for
+    rungs that are gone; returns what the API server holds for each written tier, and why each
+    tier that is not ours to write (an object of that name owned elsewhere) was left alone."""
     wanted = reconcile.generated_tiers(owner, spec)
     foreign: dict[str, str] = {}  # generated name -> why it is not ours to write
     live_tiers: dict[str, Mapping[str, Any] | None] = {}
@@ -222,7 +242,19 @@ async def _cascade_status(
             await kube.delete_owned(
                 names.API_VERSION, names.TIER_KIND, owner.namespace, name, owner.uid
             )
+    return live_tiers, foreign
 
+
+async def _tier_views(
+    kube: Kube,
+    owner: Owner,
+    spec: InferenceCascadeSpec,
+    live_tiers: Mapping[str, Mapping[str, Any] | None],
+    foreign: Mapping[str, str],
+    observed: Observed | None,
+) -> list[reconcile.TierView]:
+    """Each rung's tier as the status and the router see it: its readiness, variant and
+    Service, read from the watch's copies when there are any, else from the API server."""
     views = []
     for name, tier_class, threshold in reconcile.cascade_tier_names(owner.name, spec):
         if name in foreign:
@@ -242,10 +274,17 @@ async def _cascade_status(
             tier_live = observed.tier(owner.namespace, name) or live_tiers.get(name)
             service = observed.child("Service", owner.namespace, name)
         views.append(reconcile.tier_view(name, tier_class, threshold, tier_live, service))
-    plan = reconcile.plan_router(owner, spec, views, defaults)
+    return views
+
+
+async def _apply_router(
+    kube: Kube, children: Iterable[Mapping[str, Any]], observed: Observed | None
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    """Write the router's children; returns its Deployment as the API server holds it, and
+    why a child could not be written (owned elsewhere), so the status can say so."""
     router: Mapping[str, Any] | None = None
     router_conflict: str | None = None
-    for child in plan.apply:
+    for child in children:
         try:
             live = await _ensure(kube, child, observed)
         except OwnedElsewhere as exc:
@@ -253,24 +292,24 @@ async def _cascade_status(
             continue
         if child["kind"] == "Deployment":
             router = live
-    status = reconcile.cascade_status(
-        owner, spec, views, router, body.get("status"), generation, router_conflict
-    )
-    prometheus_url = defaults.cascade_prometheus_url(spec)
-    if prometheus_url:
-        status.update(await _router_metrics(prometheus_url, owner.name))
-        # Each tier shows its own latency too (the tier has no Prometheus URL of its own).
-        for view in views:
-            latency = status.get("observedLatency", {}).get(view.name)
-            if view.exists and latency:
-                await kube.patch_status(
-                    names.API_VERSION,
-                    names.TIER_KIND,
-                    owner.namespace,
-                    view.name,
-                    {"observedLatency": latency},
-                )
-    return status
+    return router, router_conflict
+
+
+async def _share_tier_latency(
+    kube: Kube, owner: Owner, views: Iterable[reconcile.TierView], status: Mapping[str, Any]
+) -> None:
+    """Each tier shows its own latency too: the tier has no Prometheus URL of its own, so
+    the cascade copies what it read into each existing tier's status."""
+    for view in views:
+        latency = status.get("observedLatency", {}).get(view.name)
+        if view.exists and latency:
+            await kube.patch_status(
+                names.API_VERSION,
+                names.TIER_KIND,
+                owner.namespace,
+                view.name,
+                {"observedLatency": latency},
+            )
 
 
 async def _router_metrics(url: str, cascade: str) -> dict[str, Any]:
