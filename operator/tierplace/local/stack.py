@@ -265,6 +265,40 @@ class Stack:
 
     async def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
+        tier_sups = self._start_tritons()
+        endpoints = await self._start_links()
+        router_port, grpc_port, prom_port = self._ports()
+        prom_url = f"http://127.0.0.1:{prom_port}"
+        config_path = self.spec.run_dir / "router.yaml"
+        config_path.write_text(
+            ROUTER_CONFIG_HEADER
+            + yaml.safe_dump(router_config(self.spec, endpoints, prom_url), sort_keys=False)
+        )
+        await asyncio.gather(*(self._supervisor.bring_up(sup) for sup in tier_sups))
+        await self._start_prometheus(router_port, prom_port)
+        self.router = _Router(
+            config_path, router_port, self.logs / "router.log", self.home, grpc_port
+        )
+        self.router.start()
+        without = "nothing answers requests without it: stopping the stack"
+        await self._supervisor.bring_up(self._watch("router", self.router, without, essential=True))
+        self._state = {
+            "router": self.router.url,
+            "grpc": f"127.0.0.1:{grpc_port}",
+            "cascade": CASCADE,
+            "prometheus": prom_url,
+            "dashboard": str(paths.dashboard_file()),
+            "config": str(config_path),
+            "tiers": {
+                tier.name: {"model": tier.model, "triton": t.http_url, "via": endpoint}
+                for tier, t, endpoint in zip(self.spec.tiers, self.tritons, endpoints, strict=True)
+            },
+        }
+        self._write_state()
+
+    def _start_tritons(self) -> list[Supervised]:
+        """Start one tritonserver per tier, all at once (loading is the slow part), each
+        supervised and saying what the stack loses without it; not yet waited for."""
         repo = paths.model_repository()
         names = [t.name for t in self.spec.tiers]
         tier_sups = []
@@ -286,20 +320,22 @@ class Stack:
                     f"tritonserver ({tier.name})", server, without, cleanup=_remove_leaked_shm
                 )
             )
-        endpoints = await self._start_links()
+        return tier_sups
+
+    def _ports(self) -> tuple[int, int, int]:
+        """The router's REST and gRPC ports and Prometheus's: as asked, else free ones; gRPC
+        defaults to the port after an explicit router port, as in the cluster."""
         router_port = self.spec.router_port or free_port()
         grpc_port = self.spec.grpc_port
         if grpc_port is None:
             grpc_port = self.spec.router_port + 1 if self.spec.router_port else 0
         grpc_port = grpc_port or free_port()
         prom_port = self.spec.prometheus_port or free_port()
-        prom_url = f"http://127.0.0.1:{prom_port}"
-        config_path = self.spec.run_dir / "router.yaml"
-        config_path.write_text(
-            ROUTER_CONFIG_HEADER
-            + yaml.safe_dump(router_config(self.spec, endpoints, prom_url), sort_keys=False)
-        )
-        await asyncio.gather(*(self._supervisor.bring_up(sup) for sup in tier_sups))
+        return router_port, grpc_port, prom_port
+
+    async def _start_prometheus(self, router_port: int, prom_port: int) -> None:
+        """Start Prometheus scraping every tritonserver and the router, with the chart's alert
+        rules; the stack serves on without it, on static thresholds."""
         targets = [
             ScrapeTarget("triton", f"127.0.0.1:{t.metrics_port}", {"tier": tier.name})
             for t, tier in zip(self.tritons, self.spec.tiers, strict=True)
@@ -315,25 +351,6 @@ class Stack:
         self.prometheus.start()
         without = "the router keeps answering with its static thresholds"
         await self._supervisor.bring_up(self._watch("prometheus", self.prometheus, without))
-        self.router = _Router(
-            config_path, router_port, self.logs / "router.log", self.home, grpc_port
-        )
-        self.router.start()
-        without = "nothing answers requests without it: stopping the stack"
-        await self._supervisor.bring_up(self._watch("router", self.router, without, essential=True))
-        self._state = {
-            "router": self.router.url,
-            "grpc": f"127.0.0.1:{grpc_port}",
-            "cascade": CASCADE,
-            "prometheus": prom_url,
-            "dashboard": str(paths.dashboard_file()),
-            "config": str(config_path),
-            "tiers": {
-                tier.name: {"model": tier.model, "triton": t.http_url, "via": endpoint}
-                for tier, t, endpoint in zip(self.spec.tiers, self.tritons, endpoints, strict=True)
-            },
-        }
-        self._write_state()
 
     def _write_state(self) -> None:
         """stack.json (once up): where everything is, and each child's pid and state."""
