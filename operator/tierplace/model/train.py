@@ -355,6 +355,54 @@ def exit_accuracy(
     return [round(c / len(data.labels), 4) for c in correct]
 
 
+def _distillation(
+    variant: str, cfg: TrainConfig, out_dir: Path, train: Encoded, train_rows: list[Example]
+) -> TrainConfig:
+    """Give ``train`` its teacher's logits when ``cfg`` names a teacher trained in
+    ``out_dir``'s parent; a missing teacher is warned about and dropped from the returned
+    config (the metadata must not claim a distillation that did not happen)."""
+    teacher_dir = out_dir.parent / cfg.teacher if cfg.teacher else None
+    if teacher_dir is not None and not (teacher_dir / artifacts.METADATA).exists():
+        log.warning(
+            "%s: teacher %s is not trained in %s; training without distillation "
+            "(train the teacher first, or pass --teacher none)",
+            variant,
+            cfg.teacher,
+            out_dir.parent,
+        )
+        cfg, teacher_dir = replace(cfg, teacher=None), None
+    if teacher_dir is not None:
+        log.info("%s: distilling from %s (%s)", variant, cfg.teacher, teacher_dir)
+        key = (str(teacher_dir.resolve()), len(train_rows))
+        if key not in _TEACHER_MEMO:  # `train --variant all` distils two students from one
+            _TEACHER_MEMO[key] = teacher_logits(teacher_dir, train_rows)
+        train.teacher_logits = _TEACHER_MEMO[key]
+    return cfg
+
+
+def _fit(
+    model: EarlyExitClassifier,
+    train: Encoded,
+    cfg: TrainConfig,
+    pad_id: int,
+    device: torch.device,
+    progress: bool,
+) -> float:
+    """Fine-tune, then (two-stage, or nothing fine-tuned) fit the exit heads on the frozen
+    backbone's features; returns the seconds it took, for the metadata."""
+    started = time.perf_counter()
+    if cfg.epochs > 0:
+        finetune(model, train, cfg, pad_id, device, progress)
+    if cfg.epochs == 0 or (cfg.schedule == "two-stage" and model.num_layers > 1):
+        subset = train.head(cfg.head_rows or len(train.ids))
+        feats, labels, teacher = pooled(model, subset, cfg, pad_id, device)
+        # The final exit was trained with the backbone, unless nothing was fine-tuned.
+        layers = model.num_layers if cfg.epochs == 0 else model.num_layers - 1
+        train_exit_heads(model, feats, labels, cfg, progress, teacher, layers)
+        model.exits.to(device)
+    return time.perf_counter() - started
+
+
 def train_variant(
     variant: str,
     out_dir: Path,
@@ -385,34 +433,8 @@ def train_variant(
     log.info(
         "%s: %d train / %d validation rows on %s", variant, len(train.ids), len(val.ids), device
     )
-    teacher_dir = out_dir.parent / cfg.teacher if cfg.teacher else None
-    if teacher_dir is not None and not (teacher_dir / artifacts.METADATA).exists():
-        log.warning(
-            "%s: teacher %s is not trained in %s; training without distillation "
-            "(train the teacher first, or pass --teacher none)",
-            variant,
-            cfg.teacher,
-            out_dir.parent,
-        )
-        cfg, teacher_dir = replace(cfg, teacher=None), None
-    if teacher_dir is not None:
-        log.info("%s: distilling from %s (%s)", variant, cfg.teacher, teacher_dir)
-        key = (str(teacher_dir.resolve()), len(train_rows))
-        if key not in _TEACHER_MEMO:  # `train --variant all` distils two students from one
-            _TEACHER_MEMO[key] = teacher_logits(teacher_dir, train_rows)
-        train.teacher_logits = _TEACHER_MEMO[key]
-
-    started = time.perf_counter()
-    if cfg.epochs > 0:
-        finetune(model, train, cfg, pad_id, device, progress)
-    if cfg.epochs == 0 or (cfg.schedule == "two-stage" and model.num_layers > 1):
-        subset = train.head(cfg.head_rows or len(train.ids))
-        feats, labels, teacher = pooled(model, subset, cfg, pad_id, device)
-        # The final exit was trained with the backbone, unless nothing was fine-tuned.
-        layers = model.num_layers if cfg.epochs == 0 else model.num_layers - 1
-        train_exit_heads(model, feats, labels, cfg, progress, teacher, layers)
-        model.exits.to(device)
-    seconds = time.perf_counter() - started
+    cfg = _distillation(variant, cfg, out_dir, train, train_rows)
+    seconds = _fit(model, train, cfg, pad_id, device, progress)
     accuracy = exit_accuracy(model, val, cfg, pad_id, device)
 
     meta = artifacts.VariantMetadata(
