@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml requirements-packaged.txt scripts/install-system-deps.s
 	echo "$(CURDIR)/e2e" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tierplace-harness.pth"
 	touch $(STAMP)
 
-# ruff, then the layers of docs/architecture.md as import-linter contracts (pyproject.toml).
+# ruff, then the layers of docs/architecture.md as import-linter contracts (pyproject.toml),
+# then no function over 60 lines (scripts/check_function_length.py).
 lint: setup
 	$(BIN)/ruff check operator tests e2e
 	$(BIN)/ruff format --check operator tests e2e
 	PYTHONPATH=operator:e2e $(BIN)/lint-imports
+	$(BIN)/python scripts/check_function_length.py
 
 typecheck: setup
 	$(BIN)/mypy

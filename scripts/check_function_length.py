@@ -16,17 +16,6 @@ from pathlib import Path
 LIMIT = 60
 ROOTS = ("operator/tierplace", "e2e/tierplace_harness")
 
-# Temporary: the lead is splitting the evaluation package's long functions now (issue 15 §3)
-# and removes each entry once its function is under LIMIT. Keyed by (path, function name);
-# nothing else may be added.
-ALLOWED = {
-    ("operator/tierplace/evaluation/simulate.py", "simulate"),
-    ("operator/tierplace/evaluation/tables.py", "build_tables"),
-    # 61 lines since d868e8b (Learn-then-Test calibration), committed after the two above
-    # were listed; the lead's package, so it waits for the lead's split too.
-    ("operator/tierplace/evaluation/calibrate.py", "calibrate"),
-}
-
 
 def long_functions(path: Path) -> list[tuple[int, str, int]]:
     """(line, name, length) of every function in ``path`` longer than LIMIT lines."""
@@ -42,18 +31,11 @@ def long_functions(path: Path) -> list[tuple[int, str, int]]:
 
 def main(root: Path) -> int:
     failures = []
-    allowed_seen = set()
     for top in ROOTS:
         for path in sorted((root / top).rglob("*.py")):
             rel = path.relative_to(root).as_posix()
             for line, name, length in long_functions(path):
-                if (rel, name) in ALLOWED:
-                    allowed_seen.add((rel, name))
-                else:
-                    failures.append(f"{rel}:{line}: {name} is {length} lines (limit {LIMIT})")
-    for rel, name in sorted(ALLOWED - allowed_seen):
-        if (root / rel).exists():
-            print(f"note: {rel} {name} is within {LIMIT} lines now: remove it from ALLOWED")
+                failures.append(f"{rel}:{line}: {name} is {length} lines (limit {LIMIT})")
     for failure in failures:
         print(failure)
     if failures:

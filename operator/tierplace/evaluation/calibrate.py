@@ -336,20 +336,7 @@ def calibrate(
     best: Setting = rows[chosen].value
     three = [i for i, r in enumerate(rows) if len(r.value.tiers) == 3]
     three_tier = best if len(best.tiers) == 3 else _best_of(rows, three, test, target)
-    baselines: dict[str, float] = {}
-    baseline_certs: dict[str, Certificate] = {}
-    builders: tuple[tuple[str, Callable[[Any], System], Sequence[float]], ...] = (
-        ("cloud_exit", lambda c: cloud_only(net, costs, c), CLOUD_EXITS),
-        ("sedna", lambda t: sedna(t, net, costs), SEDNA_THRESHOLDS),
-    )
-    for name, build, values in builders:
-        b_rows = _score(build, values, tables, costs, reference, learn)
-        b, _, b_test = _choose(b_rows, target, n)
-        baselines[name] = float(b_rows[b].value)
-        if b_test is not None:
-            b_out = simulate(build(b_rows[b].value), tables, costs)
-            b_dis = float((b_out.label != reference.label).mean())
-            baseline_certs[name] = _certificate(b_test, b, b_rows, b_dis)
+    baselines, baseline_certs = _baselines(tables, costs, target, net, reference, learn)
     out = simulate(full(best, net, costs), tables, costs)
     certificate = (
         _certificate(test, chosen, rows, float((out.label != reference.label).mean()))
@@ -373,6 +360,34 @@ def calibrate(
         points=tuple(Point(r.value, r.accuracy, r.mean_latency_s) for r in rows),
         certified=tuple(int(i) for i in test.certified) if test is not None else (),
     )
+
+
+def _baselines(
+    tables: TableSet,
+    costs: Mapping[str, TierCost],
+    target: Target,
+    net: Network,
+    reference: Outcome,
+    learn: npt.NDArray[np.int64],
+) -> tuple[dict[str, float], dict[str, Certificate]]:
+    """The cloud's early-exit threshold and Sedna's filter threshold, chosen for the same
+    target by the same procedure, with their certificates (none for a latency budget)."""
+    n = len(tables.labels)
+    thresholds: dict[str, float] = {}
+    certificates: dict[str, Certificate] = {}
+    builders: tuple[tuple[str, Callable[[Any], System], Sequence[float]], ...] = (
+        ("cloud_exit", lambda c: cloud_only(net, costs, c), CLOUD_EXITS),
+        ("sedna", lambda t: sedna(t, net, costs), SEDNA_THRESHOLDS),
+    )
+    for name, build, values in builders:
+        rows = _score(build, values, tables, costs, reference, learn)
+        chosen, _, test = _choose(rows, target, n)
+        thresholds[name] = float(rows[chosen].value)
+        if test is not None:
+            out = simulate(build(rows[chosen].value), tables, costs)
+            disagreement = float((out.label != reference.label).mean())
+            certificates[name] = _certificate(test, chosen, rows, disagreement)
+    return thresholds, certificates
 
 
 def _best_of(

@@ -171,6 +171,40 @@ def _path(system: System, i: int) -> tuple[float, float]:
     return rtt, spb
 
 
+def _exits(
+    tier: SimTier, table: TierTable
+) -> tuple[IntArray, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per request at ``tier``: the exit it leaves at (0-based; the first whose confidence
+    passes, else the last allowed), and that exit's probabilities and confidence."""
+    n = table.probs.shape[0]
+    conf_all = _confidence_of(table, tier.exit_metric)  # [N, E]
+    last = min(table.num_exits, tier.max_exit or table.num_exits) - 1
+    passed = conf_all[:, : last + 1] >= np.float32(tier.exit_threshold)
+    passed[:, last] = True
+    exit_idx = passed.argmax(axis=1)
+    rows = np.arange(n)
+    probs = table.probs[rows, exit_idx].astype(np.float64)
+    conf = conf_all[rows, exit_idx].astype(np.float64)
+    return exit_idx, probs, conf
+
+
+def _offloads(
+    system: System,
+    i: int,
+    pol: TierPolicy,
+    conf: npt.NDArray[np.float64],
+    active: npt.NDArray[np.bool_],
+    elapsed: FloatArray,
+) -> npt.NDArray[np.bool_]:
+    """Which active requests tier ``i`` sends up: unsure, and the next tier's expected
+    latency still fits the budget (``effective_thresholds`` with a stale snapshot)."""
+    lo, hi = pol.threshold_bounds
+    threshold = min(max(pol.offload_threshold, lo), hi)
+    need = system.tiers[i + 1].expected_latency_s
+    out: npt.NDArray[np.bool_] = active & (conf < threshold) & (need <= system.budget_s - elapsed)
+    return out
+
+
 def simulate(system: System, tables: TableSet, costs: Mapping[str, TierCost]) -> Outcome:
     """The whole split through ``system`` with static thresholds (stale metrics)."""
     n = len(tables.labels)
@@ -192,14 +226,7 @@ def simulate(system: System, tables: TableSet, costs: Mapping[str, TierCost]) ->
         if fused.shape[1] != table.probs.shape[2]:
             fused = np.zeros((n, table.probs.shape[2]))
             last_probs = np.zeros_like(fused)
-        conf_all = _confidence_of(table, tier.exit_metric)  # [N, E]
-        last = min(table.num_exits, tier.max_exit or table.num_exits) - 1
-        passed = conf_all[:, : last + 1] >= np.float32(tier.exit_threshold)
-        passed[:, last] = True
-        exit_idx = passed.argmax(axis=1)
-        rows = np.arange(n)
-        probs = table.probs[rows, exit_idx].astype(np.float64)
-        conf = conf_all[rows, exit_idx].astype(np.float64)
+        exit_idx, probs, conf = _exits(tier, table)
         rtt, spb = _path(system, i)
         call = (
             rtt + table.in_bytes * spb + costs[tier.variant].seconds(exit_idx + 1, table.num_tokens)
@@ -215,14 +242,11 @@ def simulate(system: System, tables: TableSet, costs: Mapping[str, TierCost]) ->
         fused = np.where(active[:, None], fused + w * probs, fused)
         wsum = np.where(active, wsum + w, wsum)
         last_probs = np.where(active[:, None], probs, last_probs)
-        if i + 1 < len(tiers):
-            threshold = pol.offload_threshold  # effective_thresholds with a stale snapshot
-            lo, hi = pol.threshold_bounds
-            threshold = min(max(threshold, lo), hi)
-            need = tiers[i + 1].expected_latency_s
-            offload = active & (conf < threshold) & (need <= system.budget_s - elapsed)
-        else:
-            offload = np.zeros(n, dtype=bool)
+        offload = (
+            _offloads(system, i, pol, conf, active, elapsed)
+            if i + 1 < len(tiers)
+            else np.zeros(n, dtype=bool)
+        )
         stop = active & ~offload
         answer_tier[stop] = i
         answer_exit[stop] = exit_idx[stop] + 1

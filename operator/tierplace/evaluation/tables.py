@@ -230,24 +230,11 @@ def build_tables(
     tables: dict[tuple[str, str], TierTable] = {}
     bar = _bar(progress, split)
     runners: dict[str, _Runner] = {}
-
-    def runner(v: str) -> _Runner:
-        if v not in runners:
-            runners[v] = _Runner(v)
-        return runners[v]
-
     # inputs[(tier index, source)] -> what that tier receives
     inputs: dict[tuple[int, str], list[TierInput]] = {
         (i, "text"): originals for i in range(len(variants))
     }
-    chains: list[tuple[int, str, float | None]] = []  # (tier, source, keep ratio of the chain)
-    for i in range(len(variants)):
-        chains.append((i, "text", None))
-        if i > 0:
-            for k in keep_ratios:
-                if k < 1.0:
-                    chains.append((i, source_key([(v, k) for v in variants[:i]]), k))
-    for i, source, chain_keep in chains:
+    for i, source, chain_keep in _chains(variants, keep_ratios):
         variant = variants[i]
         nxt = variants[i + 1] if i + 1 < len(variants) else None
         sends = [
@@ -260,30 +247,63 @@ def build_tables(
         if path.exists():
             table, payloads = _load(path, variant, source)
         else:
-            r = runner(variant)
-            feed = inputs[(i, source)]
-            ids = r.prepared_ids(feed)
-            started = time.perf_counter()
-            probs, importance = r.run(ids, on_batch=bar(f"{variant}@{source}", n))
-            log.info("%s@%s: %d rows in %.1f s", variant, source, n, time.perf_counter() - started)
-            table = TierTable(
-                variant,
-                source,
-                probs,
-                np.asarray([len(s) for s in ids], dtype=np.int64),
-                np.asarray([x.nbytes for x in feed], dtype=np.int64),
+            if variant not in runners:
+                runners[variant] = _Runner(variant)
+            table, payloads = _run_table(
+                runners[variant], source, inputs[(i, source)], nxt, sends, originals, bar
             )
-            payloads = {}
-            if nxt is not None:
-                upper_family = VARIANTS[nxt].tokenizer if nxt in VARIANTS else nxt
-                # Only the chains this input continues: one keep ratio at every boundary.
-                for k in sends:
-                    payloads[k] = _pruned(r, upper_family, ids, importance, k, originals)
             _save(path, table, payloads)
         tables[(variant, source)] = table
         for k, sent in payloads.items():
             inputs[(i + 1, source_key([(v, k) for v in variants[: i + 1]]))] = sent
     return TableSet(split, labels, tables)
+
+
+def _chains(
+    variants: Sequence[str], keep_ratios: Sequence[float]
+) -> list[tuple[int, str, float | None]]:
+    """Every (tier, source, keep ratio of its chain) a table is needed for: each tier on the
+    original text, and each upper tier on what the tiers below sent at one keep ratio."""
+    chains: list[tuple[int, str, float | None]] = []
+    for i in range(len(variants)):
+        chains.append((i, "text", None))
+        if i > 0:
+            for k in keep_ratios:
+                if k < 1.0:
+                    chains.append((i, source_key([(v, k) for v in variants[:i]]), k))
+    return chains
+
+
+def _run_table(
+    r: _Runner,
+    source: str,
+    feed: list[TierInput],
+    nxt: str | None,
+    sends: Sequence[float],
+    originals: list[TierInput],
+    bar: Callable[[str, int], Callable[[int], None] | None],
+) -> tuple[TierTable, dict[float, list[TierInput]]]:
+    """One variant over its inputs: every exit's probabilities, and the pruned inputs it
+    sends the next tier at each keep ratio of ``sends``."""
+    n = len(feed)
+    ids = r.prepared_ids(feed)
+    started = time.perf_counter()
+    probs, importance = r.run(ids, on_batch=bar(f"{r.variant}@{source}", n))
+    log.info("%s@%s: %d rows in %.1f s", r.variant, source, n, time.perf_counter() - started)
+    table = TierTable(
+        r.variant,
+        source,
+        probs,
+        np.asarray([len(s) for s in ids], dtype=np.int64),
+        np.asarray([x.nbytes for x in feed], dtype=np.int64),
+    )
+    payloads: dict[float, list[TierInput]] = {}
+    if nxt is not None:
+        upper_family = VARIANTS[nxt].tokenizer if nxt in VARIANTS else nxt
+        # Only the chains this input continues: one keep ratio at every boundary.
+        for k in sends:
+            payloads[k] = _pruned(r, upper_family, ids, importance, k, originals)
+    return table, payloads
 
 
 def _bar(enabled: bool, split: str) -> Callable[[str, int], Callable[[int], None] | None]:
