@@ -62,8 +62,10 @@ run: setup
 train: setup
 	$(BIN)/tierplace train --variant all
 
+# Per-exit accuracy and latency of each variant (~15 min): docs/results/models.json, and
+# docs/models.md's per-exit table and docs/img/models.png generated from it.
 bench: setup
-	$(BIN)/tierplace bench-models
+	$(BIN)/tierplace bench-models --results docs/results/models.json
 
 # Router overhead per hop vs calling Triton directly and vs a reference aiohttp relay (REST and
 # gRPC), behind a tiny variant (Triton has headroom, so the difference is the hop's own); writes
@@ -75,7 +77,8 @@ bench-router: setup
 
 # The cascade against its baselines, live on the test split (docs/benchmarks.md; ~25 min).
 bench-cascade: setup
-	$(BIN)/tierplace bench --out-dir bench-results --docs-dir docs/benchmarks
+	$(BIN)/tierplace bench --out-dir bench-results --docs-dir docs/benchmarks \
+		--results docs/results/cascade.json
 
 # Thresholds certified on the validation split: P(harm rate <= 2.5%) >= 90% (Learn-then-Test).
 calibrate: setup

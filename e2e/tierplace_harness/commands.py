@@ -85,6 +85,18 @@ def _register_cascade(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     b.add_argument("--load-requests", type=int, default=300)
     b.add_argument("--slow-requests", type=int, default=300)
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="also write the JSON here; docs/results/cascade.json (make bench-cascade) also "
+        "regenerates docs/benchmarks.md's results",
+    )
+    b.add_argument(
+        "--render-only",
+        action="store_true",
+        help="only regenerate docs/benchmarks.md's results from docs/results/cascade.json",
+    )
     b.set_defaults(func=_bench_cascade)
 
 
@@ -122,6 +134,18 @@ def _register_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     bench.add_argument("--out", type=Path, default=Path("bench-results"))
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--no-triton", action="store_true", help="in-process numbers only")
+    bench.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="also write the JSON here; docs/results/models.json (make bench) also regenerates "
+        "docs/models.md's per-exit table and plot",
+    )
+    bench.add_argument(
+        "--render-only",
+        action="store_true",
+        help="only regenerate docs/models.md's per-exit table from docs/results/models.json",
+    )
     bench.set_defaults(func=_bench_models)
 
 
@@ -159,9 +183,13 @@ def _register_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def _bench_cascade(args: argparse.Namespace) -> int:
     from tierplace.evaluation.commands import parse_keep_ratios
-    from tierplace_harness.bench.cascade import BenchOptions, run
+    from tierplace_harness.bench.cascade import BenchOptions, render, run
 
+    if args.render_only:
+        render()
+        return 0
     opts = BenchOptions(
+        results=args.results,
         out_dir=args.out_dir,
         docs_dir=args.docs_dir,
         limit=args.limit,
@@ -211,9 +239,14 @@ def _bench_router(args: argparse.Namespace) -> int:
 
 
 def _bench_models(args: argparse.Namespace) -> int:
-    from tierplace_harness.bench.models import run
+    from tierplace_harness.bench.models import render_per_exit, run
 
-    return run(args.variant or list(VARIANTS), args.out, args.repeats, not args.no_triton)
+    if args.render_only:
+        render_per_exit()
+        return 0
+    return run(
+        args.variant or list(VARIANTS), args.out, args.repeats, not args.no_triton, args.results
+    )
 
 
 def _bench_operator(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""docs/models.md's Triton breakdown is generated from the committed bench JSON
-(`python -m tierplace_harness.bench.models --render-only` regenerates it): they must agree,
+"""docs/models.md's per-exit table and Triton breakdown are generated from the committed bench
+JSONs (`tierplace bench-models --render-only` and `python -m tierplace_harness.bench.models
+--render-only` regenerate them): they must agree,
 and the committed model repository must run the batcher delay that was measured as "after"."""
 
 from __future__ import annotations
@@ -9,7 +10,21 @@ import re
 
 from tierplace import paths
 from tierplace_harness import generated
-from tierplace_harness.bench.models import BEGIN, BREAKDOWN, DOC, END, markdown
+from tierplace_harness.bench.models import (
+    BEGIN,
+    BREAKDOWN,
+    DOC,
+    END,
+    PER_EXIT,
+    PER_EXIT_BEGIN,
+    PER_EXIT_END,
+    README,
+    README_BEGIN,
+    README_END,
+    markdown,
+    per_exit_markdown,
+    readme_models_markdown,
+)
 
 
 def test_the_models_page_is_the_committed_breakdown() -> None:
@@ -17,6 +32,37 @@ def test_the_models_page_is_the_committed_breakdown() -> None:
         "docs/models.md disagrees with docs/results/triton-breakdown.json: run "
         "`python -m tierplace_harness.bench.models --render-only`"
     )
+
+
+def test_the_per_exit_table_is_the_committed_bench() -> None:
+    results = json.loads(PER_EXIT.read_text())
+    assert generated.section(DOC, PER_EXIT_BEGIN, PER_EXIT_END) == per_exit_markdown(results), (
+        "docs/models.md's per-exit table disagrees with docs/results/models.json: run "
+        "`tierplace bench-models --render-only`"
+    )
+    assert generated.section(README, README_BEGIN, README_END) == readme_models_markdown(results), (
+        "README.md's model family disagrees with docs/results/models.json"
+    )
+    # every exit of every variant has its accuracy and both batch sizes, in process and Triton
+    for variant, r in results["variants"].items():
+        exits = {str(k) for k in range(1, len(r["exit_accuracy"]) + 1)}
+        for source in ("in_process", "triton"):
+            for batch in ("1", "8"):
+                assert set(r[source][batch]) == exits, (variant, source, batch)
+
+
+def test_the_variant_catalogue_agrees_with_the_committed_measurement() -> None:
+    """Placement and the router's prior use the catalogue's size and latency; a retrained or
+    re-measured variant that moved them leaves this failing until the catalogue follows."""
+    from tierplace.api.variants import VARIANTS
+
+    results = json.loads(PER_EXIT.read_text())["variants"]
+    for name, profile in VARIANTS.items():
+        measured = results[name]
+        assert profile.params_m == round(measured["params"] / 1e6, 1), name
+        last = str(len(measured["exit_accuracy"]))
+        in_process_ms = measured["in_process"]["1"][last]
+        assert abs(profile.latency_ms - in_process_ms) <= 0.15 * in_process_ms, name
 
 
 def test_the_committed_repository_runs_the_measured_queue_delay() -> None:

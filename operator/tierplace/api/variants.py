@@ -33,7 +33,9 @@ class VariantProfile:
     Python-backend stub and torch; measured RSS of the stub plus ~40 MiB of tritonserver, on
     CPU); placement compares it with a node's allocatable memory. ``latency_ms`` is the
     measured CPU latency of a full (no early exit) batch-1 forward on one thread, in process
-    (docs/models.md), the placement's latency check and the router's prior.
+    (docs/models.md), the placement's latency check and the router's prior. ``params_m``
+    counts the exit heads too, as ``tierplace train`` does. Both are checked against the
+    committed measurement, docs/results/models.json (tests/model/test_breakdown_doc.py).
     """
 
     name: str
@@ -56,7 +58,7 @@ VARIANTS: dict[str, VariantProfile] = {
             tokenizer="bert-uncased",
             num_layers=2,
             hidden_size=384,
-            params_m=12.8,
+            params_m=15.8,
             memory_mib=500,
             latency_ms=6.2,
             default_tier=TierClass.DEVICE,
@@ -67,7 +69,7 @@ VARIANTS: dict[str, VariantProfile] = {
             tokenizer="bert-uncased",
             num_layers=6,
             hidden_size=384,
-            params_m=22.7,
+            params_m=23.5,
             memory_mib=530,
             latency_ms=16.6,
             default_tier=TierClass.EDGE,
@@ -78,7 +80,7 @@ VARIANTS: dict[str, VariantProfile] = {
             tokenizer="mpnet",
             num_layers=12,
             hidden_size=768,
-            params_m=109.5,
+            params_m=116.0,
             memory_mib=900,
             latency_ms=99.8,
             default_tier=TierClass.CLOUD,
