@@ -97,5 +97,5 @@ def test_bench_models_writes_json_table_and_plot(tiny_model_home: Path, tmp_path
         for batch in ("1", "8"):
             assert set(entry[source][batch]) == {"1", "2"}
             assert all(v > 0 for v in entry[source][batch].values())
-    assert "| minilm-l2 | 2 |" in (out / "models.md").read_text()
+    assert "| `minilm-l2` | 2 |" in (out / "models.md").read_text()
     assert (out / "models.png").stat().st_size > 1000
