@@ -395,7 +395,8 @@ def _best_of(
 ) -> Setting | None:
     """The fastest of ``among`` that the same test certified (or that fits the budget)."""
     if test is not None:
-        ok = [i for i in among if i in set(test.certified.tolist())]
+        certified = set(test.certified.tolist())
+        ok = [i for i in among if i in certified]
     else:
         assert target.latency_budget_s is not None
         ok = [i for i in among if rows[i].mean_latency_s <= target.latency_budget_s]
