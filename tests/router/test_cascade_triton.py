@@ -83,7 +83,8 @@ async def test_confident_device_answers_and_unconfident_offloads_to_the_top(
     assert body["parameters"]["reason"] == "Confident"
     assert body["parameters"]["path"] == "device"
 
-    up = CascadeService(cascade_config(_ladder(lower, cloud), tier=OFFLOAD_ALWAYS))
+    # The call timeout as budget: a loaded machine's slow calls must not answer early.
+    up = CascadeService(cascade_config(_ladder(lower, cloud), tier=OFFLOAD_ALWAYS, budget="5s"))
     async with running_router(up) as client:
         body = await _classify(client)
         text = await (await client.get("/metrics")).text()
@@ -109,6 +110,7 @@ async def test_fusion_is_the_weighted_average_of_the_tiers_answers(
         names=("device", "edge"),
         tier={**OFFLOAD_ALWAYS, "keep_ratio": 1.0},
         per_tier=[{"fusion_weight": 1}, {"fusion_weight": 3}],
+        budget="5s",  # never BudgetExhausted at the device on a loaded machine
     )
     async with running_router(CascadeService(cfg)) as client:
         body = await _classify(client)
