@@ -116,6 +116,45 @@ class TierConfig(_Frozen):
         )
 
 
+class OnlineCalibrationConfig(_Frozen):
+    """Label-free online calibration of the offload thresholds (docs/online-calibration.md).
+
+    Off unless enabled: shadow calls spend top-tier capacity, and the offline certificate
+    already holds while traffic looks like the data it was calibrated on.
+    """
+
+    enabled: bool = False
+    target: float = Field(
+        0.02,
+        gt=0.0,
+        lt=1.0,
+        description="bound on the share of requests answered below the top tier that the top "
+        "tier would have answered differently (it bounds the harm: wrong where the top is right)",
+    )
+    confidence: float = Field(
+        0.9, ge=0.5, lt=1.0, description="probability that the bound holds (1 - delta)"
+    )
+    shadow_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=0.5,
+        description="share of requests answered below the top tier also sent to the top tier, "
+        "off the request's path, to compare the answers",
+    )
+    window: int = Field(
+        4000, ge=100, le=1_000_000, description="the latest requests the estimate is made on"
+    )
+    bands: int = Field(
+        20,
+        ge=2,
+        le=100,
+        description="threshold candidates per tier, evenly spaced over its threshold_bounds",
+    )
+    max_shadow_in_flight: int = Field(
+        4, ge=1, description="shadow calls in flight at most; past it a shadow is skipped"
+    )
+
+
 class CascadeConfig(_Frozen):
     """One cascade: the ordered ladder of tiers answering one model's requests."""
 
@@ -140,12 +179,18 @@ class CascadeConfig(_Frozen):
         1, ge=1, description="consecutive failed calls to a tier that open its breaker"
     )
     max_batch: int = Field(32, ge=1, description="texts per request")
+    online_calibration: OnlineCalibrationConfig = OnlineCalibrationConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> CascadeConfig:
         names = [t.name for t in self.tiers]
         if len(set(names)) != len(names):
             raise ValueError(f"cascade {self.name}: tier names must be unique: {names}")
+        if self.online_calibration.enabled and len(self.tiers) < 2:
+            raise ValueError(
+                f"cascade {self.name}: online_calibration needs a tier below the top one; "
+                "a one-tier cascade has no threshold to calibrate"
+            )
         return self
 
     def policies(self) -> tuple[TierPolicy, ...]:

@@ -47,6 +47,7 @@ class RouterMetrics:
         self._add_tier_output_metrics(self.registry)
         self._add_door_and_policy_metrics(self.registry)
         self._add_fault_metrics(self.registry)
+        self._add_online_metrics(self.registry)
 
     def _add_answer_metrics(self, r: CollectorRegistry) -> None:
         """How each request was answered: latency, the answering tier and reason, offloads."""
@@ -178,6 +179,37 @@ class RouterMetrics:
         self.tier_open = Gauge(
             f"{PREFIX}_tier_open",
             "1 while a tier's breaker is open or half-open (docs/faults.md), else 0.",
+            ["cascade", "tier"],
+            registry=r,
+        )
+
+    def _add_online_metrics(self, r: CollectorRegistry) -> None:
+        """Label-free online calibration (docs/online-calibration.md): the shadow calls, the
+        disagreement with the top tier they measure, and the thresholds it certifies."""
+        self.shadow_calls = Counter(
+            f"{PREFIX}_shadow_calls_total",
+            "Shadow calls to the top tier for a request answered below it, by the answering "
+            "tier and outcome (agree, disagree, failed, skipped).",
+            ["cascade", "tier", "outcome"],
+            registry=r,
+        )
+        self.online_disagreement = Gauge(
+            f"{PREFIX}_online_disagreement",
+            "Share of the window's requests answered at the tier and answered differently by "
+            "the top tier, at the threshold in force: estimate, and its upper confidence bound.",
+            ["cascade", "tier", "statistic"],
+            registry=r,
+        )
+        self.online_threshold = Gauge(
+            f"{PREFIX}_online_threshold",
+            "Offload threshold set by online calibration (the offline one until evidence moves "
+            "it); live latency adaptation may still raise it.",
+            ["cascade", "tier"],
+            registry=r,
+        )
+        self.online_pairs = Gauge(
+            f"{PREFIX}_online_pairs",
+            "Answers of the tier compared with the top tier's, in the window.",
             ["cascade", "tier"],
             registry=r,
         )
