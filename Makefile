@@ -10,7 +10,8 @@ STAMP := $(VENV)/.tierplace-setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-packaged.txt scripts/install-system-deps.sh
+$(STAMP): pyproject.toml requirements-packaged.txt scripts/install-system-deps.sh \
+		scripts/fetch-domain-data.sh
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml requirements-packaged.txt scripts/install-system-deps.s
 	# The harness package (e2e/tierplace_harness: control plane, benchmarks) is never in the
 	# wheel; the checkout's virtualenv sees it through a .pth file (`tierplace bench...`).
 	echo "$(CURDIR)/e2e" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tierplace-harness.pth"
+	# Off-domain text for the domain-shift replay (issue 18): the VADER snippets inside the
+	# vaderSentiment sdist, sha256-verified, extracted into ~/.cache/tierplace/data (once).
+	PIP=$(BIN)/pip bash scripts/fetch-domain-data.sh >/dev/null
 	touch $(STAMP)
 
 # ruff, then the layers of docs/architecture.md as import-linter contracts (pyproject.toml),
