@@ -1,0 +1,320 @@
+"""Label-free online calibration: the offload thresholds the top tier's own answers certify
+on the latest traffic (docs/online-calibration.md).
+
+Offline calibration certifies thresholds on labelled data that looks like the training data.
+When the traffic drifts off that domain the lower tiers' confidence drops, and a fixed
+threshold then offloads nearly everything (slow) or, worse, keeps answering badly (wrong).
+Labels never arrive online, but the top tier's answer does: where a lower tier's answer
+differs from the top tier's, the cascade is at best as right as the top tier, so the rate of
+such *disagreements* bounds the harm (wrong where the top tier is right) without a label.
+
+What is estimated, per tier ``i`` below the top and per threshold candidate ``t`` (the edges
+of ``bands`` equal bands over the tier's threshold bounds): the share ``D_i(t)`` of the
+window's ``N`` requests that tier ``i`` would answer at ``t`` and the top tier would answer
+differently. The requests reaching tier ``i`` fall in two strata:
+
+- those that *climbed* to the top tier: the top's answer is known, so all of them are
+  compared with tier ``i``;
+- those *answered below* the top: each is sent to the top as well, off the request's path,
+  with probability ``shadow_share`` (a *shadow call*). Those compared are a uniform random
+  sample of the stratum, whatever the request, so their disagreement rate gets an exact
+  binomial (Clopper-Pearson) bound.
+
+    D_i(t) = P(climbed, disagree) + P(answered below) * P(disagree | answered below),
+
+all with tier ``i``'s confidence at or above ``t``; each factor gets an exact binomial bound
+from the window (:func:`bounds_from_band_up`).
+
+The guarantee (for a new request exchangeable with the window's): with probability at least
+``confidence``, every certified threshold has ``D_i <= target / (tiers - 1)``, so the
+cascade's disagreement with the top tier, a bound on its harm, is at most ``target``.
+Candidates are tested from the safest (highest) down and certification stops at the first
+that fails (fixed-sequence testing), so the many candidates cost no multiplicity; the level
+is split between the tiers (Bonferroni).
+
+The rule per tier: the lowest certified threshold at or below the offline one is used
+(loosen only on evidence). Otherwise the offline threshold stays, unless the lower bound at
+it already exceeds the tier's share of the target (evidence that it is wrong on this
+traffic): then the lowest certified threshold, or the top of the bounds (offload everything)
+when none is, applies at once.
+
+Pure: counts in, thresholds out; the caller supplies the randomness and the top tier's
+answers. ``scipy.special`` is imported on first use, so a router without online calibration
+never loads it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from tierplace.router.policy import TierPolicy
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Certify again after this many new requests: often enough to follow a shift within a
+#: fraction of a window, rarely enough that the bound's cost (one vectorised call) is noise.
+UPDATE_EVERY = 50
+
+
+class Basis(StrEnum):
+    """Why a tier's threshold is what it is; a label in logs and the status."""
+
+    OFFLINE = "Offline"  # no online evidence moves it: the offline certificate stands
+    CERTIFIED = "Certified"  # the window certifies a threshold at or below the offline one
+    REFUTED = "Refuted"  # the window shows the offline threshold breaks the target: tightened
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    """The online policy of one cascade (router config ``online_calibration``)."""
+
+    target: float = 0.02
+    confidence: float = 0.9
+    shadow_share: float = 0.05
+    window: int = 4000
+    bands: int = 20
+
+
+@dataclass(frozen=True)
+class TierVerdict:
+    """One tier's threshold in force and the window's evidence at it."""
+
+    threshold: float
+    basis: Basis
+    estimate: float  # D_i at the threshold, point estimate
+    bound: float  # D_i at the threshold, upper confidence bound
+    pairs: int  # comparisons with the top tier in the window
+
+
+@dataclass
+class _Tier:
+    """Windowed counts of one tier below the top, per band: the climbed stratum (compared
+    in full) and the answered-below stratum (compared where shadowed)."""
+
+    edges: FloatArray  # bands + 1 edges over the threshold bounds
+    climbed: npt.NDArray[np.int64]
+    climbed_pairs: npt.NDArray[np.int64]
+    climbed_disagree: npt.NDArray[np.int64]
+    below: npt.NDArray[np.int64]
+    below_pairs: npt.NDArray[np.int64]
+    below_disagree: npt.NDArray[np.int64]
+
+    def count(self, band: int, climbed: bool, step: int) -> None:
+        (self.climbed if climbed else self.below)[band] += step
+
+    def pair(self, band: int, climbed: bool, disagree: bool, step: int) -> None:
+        if climbed:
+            self.climbed_pairs[band] += step
+            self.climbed_disagree[band] += step * int(disagree)
+        else:
+            self.below_pairs[band] += step
+            self.below_disagree[band] += step * int(disagree)
+
+    @property
+    def pairs(self) -> int:
+        return int(self.climbed_pairs.sum() + self.below_pairs.sum())
+
+
+#: One request in the window: its number, its band at each tier below the top (-1 under the
+#: bounds, None where not reached) and whether it climbed to the top.
+_Request = tuple[int, tuple[int | None, ...], bool]
+
+
+class OnlineCalibrator:
+    """The windowed evidence of one cascade and the thresholds it certifies."""
+
+    def __init__(
+        self, tiers: Sequence[TierPolicy], settings: OnlineSettings, rng: random.Random
+    ) -> None:
+        if len(tiers) < 2:
+            raise ValueError("online calibration needs a tier below the top one")
+        self.settings = settings
+        self.offline = tuple(tiers)
+        self._rng = rng
+        self._tiers = [self._new_tier(t, settings.bands) for t in tiers[:-1]]
+        self._requests: deque[_Request] = deque()
+        self._pairs: deque[tuple[int, int, int, bool, bool]] = deque()  # seq tier band climbed dis
+        self._seq = 0
+        self.verdicts: tuple[TierVerdict, ...] = tuple(
+            TierVerdict(t.lowest_threshold, Basis.OFFLINE, 0.0, 1.0, 0) for t in tiers[:-1]
+        )
+
+    @staticmethod
+    def _new_tier(policy: TierPolicy, bands: int) -> _Tier:
+        low, high = policy.threshold_bounds
+        edges = np.linspace(low, high, bands + 1)
+        return _Tier(edges, *(np.zeros(bands, dtype=np.int64) for _ in range(6)))
+
+    @property
+    def top(self) -> int:
+        return len(self._tiers)
+
+    # --- evidence ---------------------------------------------------------------------------
+
+    def observe(self, confidences: Sequence[float]) -> tuple[int, bool]:
+        """A request answered without fault; ``confidences`` of the tiers it reached, lowest
+        first (the top tier's too when it got there). Returns the request's number for
+        :meth:`compare`, and whether to shadow it: always False for a request that climbed
+        (compare every tier below the top with the top's answer now), else True with
+        probability ``shadow_share`` (compare the tiers it reached once the top answers)."""
+        self._seq += 1
+        climbed = len(confidences) > self.top
+        bands = tuple(
+            self._band(i, confidences[i]) if i < len(confidences) else None for i in range(self.top)
+        )
+        self._requests.append((self._seq, bands, climbed))
+        for i, band in enumerate(bands):
+            if band is not None and band >= 0:
+                self._tiers[i].count(band, climbed, +1)
+        self._evict()
+        if self._seq % UPDATE_EVERY == 0:
+            self.certify()
+        shadow = not climbed and self._rng.random() < self.settings.shadow_share
+        return self._seq, shadow
+
+    def compare(self, seq: int, disagreements: Sequence[tuple[int, bool]]) -> None:
+        """Pairs of request ``seq``: for each listed tier, whether its answer (what the
+        cascade would have returned there) differs from the top tier's. Ignored once the
+        request has left the window (a late shadow answer)."""
+        found = self._request(seq)
+        if found is None:
+            return
+        _, bands, climbed = found
+        for i, disagree in disagreements:
+            band = bands[i] if i < len(bands) else None
+            if band is None or band < 0:
+                continue
+            self._tiers[i].pair(band, climbed, disagree, +1)
+            self._pairs.append((seq, i, band, climbed, disagree))
+
+    def _band(self, i: int, confidence: float) -> int:
+        edges = self._tiers[i].edges
+        if confidence < edges[0]:
+            return -1
+        return min(int(np.searchsorted(edges, confidence, side="right")) - 1, len(edges) - 2)
+
+    def _request(self, seq: int) -> _Request | None:
+        """A request still in the window (the window holds consecutive numbers)."""
+        if not self._requests or seq <= self._seq - self.settings.window:
+            return None
+        index = seq - self._requests[0][0]
+        if index < 0 or index >= len(self._requests):
+            return None
+        found = self._requests[index]
+        return found if found[0] == seq else None
+
+    def _evict(self) -> None:
+        oldest = self._seq - self.settings.window
+        while self._requests and self._requests[0][0] <= oldest:
+            _, bands, climbed = self._requests.popleft()
+            for i, band in enumerate(bands):
+                if band is not None and band >= 0:
+                    self._tiers[i].count(band, climbed, -1)
+        while self._pairs and self._pairs[0][0] <= oldest:
+            _, i, band, climbed, disagree = self._pairs.popleft()
+            self._tiers[i].pair(band, climbed, disagree, -1)
+
+    # --- certification -----------------------------------------------------------------------
+
+    def certify(self) -> tuple[TierVerdict, ...]:
+        """Each tier's threshold on the window's evidence (see the module docstring)."""
+        n = max(len(self._requests), 1)
+        alpha = (1.0 - self.settings.confidence) / self.top
+        share = self.settings.target / self.top
+        self.verdicts = tuple(
+            self._verdict(i, tier, n, alpha, share) for i, tier in enumerate(self._tiers)
+        )
+        return self.verdicts
+
+    def _verdict(self, i: int, tier: _Tier, n: int, alpha: float, share: float) -> TierVerdict:
+        point, lower, upper = bounds_from_band_up(tier, n, alpha)
+        certified = _fixed_sequence(upper, share)
+        offline = self.offline[i].lowest_threshold
+        at_offline = int(np.searchsorted(tier.edges[:-1], offline - 1e-12, side="left"))
+        refuted = at_offline < len(lower) and lower[at_offline] > share
+        pairs = tier.pairs
+        if certified is not None and tier.edges[certified] <= offline:
+            k = certified
+            return TierVerdict(float(tier.edges[k]), Basis.CERTIFIED, point[k], upper[k], pairs)
+        if refuted:
+            if certified is None:  # offload everything; the last band bounds what is left
+                top = self.offline[i].threshold_bounds[1]
+                return TierVerdict(top, Basis.REFUTED, point[-1], upper[-1], pairs)
+            k = certified
+            return TierVerdict(float(tier.edges[k]), Basis.REFUTED, point[k], upper[k], pairs)
+        k = min(at_offline, len(upper) - 1)
+        return TierVerdict(offline, Basis.OFFLINE, point[k], upper[k], pairs)
+
+    def policies(self) -> tuple[TierPolicy, ...]:
+        """The cascade's policies with the thresholds in force: each certified or refuted
+        threshold becomes the tier's threshold and floor (latency adaptation may still raise
+        it, never lower it)."""
+        out = list(self.offline)
+        for i, verdict in enumerate(self.verdicts):
+            if verdict.basis is not Basis.OFFLINE:
+                t = verdict.threshold
+                out[i] = replace(out[i], offload_threshold=t, threshold_floor=t)
+        return tuple(out)
+
+
+def _from_band_up(values: npt.NDArray[np.int64]) -> FloatArray:
+    """Entry k: the sum of ``values[k:]``, the count at candidate threshold ``edges[k]``."""
+    return np.asarray(np.cumsum(values[::-1])[::-1], dtype=np.float64)
+
+
+def bounds_from_band_up(tier: _Tier, n: int, alpha: float) -> tuple[FloatArray, ...]:
+    """``D_i`` at each candidate threshold: point estimate, lower and upper bound, each at
+    level ``alpha``, for a new request exchangeable with the window's ``n``.
+
+    ``D_i = P(climbed, disagree) + P(answered below) * P(disagree | answered below)``, each
+    with confidence at or above ``t``. The first term is a binomial proportion of the window
+    (all climbed requests are compared); the second a product of two (the stratum's share of
+    the window, and the rate among its shadowed requests). Bounding the three at
+    ``alpha / 2``, ``alpha / 4`` and ``alpha / 4`` bounds the sum at ``alpha``.
+    """
+    exact = _from_band_up(tier.climbed_disagree)
+    below = _from_band_up(tier.below)
+    pairs = _from_band_up(tier.below_pairs)
+    disagree = _from_band_up(tier.below_disagree)
+    total = np.full(len(exact), n, dtype=np.int64)
+    c_low, c_high = clopper_pearson(exact.astype(np.int64), total, alpha / 2)
+    s_low, s_high = clopper_pearson(below.astype(np.int64), total, alpha / 4)
+    r_low, r_high = clopper_pearson(disagree.astype(np.int64), pairs.astype(np.int64), alpha / 4)
+    rate = np.divide(disagree, pairs, out=np.zeros(len(pairs)), where=pairs > 0)
+    point = (exact + below * rate) / n
+    return point, c_low + s_low * r_low, c_high + s_high * r_high
+
+
+def _fixed_sequence(upper: FloatArray, share: float) -> int | None:
+    """The lowest candidate reached testing from the highest down, stopping at the first
+    whose upper bound exceeds ``share``; None when the highest already does."""
+    certified = None
+    for k in range(len(upper) - 1, -1, -1):
+        if upper[k] > share:
+            break
+        certified = k
+    return certified
+
+
+def clopper_pearson(
+    successes: npt.NDArray[np.int64], trials: npt.NDArray[np.int64], alpha: float
+) -> tuple[FloatArray, FloatArray]:
+    """One-sided exact binomial bounds, each at level ``alpha``: (lower, upper) per cell;
+    (0, 1) where a cell has no trials."""
+    from scipy.special import betaincinv  # imported on first use: see the module docstring
+
+    k = successes.astype(np.float64)
+    n = trials.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        upper = np.where(k < n, betaincinv(k + 1.0, np.maximum(n - k, 1.0), 1.0 - alpha), 1.0)
+        lower = np.where(k > 0, betaincinv(np.maximum(k, 1.0), n - k + 1.0, alpha), 0.0)
+    upper = np.where(n > 0, upper, 1.0)
+    lower = np.where(n > 0, lower, 0.0)
+    return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)

@@ -1,0 +1,169 @@
+"""Online calibration's core (router/online.py): what the window certifies, when it loosens,
+when it tightens, and that its bound holds as often as it promises."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from scipy.stats import beta
+
+from tierplace.router.online import (
+    UPDATE_EVERY,
+    Basis,
+    OnlineCalibrator,
+    OnlineSettings,
+    clopper_pearson,
+)
+from tierplace.router.policy import TierPolicy
+
+OFFLINE = 0.9
+
+
+def _tiers(n: int = 2, offline: float = OFFLINE) -> list[TierPolicy]:
+    """Max-probability tiers of a two-class model: confidences in [0.5, 1]."""
+    return [TierPolicy(f"t{i}", "bert", offline, threshold_bounds=(0.5, 1.0)) for i in range(n)]
+
+
+def _feed(
+    cal: OnlineCalibrator,
+    rng: np.random.Generator,
+    count: int,
+    disagree_at: float,
+    *,
+    low: float = 0.5,
+) -> None:
+    """``count`` requests to a two-tier cascade, the lower tier's confidence uniform over
+    [low, 1); the top tier disagrees with it with probability ``disagree_at(confidence)``.
+    The lower tier answers at the threshold in force and offloads the rest."""
+    for _ in range(count):
+        c = float(rng.uniform(low, 1.0))
+        answers = c >= cal.verdicts[0].threshold
+        seq, shadow = cal.observe([c] if answers else [c, 0.99])
+        if shadow or not answers:
+            cal.compare(seq, [(0, bool(rng.random() < disagree_at * (1.0 - c) * 2))])
+
+
+def test_clopper_pearson_matches_the_beta_quantiles() -> None:
+    k = np.array([0, 3, 10, 0], dtype=np.int64)
+    n = np.array([100, 50, 10, 0], dtype=np.int64)
+    lower, upper = clopper_pearson(k, n, 0.05)
+    assert upper[0] == pytest.approx(1 - 0.05 ** (1 / 100))
+    assert upper[1] == pytest.approx(beta.ppf(0.95, 4, 47))
+    assert lower[1] == pytest.approx(beta.ppf(0.05, 3, 48))
+    assert (lower[0], upper[2], lower[3], upper[3]) == (0.0, 1.0, 0.0, 1.0)
+
+
+def test_without_evidence_the_offline_thresholds_stand() -> None:
+    cal = OnlineCalibrator(_tiers(3), OnlineSettings(), random.Random(0))
+    for _ in range(UPDATE_EVERY * 3):
+        cal.observe([0.95])
+    assert [v.basis for v in cal.certify()] == [Basis.OFFLINE, Basis.OFFLINE]
+    assert [p.offload_threshold for p in cal.policies()] == [OFFLINE] * 3
+
+
+def test_a_tier_that_agrees_with_the_top_is_loosened_below_the_offline_threshold() -> None:
+    settings = OnlineSettings(target=0.02, shadow_share=0.2, window=4000)
+    cal = OnlineCalibrator(_tiers(), settings, random.Random(1))
+    _feed(cal, np.random.default_rng(1), 4000, disagree_at=0.0)
+    verdict = cal.certify()[0]
+    assert verdict.basis is Basis.CERTIFIED
+    assert verdict.threshold < OFFLINE
+    assert verdict.bound <= settings.target
+    policy = cal.policies()[0]
+    assert policy.offload_threshold == policy.threshold_floor == verdict.threshold
+
+
+def test_a_tier_that_disagrees_above_its_offline_threshold_is_tightened_at_once() -> None:
+    """Off-domain: the lower tier is confidently wrong a quarter of the time."""
+    settings = OnlineSettings(target=0.02, shadow_share=0.05, window=2000)
+    cal = OnlineCalibrator(_tiers(), settings, random.Random(2))
+    rng = np.random.default_rng(2)
+    for _ in range(2000):
+        c = float(rng.uniform(0.85, 1.0))
+        answers = c >= cal.verdicts[0].threshold
+        seq, shadow = cal.observe([c] if answers else [c, 0.99])
+        if shadow or not answers:
+            cal.compare(seq, [(0, bool(rng.random() < 0.25))])
+        if cal.verdicts[0].basis is Basis.REFUTED:
+            break
+    verdict = cal.verdicts[0]
+    assert verdict.basis is Basis.REFUTED
+    assert verdict.threshold > OFFLINE
+    assert cal.policies()[0].offload_threshold == verdict.threshold
+
+
+def test_evidence_leaves_with_the_window() -> None:
+    settings = OnlineSettings(target=0.02, shadow_share=0.2, window=1000)
+    cal = OnlineCalibrator(_tiers(), settings, random.Random(3))
+    _feed(cal, np.random.default_rng(3), 1000, disagree_at=0.0)
+    assert cal.certify()[0].pairs > 0
+    for _ in range(1000):
+        cal.observe([0.95])  # answered below the top; shadows, if any, never answer
+    assert cal.certify()[0].pairs == 0
+
+
+def test_a_late_shadow_answer_for_a_request_out_of_the_window_is_dropped() -> None:
+    cal = OnlineCalibrator(_tiers(), OnlineSettings(window=100), random.Random(4))
+    first, _ = cal.observe([0.95])
+    for _ in range(100):
+        cal.observe([0.95])
+    cal.compare(first, [(0, True)])
+    assert cal.certify()[0].pairs == 0
+
+
+def test_a_request_that_climbed_is_never_shadowed_one_answered_below_at_the_share() -> None:
+    cal = OnlineCalibrator(_tiers(3), OnlineSettings(shadow_share=0.1), random.Random(5))
+    below = [cal.observe([0.95])[1] for _ in range(20_000)]
+    assert sum(below) / len(below) == pytest.approx(0.1, abs=0.01)
+    middle = [cal.observe([0.6, 0.95])[1] for _ in range(20_000)]
+    assert sum(middle) / len(middle) == pytest.approx(0.1, abs=0.01)
+    assert not any(cal.observe([0.6, 0.7, 0.99])[1] for _ in range(1000))
+
+
+def test_disagreements_of_requests_that_climbed_count_exactly() -> None:
+    """Every climbed request is compared: with no shadow at all, the window alone certifies
+    the candidates above the band that holds all the disagreements."""
+    settings = OnlineSettings(target=0.02, shadow_share=0.0, window=1000, bands=5)
+    cal = OnlineCalibrator(_tiers(offline=1.0), settings, random.Random(6))
+    for j in range(1000):
+        seq, shadow = cal.observe([0.5 + 0.5 * (j % 100) / 100, 0.99])
+        assert not shadow
+        cal.compare(seq, [(0, j % 100 == 0)])  # 10 disagreements, all in the lowest band
+    verdict = cal.certify()[0]
+    assert verdict.basis is Basis.CERTIFIED
+    assert verdict.threshold == pytest.approx(0.6)  # the lowest band holds all disagreements
+    assert verdict.estimate == 0.0
+    assert 0.0 < verdict.bound <= settings.target  # a new request's rate, not the window's
+    assert verdict.pairs == 1000
+
+
+@pytest.mark.slow
+def test_certified_thresholds_break_the_target_no_more_often_than_promised() -> None:
+    """Monte Carlo of the guarantee on a cascade where loosening is tempting: disagreement
+    grows below the offline threshold so that only thresholds >= 0.8 truly meet the target.
+    Each draw fills a window and certifies; a draw fails when the certified threshold's true
+    disagreement share exceeds the target. It must fail in at most 1 - confidence of draws
+    (with a margin for the draws' own noise)."""
+    settings = OnlineSettings(target=0.02, confidence=0.9, shadow_share=0.5, window=2000)
+
+    def rate(c: float) -> float:
+        return 0.0 if c >= 0.8 else 0.2
+
+    def true_share(t: float) -> float:  # confidence uniform on [0.5, 1): P(c >= t) * rate
+        return (max(0.8 - t, 0.0) * 0.2) / 0.5
+
+    failures = 0
+    draws = 150
+    for d in range(draws):
+        rng = np.random.default_rng(100 + d)
+        cal = OnlineCalibrator(_tiers(), settings, random.Random(100 + d))
+        for _ in range(settings.window):
+            c = float(rng.uniform(0.5, 1.0))
+            seq, _ = cal.observe([c, 0.99])  # always offloaded: evidence for every band
+            cal.compare(seq, [(0, bool(rng.random() < rate(c)))])
+        verdict = cal.certify()[0]
+        if verdict.basis is not Basis.OFFLINE and true_share(verdict.threshold) > settings.target:
+            failures += 1
+    assert failures / draws <= 0.1 + 0.05
