@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from tierplace.model.data import Split
-
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
@@ -39,9 +37,11 @@ class TierTable:
 
 @dataclass(frozen=True)
 class TableSet:
-    """All tables of one split: the labels and one table per (variant, input chain)."""
+    """All tables of one set of rows: the labels and one table per (variant, input chain).
 
-    split: Split
+    ``split`` names the rows: a review split, or an off-domain set (``model.domains``)."""
+
+    split: str
     labels: IntArray
     tables: dict[tuple[str, str], TierTable]
 

@@ -33,6 +33,7 @@ from tierplace import paths
 from tierplace.api.variants import VARIANTS
 from tierplace.evaluation.table_set import FloatArray, IntArray, TableSet, TierTable, source_key
 from tierplace.model.data import Split, load_reviews
+from tierplace.model.domains import SOURCE, Domain, load_domain
 from tierplace.router.policy import TierInput, prune
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,21 @@ def read_split(split: Split) -> tuple[list[str], IntArray]:
     return [r.text for r in rows], np.asarray([r.label for r in rows], dtype=np.int64)
 
 
+def read_domain(domain: Domain, limit: int | None = None) -> tuple[list[str], IntArray]:
+    """Texts and labels of one off-domain set (``model.domains``), capped to ``limit``."""
+    rows = load_domain(domain, limit)
+    return [r.text for r in rows], np.asarray([r.label for r in rows], dtype=np.int64)
+
+
+def domain_key(domain: str, texts: Sequence[str], labels: IntArray) -> str:
+    """The cache name of an off-domain set's rows: the package the text came from, the set,
+    and a digest of the texts and labels (a new labelling rule or cap gets new tables)."""
+    h = hashlib.sha1()
+    for text, label in zip(texts, labels.tolist(), strict=True):
+        h.update(f"{label}\t{text}\n".encode())
+    return f"{SOURCE}.{domain}.{h.hexdigest()[:10]}"
+
+
 def _cache_dir() -> Path:
     return paths.home() / "eval" / "tables"
 
@@ -68,9 +84,10 @@ def fingerprint(variant: str) -> str:
     return h.hexdigest()[:12]
 
 
-def _cache_path(variant: str, split: Split, source: str, n: int, sends: str) -> Path:
-    """One file per table; ``sends`` names the pruned inputs it holds for the next tier."""
-    name = f"{variant}-{fingerprint(variant)}-{split}-{n}-{source}-{sends}-v{TABLE_FORMAT}"
+def _cache_path(variant: str, rows: str, source: str, n: int, sends: str) -> Path:
+    """One file per table; ``rows`` names the examples (a review split, or ``domain_key``),
+    ``sends`` the pruned inputs it holds for the next tier."""
+    name = f"{variant}-{fingerprint(variant)}-{rows}-{n}-{source}-{sends}-v{TABLE_FORMAT}"
     return _cache_dir() / f"{name}.npz"
 
 
@@ -225,10 +242,38 @@ def build_tables(
     texts, labels = read_split(split)
     if limit is not None:
         texts, labels = texts[:limit], labels[:limit]
+    return _build(variants, split, split, texts, labels, keep_ratios, progress)
+
+
+def build_domain_tables(
+    variants: Sequence[str],
+    domain: Domain,
+    keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS,
+    limit: int | None = None,
+    progress: bool = False,
+) -> TableSet:
+    """``build_tables`` for an off-domain set (``model.domains``) instead of a review split:
+    the ``TableSet``'s ``split`` is the domain's name, its cache files are keyed by
+    ``domain_key`` (the source package, the set, its rows), and no split is read."""
+    texts, labels = read_domain(domain, limit)
+    key = domain_key(domain, texts, labels)
+    return _build(variants, domain, key, texts, labels, keep_ratios, progress)
+
+
+def _build(
+    variants: Sequence[str],
+    name: str,
+    rows: str,
+    texts: list[str],
+    labels: IntArray,
+    keep_ratios: Sequence[float],
+    progress: bool,
+) -> TableSet:
+    """Every table of ``_chains`` over ``texts``, from the cache (``rows`` names them) or run."""
     n = len(texts)
     originals = [TierInput(text=t) for t in texts]
     tables: dict[tuple[str, str], TierTable] = {}
-    bar = _bar(progress, split)
+    bar = _bar(progress, name)
     runners: dict[str, _Runner] = {}
     # inputs[(tier index, source)] -> what that tier receives
     inputs: dict[tuple[int, str], list[TierInput]] = {
@@ -243,7 +288,7 @@ def build_tables(
             if nxt is not None and k < 1.0 and (chain_keep == k if chain_keep else i == 0)
         ]
         to = f"to-{nxt}@" + ",".join(f"{k:g}" for k in sends) if sends else "top"
-        path = _cache_path(variant, split, source, n, to)
+        path = _cache_path(variant, rows, source, n, to)
         if path.exists():
             table, payloads = _load(path, variant, source)
         else:
@@ -256,7 +301,7 @@ def build_tables(
         tables[(variant, source)] = table
         for k, sent in payloads.items():
             inputs[(i + 1, source_key([(v, k) for v in variants[: i + 1]]))] = sent
-    return TableSet(split, labels, tables)
+    return TableSet(name, labels, tables)
 
 
 def _chains(
