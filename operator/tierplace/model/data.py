@@ -2,6 +2,9 @@
 
 The split hashes each sentence, so it never moves when rows are added or reordered, and the
 test split stays reserved for benchmarks (nothing is tuned on it).
+
+Text of other kinds (tweets, product reviews, news opinion), for the domain-shift replay only:
+``model.domains`` (the VADER ground truth from the vaderSentiment sdist; ``make setup``).
 """
 
 from __future__ import annotations
