@@ -65,6 +65,56 @@ def test_zero_keep_ratio_and_budget_are_refused_with_an_example(
     assert problem.startswith(field) and "e.g." in problem
 
 
+TWO_TIERS = [{"tierClass": "Edge"}, {"tierClass": "Cloud"}]
+
+
+@pytest.mark.parametrize(
+    ("online", "field", "says"),
+    [
+        ({"targetDisagreement": "0"}, "targetDisagreement", "can never be met"),
+        ({"targetDisagreement": "1"}, "targetDisagreement", "bounds nothing"),
+        ({"targetDisagreement": "1.000"}, "targetDisagreement", "bounds nothing"),
+        ({"confidence": "0.3"}, "confidence", "is a bound that fails more often"),
+        ({"confidence": "1"}, "confidence", "asks for a bound that always holds"),
+        ({"shadowShare": "0.501"}, "shadowShare", "is above 0.5, the most the router shadows"),
+        ({"shadowShare": "1"}, "shadowShare", "is above 0.5"),
+    ],
+)
+def test_online_calibration_out_of_range_is_refused_with_what_to_use(
+    online: dict[str, Any], field: str, says: str
+) -> None:
+    # Refused whether or not it is enabled: a setting is checked when it is written.
+    for enabled in (True, False):
+        spec = {"tiers": TWO_TIERS, "onlineCalibration": {"enabled": enabled, **online}}
+        (problem,) = admission.cascade_problems(spec, "ns")
+        assert problem.startswith(f"spec.onlineCalibration.{field}: '{online[field]}' {says}")
+        assert "e.g." in problem
+
+
+@pytest.mark.parametrize(
+    "online",
+    [
+        {"targetDisagreement": "0.001", "confidence": "0.5", "shadowShare": "0"},
+        {"targetDisagreement": "0.999", "confidence": "0.999", "shadowShare": "0.5"},
+        {"enabled": True},
+    ],
+)
+def test_online_calibration_edges_of_the_ranges_are_accepted(online: dict[str, Any]) -> None:
+    assert admission.cascade_problems({"tiers": TWO_TIERS, "onlineCalibration": online}, "ns") == []
+
+
+def test_online_calibration_on_a_one_tier_cascade_is_refused_unless_off() -> None:
+    one = [{"tierClass": "Cloud"}]
+    (problem,) = admission.cascade_problems(
+        {"tiers": one, "onlineCalibration": {"enabled": True}}, "ns"
+    )
+    assert problem.startswith("spec.onlineCalibration: online calibration is enabled on a ")
+    assert "add a lower tier to spec.tiers or set spec.onlineCalibration.enabled to false" in (
+        problem
+    )
+    assert admission.cascade_problems({"tiers": one, "onlineCalibration": {}}, "ns") == []
+
+
 def test_one_tier_on_two_rungs_and_class_mismatch_are_refused() -> None:
     spec = {
         "tiers": [

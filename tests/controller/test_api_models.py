@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.chart import crdschema
 from tierplace.api import conditions as cond
 from tierplace.api import quantities
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
@@ -74,6 +75,56 @@ def test_cascade_defaults_in_crd_match_python_defaults() -> None:
     assert InferenceCascadeSpec.model_validate(defaulted) == InferenceCascadeSpec.model_validate(
         minimal
     )
+
+
+def test_online_calibration_is_off_unless_the_spec_turns_it_on() -> None:
+    """Absent, the field stays absent (no structural default at its level): routers made
+    before it existed keep their config. Present, even empty, it gets the CRD's defaults,
+    which are the Python ones, and it is off until ``enabled`` says otherwise."""
+    schema = crd_schema("inferencecascades")["properties"]["spec"]
+    tiers = [{"tierClass": "Device"}, {"tierClass": "Cloud"}]
+    assert "default" not in schema["properties"]["onlineCalibration"]
+    assert "onlineCalibration" not in apply_defaults(schema, {"tiers": tiers})
+    assert InferenceCascadeSpec.model_validate({"tiers": tiers}).online_calibration is None
+    minimal = {"tiers": tiers, "onlineCalibration": {}}
+    defaulted = apply_defaults(schema, minimal)
+    assert defaulted["onlineCalibration"] == {
+        "enabled": False,
+        "targetDisagreement": "0.02",
+        "confidence": "0.9",
+        "shadowShare": "0.05",
+    }
+    model = InferenceCascadeSpec.model_validate(defaulted)
+    assert model == InferenceCascadeSpec.model_validate(minimal)
+    assert model.online_calibration is not None and not model.online_calibration.enabled
+
+
+@pytest.mark.parametrize(
+    ("online", "error"),
+    [
+        ({"enabled": "yes"}, "is not of type 'boolean'"),
+        ({"targetDisagreement": 0.02}, "is not of type 'string'"),
+        ({"confidence": "1.5"}, "does not match"),
+        ({"shadowShare": "5%"}, "does not match"),
+        ({"shadow": "0.05"}, "Additional properties"),  # strict, as the examples are checked
+    ],
+)
+def test_online_calibration_schema_rejects_what_is_not_a_decimal_string(
+    online: dict[str, Any], error: str
+) -> None:
+    """The schema checks the form; the ranges (a target above 0, ...) are admission's, whose
+    messages say what to fix (test_admission_rules)."""
+    cascade = {
+        "apiVersion": "tierplace.io/v1alpha1",
+        "kind": "InferenceCascade",
+        "metadata": {"name": "c"},
+        "spec": {
+            "tiers": [{"tierClass": "Edge"}, {"tierClass": "Cloud"}],
+            "onlineCalibration": online,
+        },
+    }
+    (problem,) = crdschema.problems(cascade, crdschema.validators())
+    assert problem.startswith("spec.onlineCalibration") and error in problem
 
 
 @pytest.mark.parametrize(

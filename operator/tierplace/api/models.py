@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 from tierplace.api import quantities
@@ -191,6 +191,69 @@ class Router(_Wire):
         return value
 
 
+_ABOVE_ZERO_BELOW_ONE = 'use a decimal above 0 and below 1 with up to three digits, e.g. "0.02"'
+
+
+class OnlineCalibration(_Wire):
+    """Label-free online calibration of the offload thresholds (docs/online-calibration.md):
+    the router shadows ``shadow_share`` of the requests it answers below the top tier to the
+    top tier, and moves each tier's threshold to the fastest setting whose disagreement with
+    the top tier stays within ``target_disagreement`` with probability ``confidence``.
+
+    Off unless enabled: shadow calls spend the top tier's capacity, and the offline
+    certificate already holds while the traffic looks like the calibration data."""
+
+    enabled: bool = False
+    target_disagreement: str = "0.02"
+    confidence: str = "0.9"
+    shadow_share: str = "0.05"
+
+    @field_validator("target_disagreement")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        target = quantities.parse_unit_decimal(value)
+        if target <= 0:
+            raise ValueError(
+                f"{value!r} can never be met: no number of shadow calls proves that a tier "
+                f"never disagrees with the top tier; {_ABOVE_ZERO_BELOW_ONE}"
+            )
+        if target >= 1:
+            raise ValueError(
+                f"{value!r} bounds nothing: every answer below the top tier could differ from "
+                f"the top tier's; {_ABOVE_ZERO_BELOW_ONE}"
+            )
+        return value
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence(cls, value: str) -> str:
+        confidence = quantities.parse_unit_decimal(value)
+        if confidence < 0.5:
+            raise ValueError(
+                f"{value!r} is a bound that fails more often than it holds; use a decimal "
+                'from 0.5 to below 1 with up to three digits, e.g. "0.9"'
+            )
+        if confidence >= 1:
+            raise ValueError(
+                f"{value!r} asks for a bound that always holds, which no finite number of "
+                "shadow calls gives; use a decimal from 0.5 to below 1 with up to three digits, "
+                'e.g. "0.9" or "0.95"'
+            )
+        return value
+
+    @field_validator("shadow_share")
+    @classmethod
+    def _share(cls, value: str) -> str:
+        if quantities.parse_unit_decimal(value) > 0.5:
+            raise ValueError(
+                f"{value!r} is above 0.5, the most the router shadows: sending more than half "
+                "of the requests answered below the top tier to the top tier as well gives back "
+                "most of the top tier's capacity the cascade saves; use a decimal from 0 to 0.5 "
+                'with up to three digits, e.g. "0.05"'
+            )
+        return value
+
+
 class InferenceCascadeSpec(_Wire):
     """The ordered device -> edge -> cloud ladder for one model, and how requests climb it."""
 
@@ -203,6 +266,9 @@ class InferenceCascadeSpec(_Wire):
     prometheus_url: str | None = None
     admission: Admission = Field(default_factory=Admission)
     router: Router = Field(default_factory=Router)
+    #: None when the spec has no onlineCalibration: the router config then carries none, so
+    #: routers made before the field existed keep their config (and are not rolled).
+    online_calibration: OnlineCalibration | None = None
 
     _prometheus_url = field_validator("prometheus_url", mode="before")(_unset_if_empty)
 
@@ -230,5 +296,19 @@ class InferenceCascadeSpec(_Wire):
             raise ValueError(
                 f"{value!r} leaves no time to answer any request; use a duration above zero, "
                 'e.g. "150ms" or "2s"'
+            )
+        return value
+
+    @field_validator("online_calibration")
+    @classmethod
+    def _below_top(
+        cls, value: OnlineCalibration | None, info: ValidationInfo
+    ) -> OnlineCalibration | None:
+        tiers = info.data.get("tiers")
+        if value is not None and value.enabled and tiers is not None and len(tiers) < 2:
+            raise ValueError(
+                "online calibration is enabled on a cascade of one tier, which has no tier "
+                "below the top one to compare with it; add a lower tier to spec.tiers or set "
+                "spec.onlineCalibration.enabled to false"
             )
         return value
