@@ -114,6 +114,66 @@ def test_router_config_is_what_the_router_loads() -> None:
     assert loaded.prometheus.url == "http://prometheus:9090"
 
 
+PLACED = [
+    PlacedTier("sentiment-device", "ns", "minilm-l2", "0.9", "0.7"),
+    PlacedTier("sentiment-cloud", "ns", "mpnet-base", "0.95", "0.8"),
+]
+
+
+def online_spec(**online: Any) -> InferenceCascadeSpec:
+    body = cascade_spec().model_dump(by_alias=True)
+    return InferenceCascadeSpec.model_validate({**body, "onlineCalibration": online})
+
+
+def test_online_calibration_reaches_the_router_as_floats_it_loads() -> None:
+    spec = online_spec(
+        enabled=True, targetDisagreement="0.015", confidence="0.95", shadowShare="0.1"
+    )
+    rendered = manifests.router_config("sentiment", spec, PLACED)
+    assert rendered["cascades"][0]["online_calibration"] == {
+        "enabled": True,
+        "target": 0.015,
+        "confidence": 0.95,
+        "shadow_share": 0.1,
+    }
+    cascade = router_config.parse(rendered).cascade("sentiment")
+    assert cascade is not None
+    online = cascade.online_calibration
+    assert (online.enabled, online.target, online.confidence, online.shadow_share) == (
+        True,
+        0.015,
+        0.95,
+        0.1,
+    )
+    # What the spec does not set stays the router's own (window, bands, shadows in flight).
+    default = router_config.OnlineCalibrationConfig.model_validate({})
+    assert (online.window, online.bands) == (default.window, default.bands)
+
+
+def test_no_online_calibration_in_the_spec_leaves_the_router_config_as_it_was() -> None:
+    """Routers made before the field existed are not rolled by an operator upgrade."""
+    rendered = manifests.router_config("sentiment", cascade_spec(), PLACED)
+    assert "online_calibration" not in rendered["cascades"][0]
+    cascade = router_config.parse(rendered).cascade("sentiment")
+    assert cascade is not None and not cascade.online_calibration.enabled
+    # Written but off: rendered off, so the router config (and its hash) says so.
+    off = manifests.router_config("sentiment", online_spec(), PLACED)
+    assert off["cascades"][0]["online_calibration"]["enabled"] is False
+    cm = [manifests.router_configmap(CASCADE_OWNER, c) for c in (rendered, off)]
+    assert cm[0]["data"] != cm[1]["data"]
+
+
+def test_online_calibration_waits_for_a_second_placed_tier() -> None:
+    """A two-tier spec routes over one tier until the other is placed; the router refuses
+    online calibration on one tier, so the config says off until then."""
+    spec = online_spec(enabled=True)
+    one = manifests.router_config("sentiment", spec, PLACED[:1])
+    assert one["cascades"][0]["online_calibration"]["enabled"] is False
+    assert router_config.parse(one).cascade("sentiment") is not None
+    two = manifests.router_config("sentiment", spec, PLACED)
+    assert two["cascades"][0]["online_calibration"]["enabled"] is True
+
+
 def test_router_rolls_when_its_config_changes() -> None:
     spec = cascade_spec()
     one = [PlacedTier("a", "ns", "minilm-l2", "0.9", "0.7")]

@@ -350,10 +350,29 @@ def router_config(
             }
         ]
     }
+    online = online_calibration(spec, len(rendered))
+    if online is not None:
+        config["cascades"][0]["online_calibration"] = online
     prometheus_url = defaults.cascade_prometheus_url(spec)
     if prometheus_url:
         config["prometheus"] = {"url": prometheus_url}
     return config
+
+
+def online_calibration(spec: InferenceCascadeSpec, placed: int) -> dict[str, Any] | None:
+    """The router's ``online_calibration`` from ``spec.onlineCalibration``, floats; None when
+    the spec has none (routers made before the field keep their config hash). It is off while
+    fewer than two tiers are placed: the router refuses it on a one-tier cascade, and a spec
+    of two tiers routes over one until the other is placed."""
+    online = spec.online_calibration
+    if online is None:
+        return None
+    return {
+        "enabled": online.enabled and placed >= 2,
+        "target": float(online.target_disagreement),
+        "confidence": float(online.confidence),
+        "shadow_share": float(online.shadow_share),
+    }
 
 
 def router_name(cascade: str) -> str:
