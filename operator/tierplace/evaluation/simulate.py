@@ -163,7 +163,7 @@ def tier_sources(system: System) -> list[str]:
     return out
 
 
-def _path(system: System, i: int) -> tuple[float, float]:
+def link_cost(system: System, i: int) -> tuple[float, float]:
     """Round trip and seconds per byte from the router up to tier ``i``."""
     links = system.tiers[i].path
     rtt = sum(link.rtt_s for link in links)
@@ -171,7 +171,7 @@ def _path(system: System, i: int) -> tuple[float, float]:
     return rtt, spb
 
 
-def _exits(
+def exits_of(
     tier: SimTier, table: TierTable
 ) -> tuple[IntArray, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Per request at ``tier``: the exit it leaves at (0-based; the first whose confidence
@@ -226,8 +226,8 @@ def simulate(system: System, tables: TableSet, costs: Mapping[str, TierCost]) ->
         if fused.shape[1] != table.probs.shape[2]:
             fused = np.zeros((n, table.probs.shape[2]))
             last_probs = np.zeros_like(fused)
-        exit_idx, probs, conf = _exits(tier, table)
-        rtt, spb = _path(system, i)
+        exit_idx, probs, conf = exits_of(tier, table)
+        rtt, spb = link_cost(system, i)
         call = (
             rtt + table.in_bytes * spb + costs[tier.variant].seconds(exit_idx + 1, table.num_tokens)
         )
@@ -293,7 +293,7 @@ def replay(system: System, tables: TableSet, row: int, costs: Mapping[str, TierC
             (j for j in range(last + 1) if conf_all[j] >= np.float32(tier.exit_threshold)), last
         )
         probs = tuple(float(p) for p in table.probs[row, e])
-        rtt, spb = _path(system, i)
+        rtt, spb = link_cost(system, i)
         elapsed += rtt + float(table.in_bytes[row]) * spb
         elapsed += float(costs[tier.variant].seconds(e + 1, int(table.num_tokens[row])))
         seen.append((i, probs, e + 1))
