@@ -644,7 +644,13 @@ class CascadeService:
             gauge = self.metrics.child(self.metrics.in_flight, c.name)
             gauge.set_function(functools.partial(self.in_flight.__getitem__, c.name))
         return {
-            c.name: CascadeRuntime(c, self.metrics, config.call_timeout) for c in config.cascades
+            c.name: CascadeRuntime(
+                c,
+                self.metrics,
+                config.call_timeout,
+                on_policies=functools.partial(self.feed.override, c.name),
+            )
+            for c in config.cascades
         }
 
     async def _watch(self) -> None:

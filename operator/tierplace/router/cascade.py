@@ -25,11 +25,13 @@ from tierplace.router.policy import (
     Decision,
     MetricsSnapshot,
     Reason,
+    TierPolicy,
     decide,
     expected_latency,
     fuse,
     prune,
 )
+from tierplace.router.shadow import OnlineCalibration
 from tierplace.router.tiers import FailureKind, TierClient, TierError, TierInput, TierResult
 
 if TYPE_CHECKING:  # tracing is imported only when it is configured (router/tracing.py)
@@ -129,13 +131,28 @@ class Breaker:
 class CascadeRuntime:
     """A cascade's config with its open tier clients; replaced whole on config reload."""
 
-    def __init__(self, cfg: CascadeConfig, metrics: RouterMetrics, max_timeout_s: float) -> None:
+    def __init__(
+        self,
+        cfg: CascadeConfig,
+        metrics: RouterMetrics,
+        max_timeout_s: float,
+        on_policies: Callable[[tuple[TierPolicy, ...]], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.policies = cfg.policies()
+        self._on_policies = on_policies
         self.clients = tuple(
             TierClient(t, conn_limit=cfg.max_in_flight, max_timeout_s=max_timeout_s)
             for t in cfg.tiers
+        )
+        #: Label-free online calibration (router/shadow.py) when the cascade enables it.
+        self.online = (
+            OnlineCalibration(
+                cfg, self.policies, metrics, self.clients[-1], max_timeout_s, self._set_policies
+            )
+            if cfg.online_calibration.enabled
+            else None
         )
         self.max_timeout_s = max_timeout_s
         self.breakers = tuple(
@@ -166,7 +183,15 @@ class CascadeRuntime:
         if self.in_flight <= 0:
             self.idle.set()
 
+    def _set_policies(self, policies: tuple[TierPolicy, ...]) -> None:
+        """Thresholds moved by online calibration: in force from the next decision on."""
+        self.policies = policies
+        if self._on_policies is not None:
+            self._on_policies(policies)
+
     async def close(self) -> None:
+        if self.online is not None:
+            await self.online.close()
         await asyncio.gather(*(c.close() for c in self.clients))
 
     async def ready(self) -> bool:
@@ -245,7 +270,10 @@ class CascadeRuntime:
             if not decision.offload:
                 if refused:
                     return self._answer(seen, Reason.TIER_ANSWER_INVALID, degraded=True)
-                return self._answer(seen, decision.reason, degraded=False)
+                answer = self._answer(seen, decision.reason, degraded=False)
+                if self.online is not None:
+                    self.online.record(text, seen)
+                return answer
             payload = self._offload(i, text, outcome, decision.reason)
             i += 1
         raise self._no_answer(last_error)

@@ -125,33 +125,36 @@ class OnlineCalibrationConfig(_Frozen):
 
     enabled: bool = False
     target: float = Field(
-        0.02,
+        default=0.02,
         gt=0.0,
         lt=1.0,
         description="bound on the share of requests answered below the top tier that the top "
         "tier would have answered differently (it bounds the harm: wrong where the top is right)",
     )
     confidence: float = Field(
-        0.9, ge=0.5, lt=1.0, description="probability that the bound holds (1 - delta)"
+        default=0.9, ge=0.5, lt=1.0, description="probability that the bound holds (1 - delta)"
     )
     shadow_share: float = Field(
-        0.05,
+        default=0.05,
         ge=0.0,
         le=0.5,
         description="share of requests answered below the top tier also sent to the top tier, "
         "off the request's path, to compare the answers",
     )
     window: int = Field(
-        4000, ge=100, le=1_000_000, description="the latest requests the estimate is made on"
+        default=4000,
+        ge=100,
+        le=1_000_000,
+        description="the latest requests the estimate is made on",
     )
     bands: int = Field(
-        20,
+        default=20,
         ge=2,
         le=100,
         description="threshold candidates per tier, evenly spaced over its threshold_bounds",
     )
     max_shadow_in_flight: int = Field(
-        4, ge=1, description="shadow calls in flight at most; past it a shadow is skipped"
+        default=4, ge=1, description="shadow calls in flight at most; past it a shadow is skipped"
     )
 
 

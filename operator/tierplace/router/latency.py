@@ -24,6 +24,7 @@ from tierplace.router.policy import (
     STATIC,
     MetricsSnapshot,
     TierLatency,
+    TierPolicy,
     effective_thresholds,
     expected_latency,
 )
@@ -82,10 +83,13 @@ class LatencyFeed:
         self._client: PrometheusConnect | None = None
         self.config = config
         self.last_error: str | None = None
+        #: Policies in force that the config does not hold (online calibration's), by cascade.
+        self.overrides: dict[str, tuple[TierPolicy, ...]] = {}
         self.update_config(config)
 
     def update_config(self, config: RouterConfig) -> None:
         self.config = config
+        self.overrides = {}
         url = config.prometheus.url
         self._client = (
             PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0)) if url else None
@@ -112,13 +116,18 @@ class LatencyFeed:
             self._metrics.budget.labels(cascade.name).set(cascade.budget)
             snap = self.snapshot(cascade.name)
             stale = snap.stale
-            policies = cascade.policies()
+            policies = self.overrides.get(cascade.name) or cascade.policies()
             for tier, value in zip(policies, effective_thresholds(policies, snap), strict=True):
                 self._metrics.effective_threshold.labels(cascade.name, tier.name).set(value)
                 self._metrics.expected_latency.labels(cascade.name, tier.name).set(
                     expected_latency(tier, snap)
                 )
         self._metrics.metrics_stale.set(1.0 if stale else 0.0)
+
+    def override(self, cascade: str, policies: tuple[TierPolicy, ...]) -> None:
+        """Thresholds set by online calibration: published now and at every reading."""
+        self.overrides[cascade] = policies
+        self.publish()
 
     def read_once(self) -> None:
         """One blocking round of queries; on any failure the previous reading ages out."""
