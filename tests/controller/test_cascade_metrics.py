@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 
 from tierplace.controller import prometheus
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
+from tierplace.router import config as router_config
 from tierplace.router.metrics import RouterMetrics
 from tierplace.router.policy import Reason
 from tierplace_harness.cluster import Api
@@ -34,12 +36,64 @@ def test_metrics_status_turns_rates_into_decimal_strings() -> None:
         "offloadRatios": {CLOUD: "0.000", DEVICE: "0.250"},
         "effectiveThresholds": {DEVICE: "0.750"},
         "observedLatency": {CLOUD: "4.2ms", DEVICE: "15ms"},
+        # Online calibration off: its fields are removed (null in the merge patch).
+        "onlineDisagreement": None,
+        "onlineThresholds": None,
+        "shadowShare": None,
     }
+
+
+EDGE = f"{CASCADE}-edge"
+
+
+def test_online_status_shows_disagreement_thresholds_and_the_shadow_share() -> None:
+    samples = prometheus.CascadeSamples(
+        answered_per_s={DEVICE: 30.0, EDGE: 10.0, CLOUD: 10.0},
+        online_estimate={DEVICE: 0.0123, EDGE: 0.004},
+        online_bound={DEVICE: 0.01874, EDGE: 0.0291},
+        online_pairs={DEVICE: 812.0, EDGE: 97.0},
+        online_threshold={DEVICE: 0.7, EDGE: 0.85},
+        # Shadow calls by the tier whose answer was compared; the top tier makes none.
+        shadow_per_s={DEVICE: 1.5, EDGE: 0.5},
+    )
+    status = prometheus.metrics_status(samples, below_top=[DEVICE, EDGE], online=True)
+    assert status["onlineDisagreement"] == {
+        DEVICE: {"estimate": "0.0123", "bound": "0.0187", "pairs": 812},
+        EDGE: {"estimate": "0.0040", "bound": "0.0291", "pairs": 97},
+    }
+    assert status["onlineThresholds"] == {DEVICE: "0.700", EDGE: "0.850"}
+    # 2 shadow calls a second over the 40 answers below the top tier (not the cloud's 10).
+    assert status["shadowShare"] == "0.050"
+
+
+def test_online_status_before_the_router_reports_it() -> None:
+    # On, answers below the top, no shadow call yet: a share of zero, no estimates to show.
+    samples = prometheus.CascadeSamples(answered_per_s={DEVICE: 3.0, CLOUD: 1.0})
+    online = prometheus.online_status(samples, [DEVICE], online=True)
+    assert online == {"shadowShare": "0.000"}
+    # No answers below the top tier (no traffic): nothing to divide, the last share stays.
+    assert prometheus.online_status(prometheus.CascadeSamples(), [DEVICE], online=True) == {}
+
+
+def test_online_queries_only_when_the_cascade_enables_it() -> None:
+    assert set(prometheus.queries(CASCADE)) == {
+        "offloaded_per_s",
+        "answered_per_s",
+        "effective_threshold",
+        "call_p50_s",
+    }
+    online = prometheus.queries(CASCADE, online=True)
+    assert 'statistic="bound"' in online["online_bound"]
+    assert 'outcome!="skipped"' in online["shadow_per_s"]
+    # Every query fills a CascadeSamples field.
+    assert prometheus.CascadeSamples(**{key: {} for key in online})
 
 
 class _Router:
     """A router's metrics endpoint with steady synthetic traffic: per tick the device answers
-    three requests and offloads one to the cloud, which answers it."""
+    three requests and offloads one to the cloud, which answers it. Online calibration's
+    metrics are there too (whether or not the cascade enables it): per tick 0.15 shadow calls
+    (a share of 0.05 of the device's answers) and one skipped, which does not count."""
 
     def __init__(self) -> None:
         self.metrics = RouterMetrics()
@@ -71,7 +125,14 @@ class _Router:
     def _traffic(self) -> None:
         m = self.metrics
         m.effective_threshold.labels(CASCADE, DEVICE).set(0.75)
+        m.online_threshold.labels(CASCADE, DEVICE).set(0.7)
+        m.online_disagreement.labels(CASCADE, DEVICE, "estimate").set(0.0125)
+        m.online_disagreement.labels(CASCADE, DEVICE, "bound").set(0.019)
+        m.online_pairs.labels(CASCADE, DEVICE).set(400)
         while not self.stop.wait(0.05):
+            m.shadow_calls.labels(CASCADE, DEVICE, "agree").inc(0.1)
+            m.shadow_calls.labels(CASCADE, DEVICE, "disagree").inc(0.05)
+            m.shadow_calls.labels(CASCADE, DEVICE, "skipped").inc(1)
             # The policy's own reasons, so a renamed reason cannot leave a stale label here.
             m.answers.labels(CASCADE, DEVICE, Reason.CONFIDENT).inc(3)
             m.offloads.labels(CASCADE, DEVICE, CLOUD, Reason.LOW_CONFIDENCE).inc(1)
@@ -139,6 +200,8 @@ def test_cascade_status_shows_offload_ratio_threshold_and_latency(
     cloud_ms = float(status["observedLatency"][CLOUD].removesuffix("ms"))
     assert 10 <= device_ms <= 20 and 50 <= cloud_ms <= 75  # inside the observed buckets
     assert status["metricsMessage"].startswith(f"read from {prom}")
+    # The router reports online calibration, but the cascade does not enable it: not shown.
+    assert not {"onlineDisagreement", "onlineThresholds", "shadowShare"} & set(status)
     tier = api.wait(
         lambda: (
             (t := api.get(api.tiers(ns, DEVICE))) and t.get("status", {}).get("observedLatency")
@@ -146,3 +209,55 @@ def test_cascade_status_shows_offload_ratio_threshold_and_latency(
         "observed latency on the device InferenceTier",
     )
     assert tier.endswith("ms")
+
+
+@pytest.mark.controlplane
+@pytest.mark.prometheus
+def test_cascade_status_shows_online_calibration_when_enabled(api: Api, ns: str, prom: str) -> None:
+    body = {
+        "apiVersion": "tierplace.io/v1alpha1",
+        "kind": "InferenceCascade",
+        "metadata": {"name": CASCADE},
+        "spec": {
+            "tiers": [{"tierClass": "Device"}, {"tierClass": "Cloud"}],
+            "prometheusUrl": prom,
+            "onlineCalibration": {"enabled": True, "targetDisagreement": "0.01"},
+        },
+    }
+    api.create(api.cascades(ns), body)
+    status = api.wait(
+        lambda: (
+            (c := api.get(api.cascades(ns, CASCADE)))
+            and {"onlineDisagreement", "shadowShare"} <= set(c.get("status", {}))
+            and c["status"]
+        ),
+        "online calibration in the cascade status",
+    )
+    assert status["onlineDisagreement"] == {
+        DEVICE: {"estimate": "0.0125", "bound": "0.0190", "pairs": 400}
+    }
+    assert status["onlineThresholds"] == {DEVICE: "0.700"}
+    # Shadow calls over the device's answers (the cloud is the top); skipped ones not counted.
+    assert float(status["shadowShare"]) == pytest.approx(0.05, abs=0.002)
+    # The router config carries it, as the router parses it (the defaults of the CRD filled).
+    cm = api.get(f"/api/v1/namespaces/{ns}/configmaps/{CASCADE}-router")
+    assert cm is not None
+    loaded = router_config.parse(yaml.safe_load(cm["data"]["router.yaml"]))
+    cascade = loaded.cascade(CASCADE)
+    assert cascade is not None
+    online = cascade.online_calibration
+    assert (online.enabled, online.target, online.confidence, online.shadow_share) == (
+        True,
+        0.01,
+        0.9,
+        0.05,
+    )
+    # Turned off: the fields go (a merge patch with null), and the router config says off.
+    api.merge_patch(api.cascades(ns, CASCADE), {"spec": {"onlineCalibration": {"enabled": False}}})
+    api.wait(
+        lambda: (
+            (c := api.get(api.cascades(ns, CASCADE)))
+            and not {"onlineDisagreement", "onlineThresholds", "shadowShare"} & set(c["status"])
+        ),
+        "online calibration gone from the status once off",
+    )

@@ -1,6 +1,8 @@
 """Reads what the router reports to Prometheus back into InferenceCascade status: the share of
-requests each tier offloads, the thresholds in force after latency adaptation, and the median
-latency of calls to each tier. Queries use the router's own metric names (router/metrics.py),
+requests each tier offloads, the thresholds in force after latency adaptation, the median
+latency of calls to each tier and, with online calibration on, each tier's disagreement with the
+top tier, the thresholds online calibration set and the share of requests shadowed to the top
+tier. Queries use the router's own metric names (router/metrics.py),
 whose prefix both sides take from api/names.py: the operator never imports the router.
 
 I/O only; turning samples into status strings is :func:`metrics_status` (pure).
@@ -8,7 +10,7 @@ I/O only; turning samples into status strings is :func:`metrics_status` (pure).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +29,21 @@ class CascadeSamples:
     answered_per_s: dict[str, float] = field(default_factory=dict)
     effective_threshold: dict[str, float] = field(default_factory=dict)
     call_p50_s: dict[str, float] = field(default_factory=dict)
+    # Online calibration (read only when the cascade enables it); several router replicas
+    # calibrate each on their own, and the highest value of each is kept.
+    online_estimate: dict[str, float] = field(default_factory=dict)
+    online_bound: dict[str, float] = field(default_factory=dict)
+    online_pairs: dict[str, float] = field(default_factory=dict)
+    online_threshold: dict[str, float] = field(default_factory=dict)
+    #: Shadow calls made (agreeing, disagreeing or failed; not the skipped ones), by the tier
+    #: whose answer was compared.
+    shadow_per_s: dict[str, float] = field(default_factory=dict)
 
 
-def queries(cascade: str) -> dict[str, str]:
+def queries(cascade: str, online: bool = False) -> dict[str, str]:
+    """PromQL per CascadeSamples field; the online calibration ones only when ``online``."""
     sel = f'cascade="{cascade}"'
-    return {
+    out = {
         "offloaded_per_s": f"sum by (from_tier) (rate({PREFIX}_offloads_total{{{sel}}}[{WINDOW}]))",
         "answered_per_s": f"sum by (tier) (rate({PREFIX}_answers_total{{{sel}}}[{WINDOW}]))",
         "effective_threshold": f"max by (tier) ({PREFIX}_effective_threshold{{{sel}}})",
@@ -40,6 +52,19 @@ def queries(cascade: str) -> dict[str, str]:
             f"(rate({PREFIX}_tier_call_seconds_bucket{{{sel}}}[{WINDOW}])))"
         ),
     }
+    if online:
+        disagreement = f"{PREFIX}_online_disagreement"
+        out |= {
+            "online_estimate": f'max by (tier) ({disagreement}{{{sel},statistic="estimate"}})',
+            "online_bound": f'max by (tier) ({disagreement}{{{sel},statistic="bound"}})',
+            "online_pairs": f"max by (tier) ({PREFIX}_online_pairs{{{sel}}})",
+            "online_threshold": f"max by (tier) ({PREFIX}_online_threshold{{{sel}}})",
+            "shadow_per_s": (
+                f"sum by (tier) (rate({PREFIX}_shadow_calls_total"
+                f'{{{sel},outcome!="skipped"}}[{WINDOW}]))'
+            ),
+        }
+    return out
 
 
 def _by_tier(result: list[Mapping[str, Any]]) -> dict[str, float]:
@@ -53,11 +78,13 @@ def _by_tier(result: list[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
-async def read(url: str, cascade: str, timeout_s: float = 3.0) -> CascadeSamples:
+async def read(
+    url: str, cascade: str, timeout_s: float = 3.0, online: bool = False
+) -> CascadeSamples:
     """Query Prometheus; raises aiohttp.ClientError / ValueError when it cannot answer."""
     values: dict[str, dict[str, float]] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-        for key, query in queries(cascade).items():
+        for key, query in queries(cascade, online).items():
             async with session.get(
                 f"{url.rstrip('/')}/api/v1/query", params={"query": query}
             ) as resp:
@@ -73,8 +100,17 @@ def _duration(seconds: float) -> str:
     return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.1f}ms"
 
 
-def metrics_status(samples: CascadeSamples) -> dict[str, Any]:
-    """Status fields from samples: decimal strings and durations, never floats in the API."""
+#: The status fields of online calibration; each is removed (null in the merge patch) while
+#: the cascade does not enable it, so no stale estimate outlives the setting.
+ONLINE_FIELDS = ("onlineDisagreement", "onlineThresholds", "shadowShare")
+
+
+def metrics_status(
+    samples: CascadeSamples, below_top: Sequence[str] = (), online: bool = False
+) -> dict[str, Any]:
+    """Status fields from samples: decimal strings and durations, never floats in the API.
+    ``below_top``: the router's tiers below its top one (the shadow share's denominator);
+    ``online``: whether the cascade enables online calibration."""
     ratios = {}
     for tier in sorted(set(samples.offloaded_per_s) | set(samples.answered_per_s)):
         up = samples.offloaded_per_s.get(tier, 0.0)
@@ -87,4 +123,38 @@ def metrics_status(samples: CascadeSamples) -> dict[str, Any]:
             t: f"{v:.3f}" for t, v in sorted(samples.effective_threshold.items())
         },
         "observedLatency": {t: _duration(v) for t, v in sorted(samples.call_p50_s.items())},
+        **online_status(samples, below_top, online),
     }
+
+
+def online_status(
+    samples: CascadeSamples, below_top: Sequence[str], online: bool
+) -> dict[str, Any]:
+    """Online calibration's status: per tier the disagreement with the top tier (estimate and
+    bound to four digits, as the target may be "0.005"; the pairs they rest on), the thresholds
+    it set, and the share of answers below the top tier shadowed to it. All None (removed)
+    when off; a field the router has not reported yet is left out (its last value stays)."""
+    if not online:
+        return dict.fromkeys(ONLINE_FIELDS)
+    out: dict[str, Any] = {}
+    disagreement: dict[str, dict[str, Any]] = {}
+    for tier in sorted(set(samples.online_estimate) | set(samples.online_bound)):
+        entry: dict[str, Any] = {}
+        if tier in samples.online_estimate:
+            entry["estimate"] = f"{samples.online_estimate[tier]:.4f}"
+        if tier in samples.online_bound:
+            entry["bound"] = f"{samples.online_bound[tier]:.4f}"
+        if tier in samples.online_pairs:
+            entry["pairs"] = round(samples.online_pairs[tier])
+        disagreement[tier] = entry
+    if disagreement:
+        out["onlineDisagreement"] = disagreement
+    if samples.online_threshold:
+        out["onlineThresholds"] = {
+            t: f"{v:.3f}" for t, v in sorted(samples.online_threshold.items())
+        }
+    answered = sum(samples.answered_per_s.get(t, 0.0) for t in below_top)
+    if answered > 0:
+        shadowed = sum(samples.shadow_per_s.get(t, 0.0) for t in below_top)
+        out["shadowShare"] = f"{shadowed / answered:.3f}"
+    return out

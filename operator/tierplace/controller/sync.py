@@ -11,7 +11,7 @@ writes only what drifted. Without them (``observed=None``) every child is read f
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -204,7 +204,9 @@ async def _cascade_status(
     )
     prometheus_url = defaults.cascade_prometheus_url(spec)
     if prometheus_url:
-        status.update(await _router_metrics(prometheus_url, owner.name))
+        online = spec.online_calibration is not None and spec.online_calibration.enabled
+        below_top = [t.name for t in plan.placed[:-1]]
+        status.update(await _router_metrics(prometheus_url, owner.name, below_top, online))
         await _share_tier_latency(kube, owner, views, status)
     return status
 
@@ -312,16 +314,21 @@ async def _share_tier_latency(
             )
 
 
-async def _router_metrics(url: str, cascade: str) -> dict[str, Any]:
-    """Offload ratios, effective thresholds and latency from Prometheus. When it cannot be
-    read, only the message changes: the last values stay (a merge patch keeps them)."""
+async def _router_metrics(
+    url: str, cascade: str, below_top: Sequence[str], online: bool
+) -> dict[str, Any]:
+    """Offload ratios, effective thresholds, latency and (``online``) online calibration from
+    Prometheus; ``below_top``: the router's tiers below its top one. When it cannot be read,
+    only the message changes: the last values stay (a merge patch keeps them), except online
+    calibration's, removed once the spec turns it off."""
     try:
-        samples = await prometheus.read(url, cascade)
+        samples = await prometheus.read(url, cascade, online=online)
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
         return {
-            "metricsMessage": f"could not query Prometheus at {url}: {exc or type(exc).__name__}"
+            **({} if online else dict.fromkeys(prometheus.ONLINE_FIELDS)),
+            "metricsMessage": f"could not query Prometheus at {url}: {exc or type(exc).__name__}",
         }
     return {
-        **prometheus.metrics_status(samples),
+        **prometheus.metrics_status(samples, below_top, online),
         "metricsMessage": f"read from {url} at {cond.now_rfc3339()}",
     }
