@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chart import crdschema
-from tests.chart.helmkit import EXAMPLES, load_all
+from tests.chart.helmkit import EXAMPLES, REPO, load_all
 from tierplace.api.models import InferenceCascadeSpec
 from tierplace.controller import admission
 
@@ -71,3 +72,35 @@ def test_schema_check_catches_misspelt_fields_and_bad_values() -> None:
     found = crdschema.problems(bad, VALIDATORS)
     assert any("offloadTreshold" in p for p in found)
     assert any(p.startswith("spec.latencyBudget") for p in found)
+
+
+def _uncommented_online_block(path: Path) -> dict[str, Any]:
+    """The commented-out ``onlineCalibration`` block of an example, uncommented."""
+    lines = path.read_text().splitlines()
+    start = lines.index("  # onlineCalibration:")
+    block = [lines[start]]
+    block += [line for line in lines[start + 1 :] if line.startswith("  #   ")][:4]
+    loaded: dict[str, Any] = yaml.safe_load("\n".join(line[4:] for line in block))
+    return loaded
+
+
+def test_the_commented_online_calibration_block_is_valid_once_uncommented() -> None:
+    """Off in the applied example (shadow calls cost cloud capacity; the e2e suite applies
+    it); the opt-in a user uncomments must pass the schema and admission as written."""
+    path = EXAMPLES / "cascade-three-tier.yaml"
+    (cascade,) = load_all(path)
+    assert "onlineCalibration" not in cascade["spec"]
+    online = _uncommented_online_block(path)
+    assert online["onlineCalibration"]["enabled"] is True
+    cascade["spec"].update(online)
+    assert crdschema.problems(cascade, VALIDATORS) == []
+    assert admission.cascade_problems(cascade["spec"], "tierplace") == []
+
+
+def test_the_online_calibration_doc_example_is_valid() -> None:
+    text = (REPO / "docs" / "online-calibration.md").read_text()
+    (block,) = [b.split("```")[0] for b in text.split("```yaml\n")[1:] if "kind:" in b]
+    cascade = yaml.safe_load(block)
+    assert crdschema.problems(cascade, VALIDATORS) == []
+    assert admission.cascade_problems(cascade["spec"], "tierplace") == []
+    assert InferenceCascadeSpec.model_validate(cascade["spec"]).online_calibration is not None
