@@ -199,6 +199,37 @@ def test_zero_keep_ratio_and_latency_budget_are_refused(
     assert "e.g." in out["message"]
 
 
+def test_online_calibration_out_of_range_or_on_one_tier_is_refused(api: Api, ns: str) -> None:
+    two = [{"tierClass": "Edge"}, {"tierClass": "Cloud"}]
+    body = cascade_body("online", two, onlineCalibration={"targetDisagreement": "0"})
+    code, out = api.cp.request("POST", api.cascades(ns), body)
+    assert code == 422, out
+    assert "spec.onlineCalibration.targetDisagreement: '0' can never be met" in out["message"]
+    body = cascade_body("online", [{"tierClass": "Cloud"}], onlineCalibration={"enabled": True})
+    code, out = api.cp.request("POST", api.cascades(ns), body)
+    assert code == 422, out
+    assert "set spec.onlineCalibration.enabled to false" in out["message"]
+    # On with the defaults the CRD fills in, on two tiers: accepted as written.
+    created = api.create(
+        api.cascades(ns), cascade_body("online", two, onlineCalibration={"enabled": True})
+    )
+    assert created["spec"]["onlineCalibration"] == {
+        "enabled": True,
+        "targetDisagreement": "0.02",
+        "confidence": "0.9",
+        "shadowShare": "0.05",
+    }
+    # Taking the lower tier away while it is on is refused too.
+    code, out = api.cp.request(
+        "PATCH",
+        api.cascades(ns, "online"),
+        {"spec": {"tiers": [{"tierClass": "Cloud"}]}},
+        "application/merge-patch+json",
+    )
+    assert code == 422, out
+    assert "online calibration is enabled on a cascade of one tier" in out["message"]
+
+
 def test_one_tier_for_two_rungs_is_refused(api: Api, ns: str) -> None:
     tiers = [
         {"tierClass": "Device", "tierRef": {"name": "shared"}},

@@ -49,3 +49,23 @@ def test_explain_describes_spec_fields(api: Api) -> None:
     )
     text = kubectl(api, "explain", "inferencecascades.spec.tiers")
     assert "lowest first" in text
+    text = " ".join(kubectl(api, "explain", "inferencecascades.spec.onlineCalibration").split())
+    assert "Off unless enabled (also when this field is absent): shadow calls spend" in text
+
+
+def test_get_wide_shows_whether_a_cascade_calibrates_online(api: Api, ns: str) -> None:
+    body = {
+        "apiVersion": "tierplace.io/v1alpha1",
+        "kind": "InferenceCascade",
+        "metadata": {"name": "shadowed"},
+        "spec": {
+            "tiers": [{"tierClass": "Edge"}, {"tierClass": "Cloud"}],
+            "onlineCalibration": {"enabled": True},
+        },
+    }
+    api.create(api.cascades(ns), body)
+    lines = kubectl(api, "get", "inferencecascades", "-n", ns, "-o", "wide").splitlines()
+    header = lines[0].split()
+    assert header[header.index("ONLINE") + 1] == "SHADOW"  # wide only: not in plain get
+    assert "true" in lines[1].split()
+    assert "ONLINE" not in kubectl(api, "get", "inferencecascades", "-n", ns)
