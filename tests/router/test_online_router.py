@@ -73,9 +73,9 @@ async def test_a_device_that_disagrees_with_the_cloud_is_tightened_and_requests_
                 metric_value(text, SHADOW, tier="device", outcome=o) or 0.0
                 for o in ("agree", "disagree", "failed", "skipped")
             )
-            return done >= 40
+            return done >= 15  # half of the first 50 at least; after a refutation all climb
 
-        await _wait_for(shadows_done, 30, "40 shadow calls to end")
+        await _wait_for(shadows_done, 30, "15 shadow calls to end")
         text = await _metrics(client)
         disagree = metric_value(text, SHADOW, tier="device", outcome="disagree") or 0.0
         agree = metric_value(text, SHADOW, tier="device", outcome="agree") or 0.0
