@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from tierplace.local.ports import free_port
 from tierplace_harness import pki
 
 DEFAULT_BIN = Path(os.environ.get("TIERPLACE_CACHE", str(Path.home() / ".cache" / "tierplace"))) / (
@@ -64,12 +64,6 @@ def missing_binaries(directory: Path | None = None) -> list[str]:
     if shutil.which("etcd") is None:
         missing.append("etcd")
     return missing
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

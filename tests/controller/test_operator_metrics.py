@@ -4,7 +4,6 @@ served over HTTP the way Prometheus scrapes them."""
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from tierplace.controller import config, handlers, sync
 from tierplace.controller.kube import Conflict
 from tierplace.controller.metrics import OPERATOR, OperatorMetrics, serve
+from tierplace.local.ports import free_port
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -53,17 +53,10 @@ def test_managed_objects_count_each_object_once_until_it_is_gone() -> None:
     assert _value(r, "managed_objects", kind="InferenceCascade") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_metrics_are_served_in_the_prometheus_text_format() -> None:
     m = OperatorMetrics()
     m.managed("InferenceCascade", "ns", "sentiment")
-    port = _free_port()
+    port = free_port()
     serve(port, "127.0.0.1", m)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()

@@ -28,6 +28,7 @@ from tests.procs import alive, descendants
 from tierplace import paths
 from tierplace.local.commands import infer, rows
 from tierplace.local.links import LinkSpec
+from tierplace.local.ports import free_port
 from tierplace.local.probe import until
 from tierplace.local.stack import (
     DEFAULT_TIERS,
@@ -37,7 +38,6 @@ from tierplace.local.stack import (
     missing_weights,
     router_config,
 )
-from tierplace.local.triton import free_port
 from tierplace.router.config import load, parse
 from tierplace.router.latency import tier_queries
 

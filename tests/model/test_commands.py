@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tierplace.local.triton import free_port
+from tierplace.local.ports import free_port
 
 
 def _env(home: Path) -> dict[str, str]:

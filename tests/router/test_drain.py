@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from tests.router.protocolkit import WAIT_S
 from tests.router.routerkit import text_request
 from tests.router.test_hot_path import FakeTriton
-from tierplace.local.triton import free_port
+from tierplace.local.ports import free_port
 from tierplace.router.app import serve
 
 

@@ -30,7 +30,8 @@ from tritonclient.utils import InferenceServerException
 from tests.router.protocolkit import WAIT_S, RouterThread
 from tests.router.routerkit import cascade_config, text_request
 from tests.router.test_hot_path import FakeTriton
-from tierplace.local.triton import TritonServer, free_port
+from tierplace.local.ports import free_port
+from tierplace.local.triton import TritonServer
 from tierplace.router import commands as router_commands
 from tierplace.router.app import EXTENSIONS, OUTPUTS, serve
 from tierplace.router.grpc_server import GrpcServer

@@ -304,7 +304,8 @@ def run(
     With ``grpc`` each round also has a phase through the router's gRPC door, against the
     same direct (HTTP) baseline: what a hop costs a tritonclient.grpc caller."""
     from tierplace import paths
-    from tierplace.local.triton import TritonServer, free_port
+    from tierplace.local.ports import free_port
+    from tierplace.local.triton import TritonServer
 
     tmp = Path(tempfile.mkdtemp(prefix="tierplace-bench-"))
     router_port, relay_port = free_port(), free_port()

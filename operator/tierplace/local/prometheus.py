@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from tierplace.local.ports import free_port
 from tierplace.local.processes import http_ok, spawn, stop_group
-from tierplace.local.triton import free_port
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ import yaml
 from tierplace import paths
 from tierplace.api.variants import VARIANTS
 from tierplace.local.links import Link, LinkSpec, parse_rate
+from tierplace.local.ports import free_port
 from tierplace.local.processes import http_ok, spawn, stop_group
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
 from tierplace.local.supervise import (
@@ -48,7 +49,7 @@ from tierplace.local.supervise import (
 from tierplace.local.supervise import (
     GaveUp as GaveUp,
 )
-from tierplace.local.triton import TritonServer, free_port, remove_leaked_shm
+from tierplace.local.triton import TritonServer, remove_leaked_shm
 from tierplace.local.upgrade import Upgrade, quick_variants
 from tierplace.model.profiles import trained_profile
 

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tierplace import paths
+from tierplace.local.ports import free_port
 from tierplace.local.processes import http_ok, spawn, stop_group
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,6 @@ def remove_leaked_shm(min_age_s: float = 1.0) -> list[str]:
                 path.unlink()
                 removed.append(name)
     return removed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
