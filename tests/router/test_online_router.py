@@ -5,6 +5,7 @@ down or slow costs shadows, never answers."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +17,8 @@ from tierplace.local.links import Link, LinkSpec
 from tierplace.local.triton import TritonServer
 from tierplace.model.data import load_reviews
 from tierplace.router.app import CascadeService
+from tierplace.router.shadow import label_of
+from tierplace.router.tiers import TierClient, TierInput
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -48,6 +51,25 @@ async def _wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float, what
         await asyncio.sleep(0.05)
 
 
+async def _split_by_agreement(cfg: Any, texts: list[str]) -> tuple[list[str], list[str]]:
+    """The texts on which the device's answer and the cloud's differ, and those on which they
+    agree, asked of the two tiers directly (the models are deterministic on CPU)."""
+    device, cloud = (TierClient(t) for t in cfg.cascades[0].tiers)
+    differ: list[str] = []
+    agree: list[str] = []
+    try:
+        for text in texts:
+            low, top = [
+                await c.infer(TierInput(text=text), want_importance=False, timeout_s=5.0)
+                for c in (device, cloud)
+            ]
+            (differ if label_of(low.probs) != label_of(top.probs) else agree).append(text)
+    finally:
+        await device.close()
+        await cloud.close()
+    return differ, agree
+
+
 async def _metrics(client: Any) -> str:
     return str(await (await client.get("/metrics")).text())
 
@@ -56,11 +78,18 @@ async def test_a_device_that_disagrees_with_the_cloud_is_tightened_and_requests_
     triton_all: TritonServer,
 ) -> None:
     cfg = _two_tiers([triton_all.http_url] * 2, shadow_share=0.5, window=200, confidence=0.9)
+    # A stream where one answer in five differs from the cloud's, built from what the two tiers
+    # answer rather than assumed of briefly trained models (their raw rate drifts between
+    # trainings: 9.5 % in one CI run, more in others).
+    differ, same = await _split_by_agreement(cfg, _texts(500))
+    assert len(differ) >= 30, f"the device and cloud differ on only {len(differ)} of 500 texts"
+    stream = differ[:30] + same[:120]
+    random.Random(7).shuffle(stream)
+    later = (differ[30:] + same[120:])[:150]
     service = CascadeService(cfg)
-    texts = _texts(300)
     async with running_router(service) as client:
         first: list[dict[str, Any]] = []
-        for text in texts[:150]:
+        for text in stream:
             resp = await client.post("/v2/models/sentiment/infer", json=text_request(text))
             assert resp.status == 200, await resp.text()
             first.append((await resp.json())["parameters"])
@@ -79,8 +108,7 @@ async def test_a_device_that_disagrees_with_the_cloud_is_tightened_and_requests_
         text = await _metrics(client)
         disagree = metric_value(text, SHADOW, tier="device", outcome="disagree") or 0.0
         agree = metric_value(text, SHADOW, tier="device", outcome="agree") or 0.0
-        # The tiny device and cloud variants are briefly trained: they often disagree. This
-        # is the fixture's premise, checked rather than assumed.
+        # The shadows saw what the stream holds: about one disagreement in five.
         assert disagree / (disagree + agree) > 0.1, (agree, disagree)
         threshold = metric_value(text, "tierplace_router_online_threshold", tier="device")
         assert threshold is not None and threshold > 0.5
@@ -92,7 +120,7 @@ async def test_a_device_that_disagrees_with_the_cloud_is_tightened_and_requests_
         assert effective == pytest.approx(threshold)
         # From now on the device answers only what clears the raised threshold.
         climbed = 0
-        for text_ in texts[150:]:
+        for text_ in later:
             resp = await client.post("/v2/models/sentiment/infer", json=text_request(text_))
             params = (await resp.json())["parameters"]
             assert resp.status == 200
