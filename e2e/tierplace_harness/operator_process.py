@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from tierplace_harness.controlplane import free_port
+from tierplace.local.ports import free_port
 
 
 @dataclass

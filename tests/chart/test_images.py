@@ -20,8 +20,8 @@ from tests.chart.helmkit import REPO
 from tierplace.api.models import InferenceTierSpec
 from tierplace.api.variants import VARIANTS, TierClass
 from tierplace.controller import manifests
+from tierplace.local.ports import free_port
 from tierplace.local.triton import server_tree
-from tierplace_harness.controlplane import free_port
 
 IMAGES = REPO / "images"
 DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))

@@ -9,9 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from tierplace.controller import rbac
+from tierplace.local.ports import free_port
 from tierplace_harness import pki
 from tierplace_harness.cluster import Api
-from tierplace_harness.controlplane import OPERATOR_USER, free_port
+from tierplace_harness.controlplane import OPERATOR_USER
 from tierplace_harness.operator_process import OperatorProcess
 
 SUBJECT = {"kind": "User", "name": OPERATOR_USER, "apiGroup": "rbac.authorization.k8s.io"}

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from tierplace.local.ports import free_port
 from tierplace_harness import pki
 from tierplace_harness.cluster import Api, condition, tier_body
-from tierplace_harness.controlplane import free_port
 from tierplace_harness.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.controlplane

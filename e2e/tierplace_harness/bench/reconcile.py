@@ -30,8 +30,9 @@ from typing import Any
 import yaml
 
 from tierplace.controller import admission, rbac
+from tierplace.local.ports import free_port
 from tierplace_harness import cluster, generated, pki
-from tierplace_harness.controlplane import OPERATOR_USER, ControlPlane, control_plane, free_port
+from tierplace_harness.controlplane import OPERATOR_USER, ControlPlane, control_plane
 from tierplace_harness.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[3]
