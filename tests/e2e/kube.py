@@ -21,7 +21,7 @@ import yaml
 
 from tests.chart.helmkit import Helm
 from tests.nodes.cluster import RealCluster
-from tierplace.local.triton import free_port
+from tierplace.local.ports import free_port
 from tierplace_harness.cluster import wait_for
 
 T = TypeVar("T")
