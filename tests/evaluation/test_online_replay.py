@@ -55,6 +55,7 @@ def test_a_contradicted_device_is_tightened_and_the_cloud_answers_from_then_on()
     system, tables = _contradicted(2000)
     fixed = replay_stream(system, tables, COSTS)
     assert (fixed.tier == 0).all()  # confident: the fixed cascade never asks the cloud
+    assert fixed.disagree.all()  # and the cloud would have answered otherwise every time
     online = OnlineSettings(target=0.02, shadow_share=0.05, window=1000)
     run = replay_stream(system, tables, COSTS, online, seed=1)
     first = int(np.argmax(run.refuted))
@@ -62,6 +63,7 @@ def test_a_contradicted_device_is_tightened_and_the_cloud_answers_from_then_on()
     assert run.thresholds[first, 0] == 1.0  # nothing certifiable: offload everything
     assert (run.tier[first:] == 1).all()
     assert (run.label[first:] == 0).all()  # the cloud's answer, which was right
+    assert run.disagree[:first].all() and not run.disagree[first:].any()
     assert run.shadowed[:first].sum() >= 1  # the evidence came from shadow calls
     assert not run.shadowed[first:].any()  # everything climbs: nothing left to shadow
     assert (run.shadow_s[run.shadowed] > 0).all() and (run.shadow_s[~run.shadowed] == 0).all()
@@ -79,6 +81,7 @@ def test_the_replay_shadows_the_share_it_is_told_reproducibly_by_seed() -> None:
     b = replay_stream(system, agreeing, COSTS, online, seed=7)
     assert np.array_equal(a.shadowed, b.shadowed) and np.array_equal(a.thresholds, b.thresholds)
     assert (a.tier == 0).all()
+    assert not a.disagree.any()
     assert a.shadowed.mean() == pytest.approx(0.2, abs=0.03)
     assert not a.refuted.any()
     assert a.thresholds[-1, 0] < 0.9  # agreement certified a looser threshold

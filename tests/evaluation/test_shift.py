@@ -78,8 +78,8 @@ def test_only_the_tables_both_sets_hold_and_mismatches_refused() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="exits and classes differ"):
         stream([(MOVIES, None), (wide, None)])
-    with pytest.raises(ValueError, match="cannot take 7 of 6"):
-        shifted_stream(MOVIES, TWEETS, n_other=7)
+    with pytest.raises(ValueError, match="cannot take -1 rows"):
+        shifted_stream(MOVIES, TWEETS, n_other=-1)
 
 
 def test_segment_order_is_a_prefix_of_one_permutation() -> None:
@@ -87,3 +87,13 @@ def test_segment_order_is_a_prefix_of_one_permutation() -> None:
     assert sorted(full.tolist()) == list(range(20))
     assert segment_order(20, 5, seed=1, index=1).tolist() == full[:5].tolist()
     assert segment_order(20, None, seed=1, index=0).tolist() != full.tolist()
+
+
+def test_a_segment_longer_than_its_set_replays_it_in_shuffled_passes() -> None:
+    three = segment_order(20, 50, seed=1, index=1)
+    assert three[:20].tolist() == segment_order(20, None, seed=1, index=1).tolist()
+    for start in (20, 40):
+        chunk = three[start : start + 20].tolist()
+        assert len(set(chunk)) == len(chunk)  # each pass takes every row at most once
+    assert sorted(three[20:40].tolist()) == list(range(20))
+    assert three[20:40].tolist() != three[:20].tolist()  # a new order each pass

@@ -44,6 +44,7 @@ class StreamRun:
     shadow_s: FloatArray  # top-tier compute a shadow call cost (0 where none)
     thresholds: FloatArray  # the offload thresholds in force when the request arrived
     refuted: npt.NDArray[np.bool_]  # some tier's offline threshold refuted at arrival
+    disagree: npt.NDArray[np.bool_]  # answered below the top, unlike the top tier would have
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def replay_stream(
     shadow_s = np.zeros(n)
     thresholds = np.zeros((n, top))
     refuted = np.zeros(n, dtype=bool)
+    disagree = np.zeros(n, dtype=bool)
     verdicts, refused = None, False
     for r in range(n):
         if cal is not None and cal.verdicts is not verdicts:
@@ -107,11 +109,20 @@ def replay_stream(
         probs = [pre.probs[i][r] for i in seen]
         out_label[r] = _label(fuse(probs, weights[: len(seen)]))
         out_tier[r], latency[r] = seen[-1], elapsed
+        disagree[r] = seen[-1] < top and out_label[r] != _label(pre.shadow_probs[r])
         if cal is not None:
             shadowed[r] = _calibrate(cal, pre, r, seen, weights)
             shadow_s[r] = pre.shadow_s[r] if shadowed[r] else 0.0
     return StreamRun(
-        system.name, out_label, out_tier, latency, shadowed, shadow_s, thresholds, refuted
+        system.name,
+        out_label,
+        out_tier,
+        latency,
+        shadowed,
+        shadow_s,
+        thresholds,
+        refuted,
+        disagree,
     )
 
 

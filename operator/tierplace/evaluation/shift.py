@@ -42,13 +42,24 @@ class Stream:
 
 
 def segment_order(n: int, take: int | None, seed: int, index: int) -> IntArray:
-    """Which rows of a set of ``n`` a segment takes, in stream order: the first ``take`` of a
-    permutation seeded by ``(seed, index)``, so a segment's order depends on neither the other
-    segments nor ``take`` (a longer segment begins with the shorter one)."""
-    if take is not None and not 0 <= take <= n:
-        raise ValueError(f"segment {index}: cannot take {take} of {n} rows")
-    order = np.random.default_rng([seed, index]).permutation(n).astype(np.int64)
-    return order[: n if take is None else take]
+    """Which rows of a set of ``n`` a segment takes, in stream order: the first ``take`` of
+    shuffled passes over the set, each pass a permutation seeded by ``(seed, index, pass)``, so
+    a segment's order depends on neither the other segments nor ``take`` (a longer segment
+    begins with the shorter one). ``take`` above ``n`` replays the set in further passes: the
+    online bound needs more requests than a labelled set of a few thousand rows holds."""
+    if take is not None and take < 0:
+        raise ValueError(f"segment {index}: cannot take {take} rows")
+    if n == 0 and take:
+        raise ValueError(f"segment {index}: cannot take {take} rows of an empty set")
+    want = n if take is None else take
+    passes = max(1, -(-want // n)) if n else 1
+    order: IntArray = np.concatenate(
+        [
+            np.random.default_rng([seed, index] + ([p] if p else [])).permutation(n)
+            for p in range(passes)
+        ]
+    ).astype(np.int64)
+    return order[:want]
 
 
 def _concat(name: str, parts: Sequence[tuple[TableSet, IntArray]]) -> TableSet:
