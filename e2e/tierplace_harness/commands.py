@@ -1,5 +1,5 @@
-"""``tierplace bench``, ``bench-router``, ``bench-models``, ``bench-operator`` and
-``bench-first-answer``.
+"""``tierplace bench``, ``bench-router``, ``bench-models``, ``bench-operator``,
+``bench-first-answer`` and ``bench-shift``.
 
 The ``tierplace`` command imports this module by name when it can (tierplace/cli.py): the
 benchmarks are commands of a source checkout, not of the product. Each handler imports its
@@ -14,7 +14,14 @@ from pathlib import Path
 from tierplace.api.variants import VARIANTS
 
 #: The subcommands registered here; tierplace/cli.py names them when this package is missing.
-COMMANDS = ("bench", "bench-router", "bench-models", "bench-operator", "bench-first-answer")
+COMMANDS = (
+    "bench",
+    "bench-router",
+    "bench-models",
+    "bench-operator",
+    "bench-first-answer",
+    "bench-shift",
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,6 +30,80 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_models(sub)
     _register_operator(sub)
     _register_first_answer(sub)
+    _register_shift(sub)
+
+
+def _register_shift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tierplace.model.domains import DOMAINS
+
+    b = sub.add_parser(
+        "bench-shift",
+        help="(harness) replay streams that shift from movie sentences to other text: fixed "
+        "thresholds, online calibration and a per-segment oracle (JSON, docs section, plot)",
+    )
+    b.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated")
+    b.add_argument("--passes", type=int, default=6, help="shuffled passes over each other set")
+    b.add_argument("--movie-passes", type=int, default=2, help="passes over the movie test split")
+    b.add_argument("--limit", type=int, default=None, help="rows of each set (default all)")
+    b.add_argument("--target", type=float, default=0.04, help="online target disagreement")
+    b.add_argument("--confidence", type=float, default=0.9)
+    b.add_argument("--shadow-share", type=float, default=0.05)
+    b.add_argument("--window", type=int, default=16000, help="requests")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default docs/results/shift.json, which also regenerates the section "
+        "of docs/online-calibration.md and docs/img/shift.png)",
+    )
+    b.add_argument("--no-progress", action="store_true")
+    b.add_argument(
+        "--render-only",
+        action="store_true",
+        help="only regenerate the docs section and plot from docs/results/shift.json",
+    )
+    b.set_defaults(func=_bench_shift)
+
+
+def _bench_shift(args: argparse.Namespace) -> int:
+    from tierplace.model.domains import DOMAINS
+    from tierplace.router.online import OnlineSettings
+    from tierplace_harness.bench import shift
+
+    if args.render_only:
+        shift.render()
+        return 0
+    domains = tuple(d for d in DOMAINS if d in args.domains.split(","))
+    unknown = set(args.domains.split(",")) - set(DOMAINS)
+    if unknown or not domains:
+        raise SystemExit(f"--domains: choose from {', '.join(DOMAINS)}")
+    opts = shift.ShiftOptions(
+        domains=domains,
+        movie_passes=args.movie_passes,
+        passes=args.passes,
+        limit=args.limit,
+        online=OnlineSettings(
+            target=args.target,
+            confidence=args.confidence,
+            shadow_share=args.shadow_share,
+            window=args.window,
+        ),
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    result = shift.run(opts)
+    out = args.out or shift.RESULTS
+    shift.write(result, out)
+    if out.resolve() == shift.RESULTS.resolve():
+        shift.render()
+    for g in shift.goals(result):
+        print(
+            f"{g['domain']}: online saves {100 * g['recovery']:.0f} % of the oracle's saving; "
+            f"worst gap {g['worst_gap_points']:+.2f} points; bound held: {g['bound_held']}"
+        )
+    print(f"wrote {out}")
+    return 0
 
 
 def _register_first_answer(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -34,6 +34,7 @@ _HARNESS_COMMANDS = (
     "bench-models",
     "bench-operator",
     "bench-first-answer",
+    "bench-shift",
 )
 _NO_HARNESS = (
     "tierplace {command}: this is a benchmark of a source checkout, and its harness package "
