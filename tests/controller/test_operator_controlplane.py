@@ -181,7 +181,7 @@ def test_spec_change_rolls_the_deployment(api: Api, ns: str) -> None:
 def test_delete_garbage_collects_children(api: Api, ns: str) -> None:
     api.create(api.tiers(ns), tier_body("gone", "Cloud"))
     wait_deployment(api, ns, "gone")
-    assert api.get(f"/api/v1/namespaces/{ns}/services/gone") is not None
+    api.wait(lambda: api.get(f"/api/v1/namespaces/{ns}/services/gone"), "the tier's Service")
     code, _ = api.cp.request("DELETE", api.tiers(ns, "gone"))
     assert code == 200
     api.wait(lambda: api.get(deployment_path(ns, "gone")) is None, "Deployment collected", 90)
@@ -193,8 +193,10 @@ def test_delete_garbage_collects_children(api: Api, ns: str) -> None:
 def test_operator_restart_catches_up_without_duplicates(api: Api, ns: str) -> None:
     api.create(api.tiers(ns), tier_body("steady", "Edge"))
     dep = wait_deployment(api, ns, "steady")
-    svc = api.get(f"/api/v1/namespaces/{ns}/services/steady")
-    assert svc is not None
+    # The Service is written after the Deployment: wait for it too, never read it at once.
+    svc = api.wait(
+        lambda: api.get(f"/api/v1/namespaces/{ns}/services/steady"), "the tier's Service"
+    )
     api.operator.stop()
     try:
         # Changed while no operator runs: a level-based reconcile must catch up on resume.
