@@ -13,6 +13,7 @@ from tierplace.router.policy import (
     STATIC,
     MetricsSnapshot,
     Reason,
+    TierInput,
     TierLatency,
     TierPolicy,
     answer_confidence,
@@ -23,6 +24,7 @@ from tierplace.router.policy import (
     fuse,
     keep_count,
     prune,
+    sent_up,
     words,
 )
 
@@ -311,6 +313,20 @@ def test_pruning_keeps_whole_important_words_in_order_as_ids() -> None:
 def test_pruning_across_tokenizer_families_rebuilds_text() -> None:
     p = prune(TOKENS, IDS, SCORES, keep_ratio=0.4, same_family=False)
     assert p.text == "film unwatchable" and p.input_ids is None
+
+
+def test_a_text_of_only_unknown_tokens_goes_up_whole_not_empty() -> None:
+    """An emoji-only tweet is [CLS] [UNK] [SEP] to the lower tier: no word to rank. Pruning it
+    would send an empty text, which the next tier refuses with a 400."""
+    for same_family in (True, False):
+        p = prune(["[CLS]", "[UNK]", "[SEP]"], [101, 100, 102], [0.1, 0.9, 0.1], 0.5,
+                  same_family=same_family)  # fmt: skip
+        assert p.kept_words == p.total_words == 0
+        assert sent_up(p, "🙂🙂") == TierInput(text="🙂🙂")
+    kept = prune(TOKENS, IDS, SCORES, keep_ratio=0.4, same_family=False)
+    assert sent_up(kept, "the film is unwatchable !") == TierInput(text="film unwatchable")
+    ids = prune(TOKENS, IDS, SCORES, keep_ratio=0.4, same_family=True)
+    assert sent_up(ids, "ignored").input_ids == ids.input_ids
 
 
 def test_ties_keep_the_earlier_word() -> None:

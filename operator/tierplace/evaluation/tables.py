@@ -34,7 +34,7 @@ from tierplace.api.variants import VARIANTS
 from tierplace.evaluation.table_set import FloatArray, IntArray, TableSet, TierTable, source_key
 from tierplace.model.data import Split, load_reviews
 from tierplace.model.domains import SOURCE, Domain, load_domain
-from tierplace.router.policy import TierInput, prune
+from tierplace.router.policy import TierInput, prune, sent_up
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _pruned(
     if keep >= 1.0:
         return list(originals)
     out: list[TierInput] = []
-    for seq, imp in zip(ids, importance, strict=True):
+    for seq, imp, original in zip(ids, importance, originals, strict=True):
         p = prune(
             lower.tokens(seq),
             seq,
@@ -218,10 +218,7 @@ def _pruned(
             keep,
             same_family=lower.family == upper_family,
         )
-        if p.input_ids is not None:
-            out.append(TierInput(input_ids=p.input_ids))
-        else:
-            out.append(TierInput(text=p.text))
+        out.append(sent_up(p, original.text or ""))
     return out
 
 

@@ -30,6 +30,7 @@ from tierplace.router.policy import (
     expected_latency,
     fuse,
     prune,
+    sent_up,
 )
 from tierplace.router.shadow import OnlineCalibration
 from tierplace.router.tiers import FailureKind, TierClient, TierError, TierInput, TierResult
@@ -492,9 +493,7 @@ class CascadeRuntime:
             self.metrics.child(
                 self.metrics.offload_kept_ratio, self.cfg.name, lower.name, upper.name
             ).observe(pruned.kept_words / pruned.total_words)
-        if pruned.input_ids is not None:
-            return TierInput(input_ids=pruned.input_ids)
-        return TierInput(text=pruned.text)
+        return sent_up(pruned, text)
 
     def _answer(
         self, seen: Sequence[tuple[int, TierResult]], reason: Reason, *, degraded: bool

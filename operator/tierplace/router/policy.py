@@ -309,6 +309,17 @@ class TierInput:
         return len((self.text or "").encode())
 
 
+def sent_up(pruned: Pruned, text: str) -> TierInput:
+    """What the next tier receives: the pruned ids or text, or the original ``text`` when
+    the lower tier saw no word to rank (only special or unknown tokens, as an emoji-only
+    text gives): pruning would send nothing, and an empty text is refused."""
+    if pruned.kept_words == 0:
+        return TierInput(text=text)
+    if pruned.input_ids is not None:
+        return TierInput(input_ids=pruned.input_ids)
+    return TierInput(text=pruned.text)
+
+
 def words(tokens: Sequence[str], ids: Sequence[int], importance: Sequence[float]) -> list[Word]:
     """Group WordPiece tokens into words; special tokens ([CLS], [SEP], <s>...) are dropped."""
     if not len(tokens) == len(ids) == len(importance):
