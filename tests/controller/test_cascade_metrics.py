@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import yaml
@@ -18,6 +19,7 @@ from tierplace.controller import prometheus
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
 from tierplace.router import config as router_config
 from tierplace.router.metrics import RouterMetrics
+from tierplace.router.online import Basis
 from tierplace.router.policy import Reason
 from tierplace_harness.cluster import Api
 
@@ -53,13 +55,14 @@ def test_online_status_shows_disagreement_thresholds_and_the_shadow_share() -> N
         online_bound={DEVICE: 0.01874, EDGE: 0.0291},
         online_pairs={DEVICE: 812.0, EDGE: 97.0},
         online_threshold={DEVICE: 0.7, EDGE: 0.85},
+        online_basis={DEVICE: "Certified", EDGE: "Refuted"},
         # Shadow calls by the tier whose answer was compared; the top tier makes none.
         shadow_per_s={DEVICE: 1.5, EDGE: 0.5},
     )
     status = prometheus.metrics_status(samples, below_top=[DEVICE, EDGE], online=True)
     assert status["onlineDisagreement"] == {
-        DEVICE: {"estimate": "0.0123", "bound": "0.0187", "pairs": 812},
-        EDGE: {"estimate": "0.0040", "bound": "0.0291", "pairs": 97},
+        DEVICE: {"estimate": "0.0123", "bound": "0.0187", "pairs": 812, "basis": "Certified"},
+        EDGE: {"estimate": "0.0040", "bound": "0.0291", "pairs": 97, "basis": "Refuted"},
     }
     assert status["onlineThresholds"] == {DEVICE: "0.700", EDGE: "0.850"}
     # 2 shadow calls a second over the 40 answers below the top tier (not the cloud's 10).
@@ -85,8 +88,31 @@ def test_online_queries_only_when_the_cascade_enables_it() -> None:
     online = prometheus.queries(CASCADE, online=True)
     assert 'statistic="bound"' in online["online_bound"]
     assert 'outcome!="skipped"' in online["shadow_per_s"]
+    assert online["online_basis"].endswith("== 1)")  # the bases held, not the zeros
     # Every query fills a CascadeSamples field.
     assert prometheus.CascadeSamples(**{key: {} for key in online})
+
+
+def test_online_basis_of_replicas_that_differ_is_the_one_of_the_highest_threshold() -> None:
+    # The operator lists the router's bases without importing the router; a renamed one fails.
+    assert set(prometheus.BASIS_PRECEDENCE) == {b.value for b in Basis}
+
+    def held(tier: str, basis: str) -> dict[str, Any]:
+        return {"metric": {"tier": tier, "basis": basis}, "value": [0, "1"]}
+
+    result = [
+        held(DEVICE, "Certified"),
+        held(DEVICE, "Refuted"),
+        held(DEVICE, "Offline"),
+        held(EDGE, "Certified"),
+        held(EDGE, "Offline"),
+        held(CLOUD, "Certified"),
+    ]
+    assert prometheus._basis_by_tier(result) == {
+        DEVICE: "Refuted",
+        EDGE: "Offline",
+        CLOUD: "Certified",
+    }
 
 
 class _Router:
@@ -129,6 +155,9 @@ class _Router:
         m.online_disagreement.labels(CASCADE, DEVICE, "estimate").set(0.0125)
         m.online_disagreement.labels(CASCADE, DEVICE, "bound").set(0.019)
         m.online_pairs.labels(CASCADE, DEVICE).set(400)
+        # A state set, as the router publishes it: the basis held is 1, the others 0.
+        for basis in Basis:
+            m.online_basis.labels(CASCADE, DEVICE, basis).set(float(basis is Basis.CERTIFIED))
         while not self.stop.wait(0.05):
             m.shadow_calls.labels(CASCADE, DEVICE, "agree").inc(0.1)
             m.shadow_calls.labels(CASCADE, DEVICE, "disagree").inc(0.05)
@@ -234,7 +263,7 @@ def test_cascade_status_shows_online_calibration_when_enabled(api: Api, ns: str,
         "online calibration in the cascade status",
     )
     assert status["onlineDisagreement"] == {
-        DEVICE: {"estimate": "0.0125", "bound": "0.0190", "pairs": 400}
+        DEVICE: {"estimate": "0.0125", "bound": "0.0190", "pairs": 400, "basis": "Certified"}
     }
     assert status["onlineThresholds"] == {DEVICE: "0.700"}
     # Shadow calls over the device's answers (the cloud is the top); skipped ones not counted.

@@ -112,6 +112,9 @@ async def test_a_device_that_disagrees_with_the_cloud_is_tightened_and_requests_
         assert disagree / (disagree + agree) > 0.1, (agree, disagree)
         threshold = metric_value(text, "tierplace_router_online_threshold", tier="device")
         assert threshold is not None and threshold > 0.5
+        gauge = "tierplace_router_online_basis"  # raised: the offline threshold was refuted
+        assert metric_value(text, gauge, tier="device", basis="Refuted") == 1.0
+        assert metric_value(text, gauge, tier="device", basis="Offline") == 0.0
         bound = metric_value(
             text, "tierplace_router_online_disagreement", tier="device", statistic="bound"
         )

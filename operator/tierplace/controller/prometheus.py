@@ -1,8 +1,8 @@
 """Reads what the router reports to Prometheus back into InferenceCascade status: the share of
 requests each tier offloads, the thresholds in force after latency adaptation, the median
 latency of calls to each tier and, with online calibration on, each tier's disagreement with the
-top tier, the thresholds online calibration set and the share of requests shadowed to the top
-tier. Queries use the router's own metric names (router/metrics.py),
+top tier, the thresholds online calibration set and why (their basis), and the share of requests
+shadowed to the top tier. Queries use the router's own metric names (router/metrics.py),
 whose prefix both sides take from api/names.py: the operator never imports the router.
 
 I/O only; turning samples into status strings is :func:`metrics_status` (pure).
@@ -20,6 +20,12 @@ from tierplace.api.names import ROUTER_METRIC_PREFIX as PREFIX
 
 WINDOW = "1m"
 
+#: The router's online bases (router/online.py ``Basis``), in the order a tier shows them when
+#: its router replicas differ: that of the highest threshold first, as ``onlineThresholds``
+#: shows the highest (a refuted threshold was raised above the offline one, a certified one is
+#: at or below it). A basis not listed here still shows, after these.
+BASIS_PRECEDENCE = ("Refuted", "Offline", "Certified")
+
 
 @dataclass(frozen=True)
 class CascadeSamples:
@@ -35,6 +41,8 @@ class CascadeSamples:
     online_bound: dict[str, float] = field(default_factory=dict)
     online_pairs: dict[str, float] = field(default_factory=dict)
     online_threshold: dict[str, float] = field(default_factory=dict)
+    #: Why each tier's online threshold is what it is: Offline, Certified or Refuted.
+    online_basis: dict[str, str] = field(default_factory=dict)
     #: Shadow calls made (agreeing, disagreeing or failed; not the skipped ones), by the tier
     #: whose answer was compared.
     shadow_per_s: dict[str, float] = field(default_factory=dict)
@@ -59,6 +67,8 @@ def queries(cascade: str, online: bool = False) -> dict[str, str]:
             "online_bound": f'max by (tier) ({disagreement}{{{sel},statistic="bound"}})',
             "online_pairs": f"max by (tier) ({PREFIX}_online_pairs{{{sel}}})",
             "online_threshold": f"max by (tier) ({PREFIX}_online_threshold{{{sel}}})",
+            # A state set: the bases some replica holds (1), not those it does not (0).
+            "online_basis": f"max by (tier, basis) ({PREFIX}_online_basis{{{sel}}} == 1)",
             "shadow_per_s": (
                 f"sum by (tier) (rate({PREFIX}_shadow_calls_total"
                 f'{{{sel},outcome!="skipped"}}[{WINDOW}]))'
@@ -78,11 +88,25 @@ def _by_tier(result: list[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _basis_by_tier(result: list[Mapping[str, Any]]) -> dict[str, str]:
+    """Per tier, the basis shown (BASIS_PRECEDENCE) among those the samples hold."""
+    held: dict[str, set[str]] = {}
+    for sample in result:
+        labels = sample.get("metric", {})
+        tier, basis = labels.get("tier"), labels.get("basis")
+        if tier and basis:
+            held.setdefault(str(tier), set()).add(str(basis))
+    rank = {b: i for i, b in enumerate(BASIS_PRECEDENCE)}
+    return {
+        tier: min(bases, key=lambda b: (rank.get(b, len(rank)), b)) for tier, bases in held.items()
+    }
+
+
 async def read(
     url: str, cascade: str, timeout_s: float = 3.0, online: bool = False
 ) -> CascadeSamples:
     """Query Prometheus; raises aiohttp.ClientError / ValueError when it cannot answer."""
-    values: dict[str, dict[str, float]] = {}
+    values: dict[str, dict[str, Any]] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         for key, query in queries(cascade, online).items():
             async with session.get(
@@ -91,7 +115,8 @@ async def read(
                 body = await resp.json()
             if body.get("status") != "success":
                 raise ValueError(f"Prometheus refused {query!r}: {body.get('error')}")
-            values[key] = _by_tier(body["data"]["result"])
+            result = body["data"]["result"]
+            values[key] = _basis_by_tier(result) if key == "online_basis" else _by_tier(result)
     return CascadeSamples(**values)
 
 
@@ -131,14 +156,16 @@ def online_status(
     samples: CascadeSamples, below_top: Sequence[str], online: bool
 ) -> dict[str, Any]:
     """Online calibration's status: per tier the disagreement with the top tier (estimate and
-    bound to four digits, as the target may be "0.005"; the pairs they rest on), the thresholds
-    it set, and the share of answers below the top tier shadowed to it. All None (removed)
-    when off; a field the router has not reported yet is left out (its last value stays)."""
+    bound to four digits, as the target may be "0.005"; the pairs they rest on; the basis of the
+    threshold), the thresholds it set, and the share of answers below the top tier shadowed to
+    it. All None (removed) when off; a field the router has not reported yet is left out (its
+    last value stays)."""
     if not online:
         return dict.fromkeys(ONLINE_FIELDS)
     out: dict[str, Any] = {}
     disagreement: dict[str, dict[str, Any]] = {}
-    for tier in sorted(set(samples.online_estimate) | set(samples.online_bound)):
+    tiers = set(samples.online_estimate) | set(samples.online_bound) | set(samples.online_basis)
+    for tier in sorted(tiers):
         entry: dict[str, Any] = {}
         if tier in samples.online_estimate:
             entry["estimate"] = f"{samples.online_estimate[tier]:.4f}"
@@ -146,6 +173,8 @@ def online_status(
             entry["bound"] = f"{samples.online_bound[tier]:.4f}"
         if tier in samples.online_pairs:
             entry["pairs"] = round(samples.online_pairs[tier])
+        if tier in samples.online_basis:
+            entry["basis"] = samples.online_basis[tier]
         disagreement[tier] = entry
     if disagreement:
         out["onlineDisagreement"] = disagreement

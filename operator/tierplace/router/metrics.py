@@ -185,7 +185,7 @@ class RouterMetrics:
 
     def _add_online_metrics(self, r: CollectorRegistry) -> None:
         """Label-free online calibration (docs/online-calibration.md): the shadow calls, the
-        disagreement with the top tier they measure, and the thresholds it certifies."""
+        disagreement with the top tier they measure, and the thresholds it certifies and why."""
         self.shadow_calls = Counter(
             f"{PREFIX}_shadow_calls_total",
             "Shadow calls to the top tier for a request answered below it, by the answering "
@@ -211,6 +211,14 @@ class RouterMetrics:
             f"{PREFIX}_online_pairs",
             "Answers of the tier compared with the top tier's, in the window.",
             ["cascade", "tier"],
+            registry=r,
+        )
+        self.online_basis = Gauge(
+            f"{PREFIX}_online_basis",
+            "Why the tier's online threshold is what it is, as a state set: 1 for the current "
+            "basis, 0 for the others (Offline: the offline one stands; Certified: the window "
+            "certifies it; Refuted: the window shows the offline one breaks the target).",
+            ["cascade", "tier", "basis"],
             registry=r,
         )
 

@@ -123,6 +123,9 @@ class OnlineCalibration:
             m.child(m.online_disagreement, name, tier.name, "estimate").set(verdict.estimate)
             m.child(m.online_disagreement, name, tier.name, "bound").set(verdict.bound)
             m.child(m.online_pairs, name, tier.name).set(verdict.pairs)
+            for basis in Basis:  # a state set: 1 for the verdict's basis, 0 for the others
+                held = 1.0 if basis == verdict.basis else 0.0
+                m.child(m.online_basis, name, tier.name, basis.value).set(held)
         state = [(v.threshold, v.basis) for v in verdicts]
         if state != self._state:
             self._state = state
