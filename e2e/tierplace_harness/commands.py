@@ -47,8 +47,8 @@ def _register_shift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--limit", type=int, default=None, help="rows of each set (default all)")
     b.add_argument("--target", type=float, default=0.04, help="online target disagreement")
     b.add_argument("--confidence", type=float, default=0.9)
-    b.add_argument("--shadow-share", type=float, default=0.05)
-    b.add_argument("--window", type=int, default=16000, help="requests")
+    b.add_argument("--shadow-share", type=float, default=None, help="default 0.05")
+    b.add_argument("--window", type=int, default=None, help="requests (default 16,000)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument(
         "--out",
@@ -61,12 +61,25 @@ def _register_shift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument(
         "--render-only",
         action="store_true",
-        help="only regenerate the docs section and plot from docs/results/shift.json",
+        help="only regenerate the docs section and plot from docs/results/shift*.json",
     )
+    live = b.add_argument_group(
+        "live check",
+        "--live runs a short shifted stream (the first of --domains) through the embedded "
+        "stack's router instead, compares it with the replay request by request, and writes "
+        "docs/results/shift-live.json (or --out); --shadow-share and --window default to 0.3 "
+        "and 600 there, so that the thresholds move within the stream",
+    )
+    live.add_argument("--live", action="store_true")
+    live.add_argument("--live-movies", type=int, default=300, help="movie sentences first")
+    live.add_argument("--live-other", type=int, default=1200, help="then rows of the other set")
+    live.add_argument("--run-dir", type=Path, default=None, help="the stack's folder")
     b.set_defaults(func=_bench_shift)
 
 
 def _bench_shift(args: argparse.Namespace) -> int:
+    import tempfile
+
     from tierplace.model.domains import DOMAINS
     from tierplace.router.online import OnlineSettings
     from tierplace_harness.bench import shift
@@ -74,34 +87,53 @@ def _bench_shift(args: argparse.Namespace) -> int:
     if args.render_only:
         shift.render()
         return 0
-    domains = tuple(d for d in DOMAINS if d in args.domains.split(","))
-    unknown = set(args.domains.split(",")) - set(DOMAINS)
-    if unknown or not domains:
+    asked = args.domains.split(",")
+    domains = tuple(d for d in DOMAINS if d in asked)
+    if set(asked) - set(DOMAINS) or not domains:
         raise SystemExit(f"--domains: choose from {', '.join(DOMAINS)}")
-    opts = shift.ShiftOptions(
-        domains=domains,
-        movie_passes=args.movie_passes,
-        passes=args.passes,
-        limit=args.limit,
-        online=OnlineSettings(
-            target=args.target,
-            confidence=args.confidence,
-            shadow_share=args.shadow_share,
-            window=args.window,
-        ),
-        seed=args.seed,
-        progress=not args.no_progress,
+    online = OnlineSettings(
+        target=args.target,
+        confidence=args.confidence,
+        shadow_share=args.shadow_share or (0.3 if args.live else 0.05),
+        window=args.window or (600 if args.live else 16000),
     )
-    result = shift.run(opts)
-    out = args.out or shift.RESULTS
-    shift.write(result, out)
-    if out.resolve() == shift.RESULTS.resolve():
-        shift.render()
-    for g in shift.goals(result):
-        print(
-            f"{g['domain']}: online saves {100 * g['recovery']:.0f} % of the oracle's saving; "
-            f"worst gap {g['worst_gap_points']:+.2f} points; bound held: {g['bound_held']}"
+    progress = not args.no_progress
+    if args.live:
+        run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="bench-shift-"))
+        opts = shift.LiveOptions(
+            run_dir=run_dir,
+            domain=domains[0],
+            movies=args.live_movies,
+            other=args.live_other,
+            online=online,
+            seed=args.seed,
+            progress=progress,
         )
+        result = shift.live_check(opts)
+        out = args.out or shift.RESULTS_LIVE
+        a = result["agreement"]
+        print(f"live vs replay: tier {100 * a['tier']:.1f} %, label {100 * a['label']:.1f} %")
+    else:
+        opts_ = shift.ShiftOptions(
+            domains=domains,
+            movie_passes=args.movie_passes,
+            passes=args.passes,
+            limit=args.limit,
+            online=online,
+            seed=args.seed,
+            progress=progress,
+        )
+        result = shift.run(opts_)
+        out = args.out or shift.RESULTS
+        for g in shift.goals(result):
+            print(
+                f"{g['domain']}: online saves {100 * g['recovery']:.0f} % of the oracle's "
+                f"saving; worst gap {g['worst_gap_points']:+.2f} points; bound held: "
+                f"{g['bound_held']}"
+            )
+    shift.write(result, out)
+    if out.resolve() in (shift.RESULTS.resolve(), shift.RESULTS_LIVE.resolve()):
+        shift.render()
     print(f"wrote {out}")
     return 0
 

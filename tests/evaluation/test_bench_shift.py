@@ -66,7 +66,7 @@ def test_the_docs_section_and_plot_render_from_the_json(
     doc.write_text(f"intro\n\n{shift.BEGIN}\nstale\n{shift.END}\n\nrest\n")
     results = tmp_path / "shift.json"
     results.write_text(json.dumps(result))
-    shift.render(results, doc, tmp_path / "shift.png")
+    shift.render(results, doc, tmp_path / "shift.png", tmp_path / "no-live.json")
     text = doc.read_text()
     assert text.startswith("intro\n\n") and text.endswith("\n\nrest\n")
     assert "stale" not in text

@@ -93,17 +93,20 @@ class LiveBench:
         systems: Sequence[System],
         max_in_flight: dict[str, int] | None = None,
         floors: Mapping[str, Mapping[str, float]] | None = None,
+        extra: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Serve ``systems`` (one cascade each) and wait until the router reloaded them.
 
         ``floors`` maps a system's name to its calibrated threshold floors by tier
         (``Calibration.threshold_floors``, for the systems run with the calibrated setting);
-        any other system keeps the router's default floor, its static thresholds."""
+        any other system keeps the router's default floor, its static thresholds. ``extra``
+        adds fields to a system's cascade (``online_calibration``)."""
         cascades = []
         for s in systems:
             c = router_cascade(s, self.endpoints(), floors=(floors or {}).get(s.name))
             if max_in_flight and s.name in max_in_flight:
                 c["max_in_flight"] = max_in_flight[s.name]
+            c.update((extra or {}).get(s.name, {}))
             cascades.append(c)
         doc = {
             "cascades": cascades,
@@ -139,6 +142,39 @@ class LiveBench:
             status = r.status
             doc = await r.json() if status == 200 else None
         return status, doc, time.perf_counter() - t0
+
+    async def metrics_text(self) -> str:
+        assert self.session is not None
+        async with self.session.get(f"{self.url}/metrics") as r:
+            return await r.text()
+
+    async def sequential(
+        self, system: str, texts: Sequence[str], *, drain_shadows: bool, top: str
+    ) -> dict[str, list[Any]]:
+        """Send ``texts`` one at a time: each answer's tier and label. With ``drain_shadows``,
+        after an answer from below ``top`` wait until the cascade has no shadow call in flight,
+        so that the order in which the calibrator learns is the requests' order."""
+        out: dict[str, list[Any]] = {"tier": [], "label": []}
+        gauge = re.compile(
+            rf'^tierplace_router_shadow_in_flight\{{cascade="{re.escape(system)}"\}}\s+(\S+)$', re.M
+        )
+        for text in texts:
+            status, doc, _ = await self._post(system, text)
+            if status != 200 or doc is None:
+                raise RuntimeError(f"{system}: HTTP {status} for {text[:40]!r}")
+            tier = str(doc["parameters"]["tier"])
+            label = next(o["data"][0] for o in doc["outputs"] if o["name"] == "LABEL")
+            out["tier"].append(tier)
+            out["label"].append(1 if label == "positive" else 0)
+            deadline = time.monotonic() + 30
+            while drain_shadows and tier != top:
+                found = gauge.search(await self.metrics_text())
+                if found is None or float(found.group(1)) == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{system}: a shadow call stayed in flight for 30 s")
+                await asyncio.sleep(0.005)
+        return out
 
     async def offload_bytes(self, system: str) -> float:
         assert self.session is not None

@@ -45,6 +45,7 @@ class StreamRun:
     thresholds: FloatArray  # the offload thresholds in force when the request arrived
     refuted: npt.NDArray[np.bool_]  # some tier's offline threshold refuted at arrival
     disagree: npt.NDArray[np.bool_]  # answered below the top, unlike the top tier would have
+    final: FloatArray  # the offload thresholds in force after the last request
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def replay_stream(
         thresholds,
         refuted,
         disagree,
+        np.asarray([p.offload_threshold for p in (cal.policies() if cal else policies)[:top]]),
     )
 
 

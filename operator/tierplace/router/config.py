@@ -156,6 +156,12 @@ class OnlineCalibrationConfig(_Frozen):
     max_shadow_in_flight: int = Field(
         default=4, ge=1, description="shadow calls in flight at most; past it a shadow is skipped"
     )
+    seed: int | None = Field(
+        default=None,
+        description="seeds which requests are shadowed, so that a replay of the same stream "
+        "(tierplace bench-shift --live) can match the router request by request; unset, each "
+        "start draws anew",
+    )
 
 
 class CascadeConfig(_Frozen):

@@ -213,6 +213,12 @@ class RouterMetrics:
             ["cascade", "tier"],
             registry=r,
         )
+        self.shadow_in_flight = Gauge(
+            f"{PREFIX}_shadow_in_flight",
+            "Shadow calls to the top tier now in flight (at most max_shadow_in_flight).",
+            ["cascade"],
+            registry=r,
+        )
         self.online_basis = Gauge(
             f"{PREFIX}_online_basis",
             "Why the tier's online threshold is what it is, as a state set: 1 for the current "

@@ -51,12 +51,14 @@ class OnlineCalibration:
             bands=online.bands,
         )
         self.cfg = cfg
-        self.calibrator = OnlineCalibrator(policies, settings, rng or random.Random())
+        self.calibrator = OnlineCalibrator(policies, settings, rng or random.Random(online.seed))
         self._metrics = metrics
         self._top = top
         self._timeout_s = timeout_s
         self._apply = apply
         self._max_in_flight = online.max_shadow_in_flight
+        self._in_flight = metrics.child(metrics.shadow_in_flight, cfg.name)
+        self._in_flight.set(0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._weights = [t.fusion_weight for t in cfg.tiers]
         self._published: tuple[TierVerdict, ...] | None = None
@@ -83,7 +85,12 @@ class OnlineCalibration:
             return
         task = asyncio.create_task(self._call_top(seq, text, list(seen)), name="shadow")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._in_flight.inc()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight.dec()
 
     async def _call_top(self, seq: int, text: str, seen: Seen) -> None:
         try:
