@@ -36,6 +36,7 @@ from tierplace.controller.manifests import Owner
 from tierplace.controller.metrics import OperatorMetrics
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget, scrape_config
 from tierplace.router.metrics import RouterMetrics
+from tierplace.router.online import Basis
 
 DASHBOARD = CHART / "monitoring" / "dashboard.json"
 RULES = CHART / "monitoring" / "rules.yaml"
@@ -208,6 +209,90 @@ def test_the_dashboard_shows_everything_issue_16_asks_for() -> None:
     assert wanted | operator <= used, sorted((wanted | operator) - used)
 
 
+#: Label values the router writes on its online calibration metrics (router/shadow.py).
+ONLINE_LABEL_VALUES = {
+    "statistic": {"estimate", "bound"},
+    "outcome": {"agree", "disagree", "failed", "skipped"},
+    "basis": {b.value for b in Basis},
+}
+
+
+def row_panels(doc: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    """The panels of the row ``title``: nested in it when collapsed, else those that follow it
+    up to the next row."""
+    top = doc["panels"]
+    (at,) = [i for i, p in enumerate(top) if p["type"] == "row" and p["title"] == title]
+    if top[at].get("collapsed"):
+        nested: list[dict[str, Any]] = top[at]["panels"]
+        return nested
+    following = []
+    for panel in top[at + 1 :]:
+        if panel["type"] == "row":
+            break
+        following.append(panel)
+    return following
+
+
+def test_the_dashboard_shows_online_calibration() -> None:
+    """The disagreement with its bound, the thresholds and their basis, the shadow calls and
+    their share (docs/online-calibration.md), in a row of their own, from the router's
+    metrics and the label values it writes."""
+    row = row_panels(dashboard(), "Online calibration")
+    assert len(row) >= 3, [p["title"] for p in row]
+    exprs = [t["expr"] for p in row for t in p["targets"]]
+    used = set().union(*(metric_names(e) for e in exprs))
+    router = set(_sample_labels(RouterMetrics().registry))
+    assert used <= router, f"not the router's: {sorted(used - router)}"
+    wanted = {
+        "tierplace_router_online_disagreement",
+        "tierplace_router_online_threshold",
+        "tierplace_router_effective_threshold",
+        "tierplace_router_online_basis",
+        "tierplace_router_online_pairs",
+        "tierplace_router_shadow_calls_total",
+        "tierplace_router_shadow_in_flight",
+        "tierplace_router_answers_total",  # the shadow share's denominator
+    }
+    assert wanted <= used, sorted(wanted - used)
+    matched: dict[str, set[str]] = {}
+    for expr in exprs:
+        for label, value in re.findall(r'\b(\w+)\s*(?:=|!=)\s*"([^"$]*)"', expr):
+            matched.setdefault(label, set()).add(value)
+    for label, values in ONLINE_LABEL_VALUES.items():
+        assert matched.get(label, set()) <= values, f"{label}: {matched[label] - values}"
+    # The bound beside the estimate; every basis the router writes; skipped calls kept out
+    # of the share, as status.shadowShare keeps them out.
+    assert {"estimate", "bound"} <= matched["statistic"]
+    assert matched["basis"] == ONLINE_LABEL_VALUES["basis"]
+    assert "skipped" in matched["outcome"]
+    units = {
+        t["legendFormat"]: p["fieldConfig"]["defaults"]["unit"] for p in row for t in p["targets"]
+    }
+    assert units["{{tier}} estimate"] == units["{{tier}} bound"] == "percentunit"
+
+
+def _area(panel: dict[str, Any]) -> set[tuple[int, int]]:
+    """The grid cells a panel covers; a panel repeated horizontally fills its rows."""
+    grid = panel["gridPos"]
+    right = 24 if panel.get("repeatDirection") == "h" else grid["x"] + grid["w"]
+    return {
+        (x, y) for x in range(grid["x"], right) for y in range(grid["y"], grid["y"] + grid["h"])
+    }
+
+
+def test_the_dashboard_layout_has_no_overlaps_and_keeps_panels_under_their_row() -> None:
+    doc = dashboard()
+    top = doc["panels"]
+    covered: dict[tuple[int, int], str] = {}
+    for panel in top:  # a collapsed row's own panels are laid out when it opens
+        for cell in _area(panel):
+            assert cell not in covered, f"{panel['title']!r} overlaps {covered[cell]!r}"
+            covered[cell] = panel["title"]
+    # Listed in reading order, so an open row's panels are the ones that follow it.
+    order = [(p["gridPos"]["y"], p["gridPos"]["x"]) for p in top]
+    assert order == sorted(order)
+
+
 def test_the_dashboard_is_well_formed_for_grafana() -> None:
     doc = dashboard()
     assert doc["uid"] and doc["title"] and doc["schemaVersion"] >= 36
@@ -264,6 +349,16 @@ def _router_registry() -> CollectorRegistry:
     m.rejections.labels(cascade, "InFlightLimit").inc()
     m.failures.labels(cascade, "TierUnavailable").inc()
     m.in_flight.labels(cascade).set(0)
+    for tier, basis in zip(TIERS[:-1], (Basis.CERTIFIED, Basis.REFUTED), strict=True):
+        m.online_threshold.labels(cascade, tier).set(0.8)
+        m.online_disagreement.labels(cascade, tier, "estimate").set(0.004)
+        m.online_disagreement.labels(cascade, tier, "bound").set(0.007)
+        m.online_pairs.labels(cascade, tier).set(900)
+        for each in Basis:
+            m.online_basis.labels(cascade, tier, each.value).set(float(each == basis))
+        for outcome in ONLINE_LABEL_VALUES["outcome"]:
+            m.shadow_calls.labels(cascade, tier, outcome).inc()
+    m.shadow_in_flight.labels(cascade).set(0)
     return m.registry
 
 
