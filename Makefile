@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tierplace-setup
 
-.PHONY: setup system-deps test lint typecheck pytest run train bench bench-router bench-cascade calibrate clean controlplane helm images e2e-kind
+.PHONY: setup system-deps test lint typecheck pytest run train bench bench-router bench-cascade bench-shift calibrate clean controlplane helm images e2e-kind
 
 setup: $(STAMP)
 
@@ -83,6 +83,14 @@ bench-router: setup
 bench-cascade: setup
 	$(BIN)/tierplace bench --out-dir bench-results --docs-dir docs/benchmarks \
 		--results docs/results/cascade.json
+
+# Online calibration on streams that shift from movie sentences to other text, replayed
+# (~5 min once the tables are cached, ~8 min more the first time), then checked live on the
+# embedded stack (~10 min): docs/results/shift.json and shift-live.json, the generated section
+# of docs/online-calibration.md and docs/img/shift.png.
+bench-shift: setup
+	$(BIN)/tierplace bench-shift
+	$(BIN)/tierplace bench-shift --live
 
 # Thresholds certified on the validation split: P(harm rate <= 2.5%) >= 90% (Learn-then-Test).
 calibrate: setup

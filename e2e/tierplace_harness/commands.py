@@ -45,7 +45,9 @@ def _register_shift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--passes", type=int, default=6, help="shuffled passes over each other set")
     b.add_argument("--movie-passes", type=int, default=2, help="passes over the movie test split")
     b.add_argument("--limit", type=int, default=None, help="rows of each set (default all)")
-    b.add_argument("--target", type=float, default=0.04, help="online target disagreement")
+    b.add_argument(
+        "--target", type=float, default=None, help="online target disagreement (default 0.04)"
+    )
     b.add_argument("--confidence", type=float, default=0.9)
     b.add_argument("--shadow-share", type=float, default=None, help="default 0.05")
     b.add_argument("--window", type=int, default=None, help="requests (default 16,000)")
@@ -67,8 +69,8 @@ def _register_shift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "live check",
         "--live runs a short shifted stream (the first of --domains) through the embedded "
         "stack's router instead, compares it with the replay request by request, and writes "
-        "docs/results/shift-live.json (or --out); --shadow-share and --window default to 0.3 "
-        "and 600 there, so that the thresholds move within the stream",
+        "docs/results/shift-live.json (or --out); --target, --shadow-share and --window "
+        "default to 0.05, 0.5 and 1,200 there, so that the thresholds move within the stream",
     )
     live.add_argument("--live", action="store_true")
     live.add_argument("--live-movies", type=int, default=300, help="movie sentences first")
@@ -92,10 +94,10 @@ def _bench_shift(args: argparse.Namespace) -> int:
     if set(asked) - set(DOMAINS) or not domains:
         raise SystemExit(f"--domains: choose from {', '.join(DOMAINS)}")
     online = OnlineSettings(
-        target=args.target,
+        target=args.target or (0.05 if args.live else 0.04),
         confidence=args.confidence,
-        shadow_share=args.shadow_share or (0.3 if args.live else 0.05),
-        window=args.window or (600 if args.live else 16000),
+        shadow_share=args.shadow_share or (0.5 if args.live else 0.05),
+        window=args.window or (1200 if args.live else 16000),
     )
     progress = not args.no_progress
     if args.live:

@@ -27,6 +27,7 @@ def test_the_live_router_calibrates_online_as_the_replay_does(
     assert result["requests"] == 300 and result["shift_at"] == 60
     # The same seed draws the same shadows; the calibrator then sees the same evidence.
     assert result["shadowed"]["live"] == result["shadowed"]["replay"] > 0
+    assert result["shadowed_unwatched"] > 0
     assert result["agreement"] == {"tier": 1.0, "label": 1.0, "first_difference": None}
     assert result["thresholds_at_end"]["live"] == pytest.approx(
         result["thresholds_at_end"]["replay"]

@@ -149,7 +149,13 @@ class LiveBench:
             return await r.text()
 
     async def sequential(
-        self, system: str, texts: Sequence[str], *, drain_shadows: bool, top: str
+        self,
+        system: str,
+        texts: Sequence[str],
+        *,
+        drain_shadows: bool,
+        top: str,
+        on_done: Callable[[], None] | None = None,
     ) -> dict[str, list[Any]]:
         """Send ``texts`` one at a time: each answer's tier and label. With ``drain_shadows``,
         after an answer from below ``top`` wait until the cascade has no shadow call in flight,
@@ -174,6 +180,8 @@ class LiveBench:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{system}: a shadow call stayed in flight for 30 s")
                 await asyncio.sleep(0.005)
+            if on_done is not None:
+                on_done()
         return out
 
     async def offload_bytes(self, system: str) -> float:
