@@ -73,15 +73,7 @@ class ShiftOptions:
 
 def run(opts: ShiftOptions) -> dict[str, Any]:
     """Replay every domain's stream; the result is what ``shift.json`` holds."""
-    committed = json.loads(opts.results.read_text())
-    c = committed["calibration"]
-    setting = Setting.from_dict(c["setting"])
-    target = cal.Target(
-        harm_rate=c["target"]["harm_rate"],
-        delta=c["target"]["delta"],
-        order_share=c["target"]["order_share"],
-    )
-    keeps = tuple(float(k) for k in committed["settings"]["keep_ratios"])
+    c, setting, target, keeps = _committed(opts.results)
     costs = measure_costs({VARIANT_OF[t]: n for t, n in THREADS.items()})
     with _progress(1 + 2 * len(opts.domains), opts.progress) as step:
         movies = build_tables(VARIANTS, "test", keeps, limit=opts.limit)
@@ -118,6 +110,20 @@ def run(opts: ShiftOptions) -> dict[str, Any]:
         "goals": GOALS,
         "streams": streams,
     }
+
+
+def _committed(results: Path) -> tuple[dict[str, Any], Setting, cal.Target, tuple[float, ...]]:
+    """The calibration of the committed cascade run (``docs/results/cascade.json``): its
+    record, the setting, the harm target it was certified for, and the keep ratios."""
+    committed = json.loads(results.read_text())
+    c = committed["calibration"]
+    target = cal.Target(
+        harm_rate=c["target"]["harm_rate"],
+        delta=c["target"]["delta"],
+        order_share=c["target"]["order_share"],
+    )
+    keeps = tuple(float(k) for k in committed["settings"]["keep_ratios"])
+    return c, Setting.from_dict(c["setting"]), target, keeps
 
 
 @contextmanager
@@ -507,9 +513,7 @@ def live_check(opts: LiveOptions) -> dict[str, Any]:
 
     from tierplace.evaluation.tables import read_domain, read_split
 
-    committed = json.loads(opts.results.read_text())
-    setting = Setting.from_dict(committed["calibration"]["setting"])
-    keeps = tuple(float(k) for k in committed["settings"]["keep_ratios"])
+    _, setting, _, keeps = _committed(opts.results)
     costs = measure_costs({VARIANT_OF[t]: n for t, n in THREADS.items()})
     movies = build_tables(VARIANTS, "test", keeps, limit=opts.movies)
     other = build_domain_tables(VARIANTS, opts.domain, keeps, opts.other)
