@@ -563,25 +563,10 @@ def _without_feedback(system: Any) -> Any:
     return replace(system, tiers=tuple(replace(t, latency_sensitivity=0.0) for t in system.tiers))
 
 
-async def _live(system: Any, texts: Sequence[str], opts: LiveOptions) -> dict[str, Any]:
-    """Serve ``system`` three times in one router: fixed, online, and online again for the
-    CPU. Send ``texts`` to each, one at a time. For the second, after an answer from below the
-    top, wait until its shadow call has ended, so that the calibrator sees the evidence in the
-    order the replay does; that polls /metrics, which costs the router CPU, so the CPU of
-    shadowing is read from the third pass, which does not wait."""
-    from dataclasses import replace
-
-    from tqdm import tqdm
-
-    from tierplace.local.stack import Stack
-    from tierplace_harness.bench.live import LiveBench, stack_spec
-    from tierplace_harness.bench.router import _tree_cpu_s
-
-    fixed = replace(system, name="shift-fixed")
-    online = replace(system, name="shift-online")
-    unwatched = replace(system, name="shift-online-cpu")
+def _online_block(opts: LiveOptions) -> dict[str, Any]:
+    """The router config's ``online_calibration`` for the live check, seeded like the replay."""
     o = opts.online
-    block = {
+    return {
         "enabled": True,
         "target": o.target,
         "confidence": o.confidence,
@@ -590,33 +575,30 @@ async def _live(system: Any, texts: Sequence[str], opts: LiveOptions) -> dict[st
         "bands": o.bands,
         "seed": opts.seed,
     }
+
+
+async def _live(system: Any, texts: Sequence[str], opts: LiveOptions) -> dict[str, Any]:
+    """Serve ``system`` three times in one router: fixed, online, and online again for the
+    CPU. Send ``texts`` to each, one at a time. For the second, after an answer from below the
+    top, wait until its shadow call has ended, so that the calibrator sees the evidence in the
+    order the replay does; that polls /metrics, which costs the router CPU, so the CPU of
+    shadowing is read from the third pass, which does not wait."""
+    from dataclasses import replace
+
+    from tierplace.local.stack import Stack
+    from tierplace_harness.bench.live import LiveBench, stack_spec
+
+    fixed = replace(system, name="shift-fixed")
+    online = replace(system, name="shift-online")
+    unwatched = replace(system, name="shift-online-cpu")
     bench = LiveBench(Stack(stack_spec(NOMINAL, opts.run_dir), paths.home()))
     await bench.start()
     try:
+        block = _online_block(opts)
         extra = {s.name: {"online_calibration": block} for s in (online, unwatched)}
         await bench.configure([fixed, online, unwatched], extra=extra)
-        pids = {
-            name: int(bench.state["children"][child]["pid"])
-            for name, child in (("router", "router"), ("top", "tritonserver (cloud)"))
-        }
-        top = system.tiers[-1].name
-        cpu: dict[str, Any] = {}
-        answers: dict[str, Any] = {}
-        bar = tqdm(total=3 * len(texts), desc="live", unit="req", disable=not opts.progress)
-        for cascade in (fixed.name, online.name, unwatched.name):
-            before = {k: _tree_cpu_s(p) for k, p in pids.items()}
-            answers[cascade] = await bench.sequential(
-                cascade,
-                texts,
-                drain_shadows=cascade == online.name,
-                top=top,
-                on_done=lambda: bar.update(1),
-            )
-            cpu[cascade] = {
-                f"{k}_ms_per_request": 1000 * (_tree_cpu_s(p) - before[k]) / len(texts)
-                for k, p in pids.items()
-            }
-        bar.close()
+        names = (fixed.name, online.name, unwatched.name)
+        answers, cpu = await _passes(bench, names, texts, system.tiers[-1].name, opts.progress)
         metrics = await bench.metrics_text()
     finally:
         await bench.close()
@@ -630,6 +612,36 @@ async def _live(system: Any, texts: Sequence[str], opts: LiveOptions) -> dict[st
             _metric_sum(metrics, "tierplace_router_shadow_calls_total", unwatched.name)
         ),
     }
+
+
+async def _passes(
+    bench: Any, cascades: Sequence[str], texts: Sequence[str], top: str, progress: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``texts`` through each cascade in turn (only the second waits on its shadows): the
+    answers, and the CPU the router and the top tier's tritonserver spent per request."""
+    from tqdm import tqdm
+
+    from tierplace_harness.bench.router import _tree_cpu_s
+
+    pids = {
+        name: int(bench.state["children"][child]["pid"])
+        for name, child in (("router", "router"), ("top", "tritonserver (cloud)"))
+    }
+    answers: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
+    with tqdm(
+        total=len(cascades) * len(texts), desc="live", unit="req", disable=not progress
+    ) as bar:
+        for i, cascade in enumerate(cascades):
+            before = {k: _tree_cpu_s(p) for k, p in pids.items()}
+            answers[cascade] = await bench.sequential(
+                cascade, texts, drain_shadows=i == 1, top=top, on_done=lambda: bar.update(1)
+            )
+            cpu[cascade] = {
+                f"{k}_ms_per_request": 1000 * (_tree_cpu_s(p) - before[k]) / len(texts)
+                for k, p in pids.items()
+            }
+    return answers, cpu
 
 
 def _samples(metrics: str, name: str, cascade: str) -> list[tuple[dict[str, str], float]]:
