@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tierplace.api.variants import VARIANTS
+
+if TYPE_CHECKING:
+    from tierplace.router.online import OnlineSettings
 
 #: The subcommands registered here; tierplace/cli.py names them when this package is missing.
 COMMANDS = (
@@ -79,11 +83,28 @@ def _register_shift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.set_defaults(func=_bench_shift)
 
 
+def _shift_online(args: argparse.Namespace) -> OnlineSettings:
+    """The online settings of a bench-shift run: each option as given (0 included), else its
+    default for the mode (--live moves the thresholds within a short stream)."""
+    from tierplace.router.online import OnlineSettings
+
+    def given(value: float | None, live: float, replay: float) -> float:
+        if value is not None:
+            return value
+        return live if args.live else replay
+
+    return OnlineSettings(
+        target=given(args.target, 0.05, 0.04),
+        confidence=args.confidence,
+        shadow_share=given(args.shadow_share, 0.5, 0.05),
+        window=int(given(args.window, 1200, 16000)),
+    )
+
+
 def _bench_shift(args: argparse.Namespace) -> int:
     import tempfile
 
     from tierplace.model.domains import DOMAINS
-    from tierplace.router.online import OnlineSettings
     from tierplace_harness.bench import shift
 
     if args.render_only:
@@ -93,12 +114,8 @@ def _bench_shift(args: argparse.Namespace) -> int:
     domains = tuple(d for d in DOMAINS if d in asked)
     if set(asked) - set(DOMAINS) or not domains:
         raise SystemExit(f"--domains: choose from {', '.join(DOMAINS)}")
-    online = OnlineSettings(
-        target=args.target or (0.05 if args.live else 0.04),
-        confidence=args.confidence,
-        shadow_share=args.shadow_share or (0.5 if args.live else 0.05),
-        window=args.window or (1200 if args.live else 16000),
-    )
+
+    online = _shift_online(args)
     progress = not args.no_progress
     if args.live:
         run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="bench-shift-"))

@@ -185,18 +185,14 @@ class LiveBench:
         return out
 
     async def offload_bytes(self, system: str) -> float:
-        assert self.session is not None
-        async with self.session.get(f"{self.url}/metrics") as r:
-            text = await r.text()
+        text = await self.metrics_text()
         return sum(
             float(v) for labels, v in _BYTES.findall(text) if f'cascade="{system}"' in labels
         )
 
     async def effective_thresholds(self, system: str) -> dict[str, float]:
         """The offload thresholds the router applies now, after latency feedback."""
-        assert self.session is not None
-        async with self.session.get(f"{self.url}/metrics") as r:
-            text = await r.text()
+        text = await self.metrics_text()
         out: dict[str, float] = {}
         for labels, value in _THRESHOLD.findall(text):
             if f'cascade="{system}"' in labels and (m := re.search(r'tier="([^"]+)"', labels)):
