@@ -291,6 +291,18 @@ def _register_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     b.add_argument(
         "--sizes", type=int, nargs="+", default=None, help="one run per size (e.g. 1000 5000)"
     )
+    b.add_argument(
+        "--loaded",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="TIERS",
+        help="after the quiet runs, one run per size with the embedded stack (tierplace up) "
+        "serving a bounded stream of reviews beside it",
+    )
+    b.add_argument(
+        "--load-rate", type=float, default=16.0, help="the stream's requests per second (--loaded)"
+    )
     b.add_argument("--timeout", type=float, default=300, help="seconds to converge, per run")
     b.add_argument(
         "--idle",
@@ -396,4 +408,6 @@ def _bench_operator(args: argparse.Namespace) -> int:
         idle_s=args.idle,
         memprofile=Path(args.memprofile) if args.memprofile else None,
         sizes=args.sizes,
+        loaded_sizes=args.loaded,
+        load_rate=args.load_rate,
     )

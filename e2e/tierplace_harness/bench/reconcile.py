@@ -17,9 +17,11 @@ is the scheduler's work, timed separately and reported as not reached when it is
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
 import uuid
@@ -32,6 +34,7 @@ import yaml
 from tierplace.controller import admission, rbac
 from tierplace.local.ports import free_port
 from tierplace_harness import cluster, generated, pki
+from tierplace_harness.bench import load
 from tierplace_harness.controlplane import OPERATOR_USER, ControlPlane, control_plane
 from tierplace_harness.operator_process import OperatorProcess
 
@@ -74,6 +77,10 @@ class Result:
     pods_scheduled_s: float | None = None
     #: API requests the API server answered during the run, by verb and resource (all users).
     apiserver_requests: dict[str, int] = field(default_factory=dict)
+    #: The machine's 1-minute load average, sampled while the operator converged: its mean.
+    load_average_converging: float | None = None
+    #: The embedded stack's request stream beside the run (``--loaded``), else None.
+    load: dict[str, Any] | None = None
     misses: list[str] = field(default_factory=list)
 
 
@@ -83,7 +90,32 @@ def chart_settings() -> dict[str, Any]:
         "resync_seconds": float(values["operator"]["resyncSeconds"]),
         "webhook_failure_policy": values["webhook"]["failurePolicy"],
         "webhook_timeout_seconds": int(values["webhook"]["timeoutSeconds"]),
+        "operator_env": chart_process_env(),
     }
+
+
+def chart_process_env() -> dict[str, str]:
+    """The process settings the chart gives the operator's container (``MALLOC_ARENA_MAX``
+    and the like: every env entry with a literal value whose name is not ``TIERPLACE_*``,
+    those being the bench's own to set), read from ``helm template`` of the chart as shipped."""
+    helm = os.environ.get("TIERPLACE_HELM") or subprocess.run(
+        ["bash", str(REPO / "scripts" / "install-helm.sh")],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    rendered = subprocess.run(
+        [helm, "template", "bench", str(CHART_VALUES.parent)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc["kind"] == "Deployment" and "operator" in doc["metadata"]["name"]:
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container["name"] == "operator":
+                    return {
+                        e["name"]: str(e["value"])
+                        for e in container.get("env", ())
+                        if "value" in e and not e["name"].startswith("TIERPLACE_")
+                    }
+    raise RuntimeError("the chart renders no operator Deployment with an 'operator' container")
 
 
 def _rss_mb(pid: int) -> tuple[float, float]:
@@ -258,6 +290,7 @@ def operator_as_the_chart_runs_it(
         "KUBECONFIG": str(cp.kubeconfig_for(OPERATOR_USER)),
         "TIERPLACE_RESYNC_SECONDS": str(settings["resync_seconds"]),
         "TIERPLACE_WEBHOOK_MANAGED": "false",
+        **settings["operator_env"],
     }
     args = [
         f"--webhook-port={port}",
@@ -285,14 +318,7 @@ def measure(
     operator.start()
     assert operator.pid is not None
     pid = operator.pid
-    deadline = start + timeout
-    while time.monotonic() < deadline:
-        result.converged_tiers = max(result.converged_tiers, _converged_count(cp, ns, n))
-        if result.converged_tiers >= n:
-            result.converged = True
-            result.converge_s = round(time.monotonic() - start, 2)
-            break
-        time.sleep(1.0)
+    _converge(cp, ns, result, start, timeout)
     result.operator_cpu_to_converge_s = round(_cpu_s(pid), 2)
     _, peak = _rss_mb(pid)
     result.operator_peak_rss_mb = round(peak, 1)
@@ -328,6 +354,21 @@ def measure(
     result.operator_peak_rss_mb = round(peak, 1)
     result.apiserver_requests = _delta(before, _apiserver_requests(cp))
     return result
+
+
+def _converge(cp: ControlPlane, ns: str, result: Result, start: float, timeout: float) -> None:
+    """Poll until every tier converged or ``timeout``, sampling the machine's load."""
+    n = result.tiers
+    loads: list[float] = []
+    while time.monotonic() < start + timeout:
+        result.converged_tiers = max(result.converged_tiers, _converged_count(cp, ns, n))
+        loads.append(os.getloadavg()[0])
+        if result.converged_tiers >= n:
+            result.converged = True
+            result.converge_s = round(time.monotonic() - start, 2)
+            break
+        time.sleep(max(1.0, n / 1000))  # each poll LISTs every tier: keep it a small load
+    result.load_average_converging = round(sum(loads) / len(loads), 1)
 
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -397,37 +438,56 @@ def main(
     idle_s: float | None = None,
     sizes: list[int] | None = None,
     memprofile: Path | None = None,
+    loaded_sizes: list[int] | None = None,
+    load_rate: float = load.RATE,
 ) -> int:
-    """One cold run per size (``sizes``, else ``tiers``), each on a fresh control plane.
+    """One cold run per size (``sizes``, else ``tiers`` unless only loaded runs are asked
+    for) and one per ``loaded_sizes`` with the embedded stack serving beside it (load.py),
+    each on a fresh control plane, smallest first.
     ``idle_s`` defaults to one drift interval and 15 s, so that the idle window holds every
     object's timer tick (idle CPU is then the timer's real cost, not a quiet gap)."""
     out = out or REPO / "bench-results" / "operator-reconcile.json"
     settings = chart_settings()
     if idle_s is None:
         idle_s = settings["resync_seconds"] + 15
+    quiet = sizes or ([] if loaded_sizes else [tiers] * repeat)
+    plan = [(n, False) for n in quiet]
+    plan += [(n, True) for n in loaded_sizes or ()]
+    plan.sort(key=lambda run: run[0])  # by size, quiet first: the small runs are done first
     runs: list[dict[str, Any]] = []
-    for n in sizes or [tiers] * repeat:
-        with (
-            tempfile.TemporaryDirectory(prefix="tierplace-bench-") as tmp,
-            control_plane(workdir=Path(tmp) / "cp") as cp,
-        ):
-            _prepare(cp, n)
-            operator = operator_as_the_chart_runs_it(cp, Path(tmp), settings, memprofile)
-            result = Result(tiers=n, timeout_s=timeout, idle_s=idle_s)
-            try:
-                measure(cp, operator, result, timeout, idle_s)
-            except Exception as exc:  # still write what was measured, with the failure
-                result.misses.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                operator.stop()
-                kept = Path(tempfile.gettempdir()) / f"tierplace-bench-operator-{n}.log"
-                kept.write_bytes(operator.log.read_bytes())
-                print(f"operator log: {kept}", flush=True)
+    for n, loaded in plan:
+        result = Result(tiers=n, timeout_s=timeout, idle_s=idle_s)
+        with contextlib.ExitStack() as stack:
+            stream = stack.enter_context(load.stack_load(load_rate)) if loaded else None
+            _one_run(result, settings, memprofile)
+        if stream is not None:
+            result.load = stream.report.summary()
         _report(result)
         runs.append({**asdict(result), "goals": _goals(result)})
         _write(out, settings, runs)
     print(f"wrote {out}")
     return 0 if all(r["converged"] for r in runs) else 1
+
+
+def _one_run(result: Result, settings: dict[str, Any], memprofile: Path | None) -> None:
+    """A fresh control plane and operator, measured into ``result``; a failure part-way is
+    recorded as a miss, with what was measured before it kept."""
+    n = result.tiers
+    with (
+        tempfile.TemporaryDirectory(prefix="tierplace-bench-") as tmp,
+        control_plane(workdir=Path(tmp) / "cp") as cp,
+    ):
+        _prepare(cp, n)
+        operator = operator_as_the_chart_runs_it(cp, Path(tmp), settings, memprofile)
+        try:
+            measure(cp, operator, result, result.timeout_s, result.idle_s)
+        except Exception as exc:  # still write what was measured, with the failure
+            result.misses.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            operator.stop()
+            kept = Path(tempfile.gettempdir()) / f"tierplace-bench-operator-{n}.log"
+            kept.write_bytes(operator.log.read_bytes())
+            print(f"operator log: {kept}", flush=True)
 
 
 def _write(out: Path, settings: dict[str, Any], runs: list[dict[str, Any]]) -> None:
@@ -488,12 +548,14 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         f"Settings: drift timer {settings['resync_seconds']:.0f} s, webhooks "
         f"{settings['webhooks']}, failurePolicy {settings['webhook_failure_policy']}, "
-        f"RBAC {settings['rbac']}. Machine: {summary['machine']['cpus']} CPUs, load average "
-        f"{summary['machine']['load_average_at_end'][0]:.1f} at the end of the run.",
+        f"RBAC {settings['rbac']}, operator environment "
+        f"{_env_text(settings.get('operator_env'))}. Machine: {summary['machine']['cpus']} CPUs, "
+        "the load average is its 1-minute one, averaged while the operator converged.",
         "",
-        "| tiers | converged | operator CPU to converge | peak RSS | idle CPU | log while idle "
-        "| new tier placed (max of 5) | new cascade's router | all pods scheduled |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| tiers | beside it | load average | converged | operator CPU to converge | peak RSS "
+        "| idle CPU | log while idle | new tier placed (max of 5) | new cascade's router "
+        "| all pods scheduled |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(_run_row(r) for r in runs),
         *_goal_lines(runs),
         *_slope_lines(runs),
@@ -515,7 +577,8 @@ def _run_row(r: dict[str, Any]) -> str:
         else f"no: {r['converged_tiers']:,} in {r['timeout_s']:.0f} s"
     )
     return (
-        f"| {r['tiers']:,} | {converged} | {_num(r['operator_cpu_to_converge_s'], ' s')} "
+        f"| {r['tiers']:,} | {_beside(r.get('load'))} | {_num(r.get('load_average_converging'))} "
+        f"| {converged} | {_num(r['operator_cpu_to_converge_s'], ' s')} "
         f"| {_num(r['operator_peak_rss_mb'], ' MB', 0)} "
         f"| {_num(r['idle_cpu_percent'], ' %', 2)} of a core "
         f"| {_num(r['idle_log_bytes_per_min'], ' B/min', 0)} "
@@ -524,32 +587,56 @@ def _run_row(r: dict[str, Any]) -> str:
     )
 
 
+def _env_text(env: dict[str, str] | None) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in (env or {}).items()) or "as inherited"
+
+
+def _beside(stream: dict[str, Any] | None) -> str:
+    """What else ran on the machine: nothing of the bench's, or the stack's stream."""
+    if stream is None:
+        return "nothing (quiet)"
+    return (
+        f"the embedded stack: {stream['answered']:,} answers at {stream['rate_rps']:g} req/s "
+        f"(p50 {_num(stream['latency_ms_p50'], ' ms', 0)}, {stream['failed']:,} failed), "
+        f"{_num(stream['stack_cpu_cores'], ' cores', 2)}"
+    )
+
+
 def _goal_lines(runs: list[dict[str, Any]]) -> list[str]:
-    """The goals table (from the first run that has goals), so a miss shows as **no**."""
-    goals = [(r["tiers"], r["goals"]) for r in runs if r.get("goals")]
+    """The goals table, a column per run that has goals (quiet and loaded), so a miss shows
+    as **no**."""
+    goals = [r for r in runs if r.get("goals")]
     if not goals:
         return []
-    lines = ["", "| goal at 1,000 tiers | below | measured | met |", "|---|---:|---:|---|"]
+    heads = ["loaded" if r.get("load") else "quiet" for r in goals]
+    lines = [
+        "",
+        "| goal at 1,000 tiers | below | " + " | ".join(heads) + " |",
+        "|---|---:|" + "---:|" * len(goals),
+    ]
     what = {
         "converge_s": ("converge, cold", " s"),
         "peak_rss_mb": ("operator peak RSS", " MB"),
         "idle_cpu_percent": ("idle CPU, % of a core", " %"),
         "new_tier_s": ("a new tier placed", " s"),
     }
-    for _, g in goals[:1]:
-        for key, (label, unit) in what.items():
-            row = g[key]
-            lines.append(
-                f"| {label} | {row['goal_below']:g}{unit} | {_num(row['measured'], unit, 2)} "
-                f"| {'yes' if row['met'] else '**no**'} |"
-            )
+    for key, (label, unit) in what.items():
+        cells = []
+        for r in goals:
+            row = r["goals"][key]
+            met = "met" if row["met"] else "**missed**"
+            cells.append(f"{_num(row['measured'], unit, 2)} ({met})")
+        below = goals[0]["goals"][key]["goal_below"]
+        lines.append(f"| {label} | {below:g}{unit} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _slope_lines(runs: list[dict[str, Any]]) -> list[str]:
-    """Cost per 1,000 more tiers between the smallest and largest converged runs: how the
-    operator scales, which one run alone cannot say."""
-    done = sorted((r for r in runs if r["converged"]), key=lambda r: r["tiers"])
+    """Cost per 1,000 more tiers between the smallest and largest converged quiet runs: how
+    the operator scales, which one run alone cannot say."""
+    done = sorted(
+        (r for r in runs if r["converged"] and not r.get("load")), key=lambda r: r["tiers"]
+    )
     if len(done) < 2:
         return []
     a, b = done[0], done[-1]
@@ -581,7 +668,8 @@ def _read_lines(runs: list[dict[str, Any]]) -> list[str]:
             for k, v in reqs.items()
             if k.split(" ")[0] in ("LIST", "GET") and k.split(" ")[-1] in read | {"inferencetiers"}
         )
-        lines.append(f"- {r['tiers']:,} tiers: {shown or 'none recorded'}")
+        beside = ", loaded" if r.get("load") else ""
+        lines.append(f"- {r['tiers']:,} tiers{beside}: {shown or 'none recorded'}")
     return lines
 
 
