@@ -26,7 +26,7 @@ from tierplace_harness.operator_process import OperatorProcess
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-POOLS = {"device": "510Mi", "edge": "700Mi", "cloud": "8Gi"}
+POOLS = {"device": "620Mi", "edge": "700Mi", "cloud": "8Gi"}
 
 
 def show(cp: ControlPlane, *args: str) -> None:

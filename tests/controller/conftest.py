@@ -29,10 +29,10 @@ from tierplace_harness.operator_process import OperatorProcess
 REPO = Path(__file__).resolve().parents[2]
 RESYNC_SECONDS = 2
 
-#: name -> (pool, allocatable memory). Device holds only minilm-l2 (500Mi), edge minilm-l6
-#: (530Mi) but not mpnet-base (900Mi), cloud everything.
+#: name -> (pool, allocatable memory). Device holds only minilm-l2 (600Mi), edge minilm-l6
+#: (640Mi) but not mpnet-base (1050Mi), cloud everything.
 POOL_NODES = {
-    "device-0": ("device", "510Mi"),
+    "device-0": ("device", "620Mi"),
     "edge-0": ("edge", "700Mi"),
     "edge-1": ("edge", "700Mi"),
     "cloud-0": ("cloud", "8Gi"),

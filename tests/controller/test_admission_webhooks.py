@@ -59,7 +59,7 @@ def test_memory_below_the_variant_footprint_is_rejected(api: Api, ns: str) -> No
     )
     code, out = api.cp.request("POST", api.tiers(ns), body)
     assert code == 422, out
-    assert "below the mpnet-base footprint of 900Mi" in out["message"]
+    assert "below the mpnet-base footprint of 1050Mi" in out["message"]
 
 
 def test_mutation_fills_the_default_pool_selector_of_the_class(api: Api, ns: str) -> None:

@@ -30,12 +30,14 @@ def tier(**spec: Any) -> InferenceTierSpec:
 
 
 def test_deployment_serves_the_placed_variant_on_the_pool() -> None:
-    dep = manifests.triton_deployment(OWNER, tier(exitThreshold="0.8"), VARIANTS["minilm-l6"], 530)
+    dep = manifests.triton_deployment(
+        OWNER, tier(exitThreshold="0.8"), VARIANTS["minilm-l6"], VARIANTS["minilm-l6"].memory_mib
+    )
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert "--load-model=minilm-l6" in container["args"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["resources"]["requests"]["memory"] == "530Mi"
+    assert container["resources"]["requests"]["memory"] == "640Mi"
     assert all(e["name"] != "TIERPLACE_EXIT_THRESHOLD" for e in container["env"])
     assert pod["nodeSelector"] == {"tierplace.io/pool": "edge"}
     # Edge tiers ride out a lost control plane for a day instead of being evicted in 5 min.

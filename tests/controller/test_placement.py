@@ -31,7 +31,7 @@ def tier(tier_class: str = "Edge", **spec: Any) -> InferenceTierSpec:
 
 
 def test_each_pool_gets_the_largest_variant_its_nodes_hold() -> None:
-    nodes = [node("d", "device", 510), node("e", "edge", 700), node("c", "cloud", 8192)]
+    nodes = [node("d", "device", 620), node("e", "edge", 700), node("c", "cloud", 8192)]
     assert place(tier("Device"), nodes).variant == VARIANTS["minilm-l2"]
     assert place(tier("Edge"), nodes).variant == VARIANTS["minilm-l6"]
     cloud = place(tier("Cloud"), nodes)

@@ -151,7 +151,7 @@ def test_tier_admission_rejects_memory_below_variant_footprint() -> None:
         {"tierClass": "Cloud", "model": {"variant": "mpnet-base"}, "resources": {"memory": "256Mi"}}
     )
     assert len(problems) == 1
-    assert "below the mpnet-base footprint of 900Mi" in problems[0]
+    assert "below the mpnet-base footprint of 1050Mi" in problems[0]
     assert admission.tier_problems({"tierClass": "Cloud", "exitThreshold": "2"}) == [
         "spec.exitThreshold: '2' is not a decimal between 0 and 1 such as '0.85'"
     ]

@@ -52,8 +52,9 @@ def test_the_per_exit_table_is_the_committed_bench() -> None:
 
 
 def test_the_variant_catalogue_agrees_with_the_committed_measurement() -> None:
-    """Placement and the router's prior use the catalogue's size and latency; a retrained or
-    re-measured variant that moved them leaves this failing until the catalogue follows."""
+    """Placement and the router's prior use the catalogue's size, latency and memory; a
+    retrained or re-measured variant that moved them leaves this failing until the catalogue
+    follows."""
     from tierplace.api.variants import VARIANTS
 
     results = json.loads(PER_EXIT.read_text())["variants"]
@@ -63,6 +64,10 @@ def test_the_variant_catalogue_agrees_with_the_committed_measurement() -> None:
         last = str(len(measured["exit_accuracy"]))
         in_process_ms = measured["in_process"]["1"][last]
         assert abs(profile.latency_ms - in_process_ms) <= 0.15 * in_process_ms, name
+        # The pod's memory request and limit: above what Triton was measured to hold, with
+        # the catalogue's headroom (variants.py), and not a guess far above it.
+        peak = measured["triton_peak_rss_mib"]
+        assert 1.1 * peak <= profile.memory_mib <= 1.5 * peak, (name, peak, profile.memory_mib)
 
 
 def test_the_committed_repository_runs_the_measured_queue_delay() -> None:

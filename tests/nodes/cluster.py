@@ -6,7 +6,7 @@ Nodes: ``system-0`` (untainted, labelled like kind's control-plane node: the ope
 routers run there) and the pool nodes of ``NODES``, the same pools as the kind suite and the
 no-kubelet tier: every kubelet sees this machine's two cores and all its memory, so a pool
 node holds back the rest of the memory (kubeReserved) to show the allocatable memory of a
-small device or edge box, which automatic placement reads (510Mi holds minilm-l2 only, 700Mi
+small device or edge box, which automatic placement reads (620Mi holds minilm-l2 only, 700Mi
 minilm-l6 but not mpnet-base), and a pool has as many nodes as its Triton replicas need CPU
 requests and memory for (examples/: 2 device, 3 edge, 4 cloud replicas of 1 CPU each).
 
@@ -35,8 +35,8 @@ CACHE = Path(os.environ.get("TIERPLACE_CACHE", str(Path.home() / ".cache" / "tie
 #: Node name -> (pool, allocatable memory in MiB); no pool: the system node, all memory.
 NODES: dict[str, tuple[str | None, int | None]] = {
     "system-0": (None, None),
-    "device-0": ("device", 510),
-    "device-1": ("device", 510),
+    "device-0": ("device", 620),
+    "device-1": ("device", 620),
     "edge-0": ("edge", 700),
     "edge-1": ("edge", 700),
     "edge-2": ("edge", 700),

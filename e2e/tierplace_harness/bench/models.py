@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -102,7 +103,11 @@ def bench_in_process(variant: str, repeats: int) -> dict[int, dict[int, float]]:
     return out
 
 
-def bench_triton(variant: str, repeats: int, log_dir: Path) -> dict[int, dict[int, float]]:
+def bench_triton(
+    variant: str, repeats: int, log_dir: Path
+) -> tuple[dict[int, dict[int, float]], float]:
+    """Median ms per (batch, exit) through a real tritonserver, and the server's peak RSS
+    in MiB over those calls (the measurement behind the catalogue's ``memory_mib``)."""
     import tritonclient.http as httpclient
 
     texts = _texts(256)
@@ -130,7 +135,30 @@ def bench_triton(variant: str, repeats: int, log_dir: Path) -> dict[int, dict[in
 
                 calls[layer] = call
             out[batch] = _interleaved_medians(calls, repeats)
-    return out
+        assert server.process is not None
+        peak = tree_peak_rss_mib(server.process.pid)
+    return out, peak
+
+
+def tree_peak_rss_mib(pid: int) -> float:
+    """The sum of the peak RSS (VmHWM) of ``pid`` and its descendants, in MiB: tritonserver
+    and its Python-backend stubs, each model instance a process of its own. A sum of peaks
+    is at least the tree's peak, which is what a pod's memory limit must hold."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    total_kib, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kib += int(line.split()[1])
+        todo.extend(children.get(p, ()))
+    return round(total_kib / 1024, 1)
 
 
 def _table(results: Mapping[str, Any]) -> str:
@@ -196,22 +224,26 @@ def readme_models_markdown(results: Mapping[str, Any]) -> str:
         README_BEGIN,
         "",
         "| tier | variant | encoder | params | validation accuracy, exit 1 … last "
-        "| last exit via Triton, batch 1 |",
-        "|---|---|---|---|---|---|",
+        "| last exit via Triton, batch 1 | Triton's peak RSS / pod memory |",
+        "|---|---|---|---|---|---|---|",
     ]
     for variant, r in results["variants"].items():
         last = str(len(r["exit_accuracy"]))
         lines.append(
             f"| {VARIANTS[variant].default_tier.value} | `{variant}` | {_ENCODER[variant]} "
             f"| {r['params'] / 1e6:.1f} M | {_accuracies(r['exit_accuracy'])} "
-            f"| {r['triton']['1'][last]:.0f} ms |"
+            f"| {r['triton']['1'][last]:.0f} ms "
+            f"| {r['triton_peak_rss_mib']:.0f} / {VARIANTS[variant].memory_mib} MiB |"
         )
     lines += [
         "",
         f"Latency: {results['threads_per_tier']} CPU thread per model, median of "
         f"{results['repeats']} calls on a {results['machine']['cpu_count']}-core machine "
         "(`make bench`, docs/results/models.json); every exit of every variant is in "
-        "[docs/models.md](docs/models.md).",
+        "[docs/models.md](docs/models.md). Memory: the peak RSS of tritonserver and its "
+        "Python-backend stub over those calls (batch 1 and 8, every exit), and the catalogue's "
+        "`memory_mib` that the operator makes each Triton pod's memory request and limit; a "
+        "test keeps the second above the first.",
         "",
         README_END,
     ]
@@ -273,7 +305,9 @@ def run(
             "in_process": _str_keys(bench_in_process(variant, repeats)),
         }
         if with_triton:
-            entry["triton"] = _str_keys(bench_triton(variant, repeats, out_dir))
+            triton, peak = bench_triton(variant, repeats, out_dir)
+            entry["triton"] = _str_keys(triton)
+            entry["triton_peak_rss_mib"] = peak
         results["variants"][variant] = entry
     results["load_average"]["end"] = os.getloadavg()[0]
     (out_dir / "models.json").write_text(json.dumps(results, indent=2) + "\n")
