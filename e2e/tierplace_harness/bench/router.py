@@ -490,7 +490,12 @@ def _result(
             # the generator's loop; the router picks its own the same way (LOOP_ENV)
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "other_cpu_pct_max": max(
-                (p.other_cpu_pct for r in rounds for p in r.values() if p.other_cpu_pct),
+                (
+                    p.other_cpu_pct
+                    for r in rounds
+                    for p in r.values()
+                    if p.other_cpu_pct is not None
+                ),
                 default=None,
             ),
         },
