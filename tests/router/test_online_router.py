@@ -108,8 +108,10 @@ async def test_a_device_that_disagrees_with_the_cloud_is_tightened_and_requests_
         text = await _metrics(client)
         disagree = metric_value(text, SHADOW, tier="device", outcome="disagree") or 0.0
         agree = metric_value(text, SHADOW, tier="device", outcome="agree") or 0.0
-        # The shadows saw what the stream holds: about one disagreement in five.
-        assert disagree / (disagree + agree) > 0.1, (agree, disagree)
+        # The shadows saw what the stream holds (one disagreement in five): with the 30 or so
+        # shadows of the first answers, none at all has probability about 0.1 %. A share
+        # above 10 %, asserted before, fails about one run in eight (3 of 30 did once).
+        assert disagree >= 1 and agree >= 1, (agree, disagree)
         threshold = metric_value(text, "tierplace_router_online_threshold", tier="device")
         assert threshold is not None and threshold > 0.5
         gauge = "tierplace_router_online_basis"  # raised: the offline threshold was refuted
