@@ -31,6 +31,7 @@ import numpy as np
 from tierplace import paths
 from tierplace.local.ports import free_port
 from tierplace.model.data import load_reviews
+from tierplace_harness import proc
 
 #: Requests per second: with the cascade's mix of tiers about half of these two cores goes
 #: to serving, so the operator and its API server share the machine with real work but are
@@ -68,20 +69,11 @@ class LoadReport:
 
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds of ``pid`` and its descendants alive now (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(stat[1]), []).append(int(entry.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
+    total = 0.0
+    for p in proc.tree(pid):
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-        todo.extend(children.get(p, ()))
     return total
 
 

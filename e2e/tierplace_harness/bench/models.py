@@ -32,7 +32,7 @@ from tierplace import paths
 from tierplace.local.triton import TritonServer
 from tierplace.model import artifacts
 from tierplace.model.data import load_reviews
-from tierplace_harness import generated
+from tierplace_harness import generated, proc
 
 BATCHES = (1, 8)
 THREADS = 1  # one intra-op thread per tier, as the embedded cascade gives each tier
@@ -144,20 +144,12 @@ def tree_peak_rss_mib(pid: int) -> float:
     """The sum of the peak RSS (VmHWM) of ``pid`` and its descendants, in MiB: tritonserver
     and its Python-backend stubs, each model instance a process of its own. A sum of peaks
     is at least the tree's peak, which is what a pod's memory limit must hold."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    total_kib, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
+    total_kib = 0
+    for p in proc.tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     total_kib += int(line.split()[1])
-        todo.extend(children.get(p, ()))
     return round(total_kib / 1024, 1)
 
 
