@@ -54,8 +54,13 @@ images: setup
 helm:
 	bash scripts/install-helm.sh
 
+# Three xdist workers on two cores: a serial run keeps the CPUs 40 % busy, the rest is waiting
+# on real processes (control planes, kubelets, tritonservers). Tests that share a costly
+# resource form one group (tests/conftest.py), so each such resource starts once, and the
+# longest group (the real-node cluster) starts first. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 3
 pytest: setup controlplane helm images
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 test: lint typecheck pytest
 

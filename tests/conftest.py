@@ -1,7 +1,10 @@
-"""Fixtures shared by every test tier: tiny trained variants and real tritonservers."""
+"""Fixtures shared by every test tier: tiny trained variants and real tritonservers; and the
+grouping that lets `make test` run the suite on xdist workers without starting a shared
+resource twice."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,23 +12,66 @@ from pathlib import Path
 import pytest
 
 from tierplace import paths
+from tierplace.api.variants import VARIANTS
 from tierplace.local.triton import TritonServer
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+REPO = Path(__file__).resolve().parents[1]
+#: Groups of tests that share one resource too costly to start on every worker, longest
+#: first: a worker takes a whole group, and the longest must start first or it ends last.
+SHARED_GROUPS = ("real-nodes", "controlplane", "triton-all")
+
+
+def xdist_group(item: pytest.Item) -> str:
+    """The group a test runs in under ``--dist loadgroup``: the shared resource it needs, or
+    else its module (whose module-scoped fixtures then start once)."""
+    path = item.path.relative_to(REPO).as_posix()
+    if path.startswith("tests/e2e/") or path == "tests/nodes/test_dns.py":
+        return "real-nodes"  # the cluster, and the one sealed network namespace (tp-e2e)
+    if path.startswith("tests/controller/") and "cp" in item.fixturenames:
+        return "controlplane"  # the session's control plane and operator
+    if "triton_all" in item.fixturenames:
+        return "triton-all"
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("loadgroup", False):
+        return  # a plain run keeps the collection order
+    groups = {item: xdist_group(item) for item in items}
+    for item, group in groups.items():
+        item.add_marker(pytest.mark.xdist_group(group))
+    first = {name: rank for rank, name in enumerate(SHARED_GROUPS)}
+    items.sort(key=lambda item: first.get(groups[item], len(first)))  # stable: order kept
+
 
 @pytest.fixture(scope="session")
-def tiny_model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model_home(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """A TIERPLACE_HOME holding all three variants, tiny and briefly trained (~20 s once).
 
-    ``TIERPLACE_TEST_HOME`` reuses an existing one across runs while developing.
+    Under xdist the first worker to ask makes it in the run's shared temp directory and the
+    others wait for it. ``TIERPLACE_TEST_HOME`` reuses an existing one across runs while
+    developing.
     """
     reuse = os.environ.get("TIERPLACE_TEST_HOME")
-    if reuse and (Path(reuse) / "models" / "mpnet-base" / "tierplace.json").exists():
+    if reuse and _complete(Path(reuse)):
         return Path(reuse)
     from tierplace.model.tiny import make_tiny_home
 
-    return make_tiny_home(tmp_path_factory.mktemp("tiny-home"))
+    if worker_id == "master":
+        return make_tiny_home(tmp_path_factory.mktemp("tiny-home"))
+    shared = tmp_path_factory.getbasetemp().parent
+    with (shared / "tiny-home.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        home = shared / "tiny-home"
+        return home if _complete(home) else make_tiny_home(home)
+
+
+def _complete(home: Path) -> bool:
+    """Every variant is written (the cloud is trained first: it teaches the others)."""
+    return all((home / "models" / name / "tierplace.json").exists() for name in VARIANTS)
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,23 @@ def test_phase_lines_show_cpu_per_request_when_measured() -> None:
     assert "CPU/req hop 0.412 triton 2.500 ms, others 12%" in line
 
 
+#: The CLI as a user runs it, with faulthandler set to dump every thread's stack on SIGUSR1:
+#: if the bench ever outlives its interrupt, the failure says where it was stuck.
+_CLI_WITH_STACKS = (
+    "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    "from tierplace.cli import main; sys.exit(main())"
+)
+
+
+def _stuck(proc: subprocess.Popen[str], stderr: Path) -> str:
+    """What a bench that did not stop was doing: its signal state, then its threads' stacks."""
+    status = Path(f"/proc/{proc.pid}/status")
+    lines = [ln for ln in status.read_text().splitlines() if ln.startswith(("State", "Sig"))]
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    return "\n".join(lines) + "\n" + stderr.read_text()[-6000:]
+
+
 @pytest.mark.triton
 @pytest.mark.slow
 @pytest.mark.timeout(240)
@@ -75,13 +92,15 @@ def test_an_interrupted_router_bench_stops_triton_and_the_router(
     tiny_model_home: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     out = tmp_path / "overhead.json"
-    cmd = [sys.executable, "-m", "tierplace.cli", "bench-router", "--home", str(tiny_model_home)]
-    proc = subprocess.Popen(
-        [*cmd, "--pairs", "4", "--seconds", "30", "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    cmd = [sys.executable, "-c", _CLI_WITH_STACKS, "bench-router", "--home", str(tiny_model_home)]
+    stderr = tmp_path / "bench.err"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [*cmd, "--pairs", "4", "--seconds", "30", "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # measuring: Triton and the router are both up
@@ -90,7 +109,11 @@ def test_an_interrupted_router_bench_stops_triton_and_the_router(
         children = descendants(proc.pid)
         assert len(children) >= 2  # tritonserver (with its backend stub) and the router
         proc.send_signal(sig)
-        assert proc.wait(timeout=60) != 0
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the bench still runs 60 s after {sig.name}:\n{_stuck(proc, stderr)}")
+        assert code != 0
         deadline = time.monotonic() + 20
         while any(alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.5)
