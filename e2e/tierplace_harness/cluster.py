@@ -19,6 +19,11 @@ from tierplace_harness.operator_process import OperatorProcess
 
 T = TypeVar("T")
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+#: How long a test waits for the scheduler to bind a tier's pods. kube-scheduler 1.20 retries
+#: a pod it found unschedulable (its cache still holding a just-deleted namespace's pods, say)
+#: after up to 60 s when no cluster event moves it sooner, so a 60 s wait fails on a loaded
+#: machine: seen once with three test workers and a training run, bound 60 s after creation.
+SCHEDULED_S = 120.0
 
 
 class Timeout(AssertionError):
@@ -181,6 +186,15 @@ class Api:
         assert code == 200, out
         result: dict[str, Any] = out
         return result
+
+    def wait_placed(self, ns: str, tier: str, what: str) -> dict[str, Any]:
+        """The tier once its status lists the nodes its pods are bound to."""
+
+        def placed() -> dict[str, Any] | None:
+            found = self.get(self.tiers(ns, tier))
+            return found if found and found.get("status", {}).get("nodes") else None
+
+        return self.wait(placed, what, SCHEDULED_S)
 
     def wait(self, probe: Callable[[], T | None], what: str, timeout: float = 60) -> T:
         try:

@@ -58,6 +58,12 @@ def pods_of(api: Api, ns: str, tier: str) -> list[dict[str, Any]]:
     return list(body["items"])
 
 
+def _bound_nodes(api: Api, ns: str, tier: str) -> set[str] | None:
+    """The nodes the tier's pods are bound to; None until it has pods and all are bound."""
+    nodes = {p["spec"].get("nodeName") for p in pods_of(api, ns, tier)}
+    return None if not nodes or None in nodes else {n for n in nodes if n}
+
+
 def test_each_tier_lands_on_its_pool_with_the_largest_fitting_variant(
     api: Api, ns: str, operator_defaults: SpecDefaults
 ) -> None:
@@ -65,19 +71,15 @@ def test_each_tier_lands_on_its_pool_with_the_largest_fitting_variant(
         api.create(api.tiers(ns), tier_body(cls.lower(), cls))
     expected = {"device": "minilm-l2", "edge": "minilm-l6", "cloud": "mpnet-base"}
     for name, variant in expected.items():
-        tier = api.wait(
-            lambda n=name: (
-                (t := api.get(api.tiers(ns, n))) and t.get("status", {}).get("nodes") and t
-            ),
-            f"tier {name} scheduled",
-        )
+        tier = api.wait_placed(ns, name, f"tier {name} scheduled")
         status = tier["status"]
         assert status["variant"] == variant
         assert status["observedGeneration"] == tier["metadata"]["generation"]
         pool_nodes = pool_members(api, name)
         assert set(status["nodes"]) <= pool_nodes
-        bound = {p["spec"].get("nodeName") for p in pods_of(api, ns, name)}
-        assert bound and bound <= pool_nodes, f"{name} pods on {bound}, pool is {pool_nodes}"
+        # The ReplicaSet's pods and their binding come after the tier's status: wait for both.
+        bound = api.wait(lambda n=name: _bound_nodes(api, ns, n), f"tier {name}'s pods bound")
+        assert bound <= pool_nodes, f"{name} pods on {bound}, pool is {pool_nodes}"
         assert condition(tier, "PoolAvailable")["status"] == "True"
         assert condition(tier, "ModelPlaced")["reason"] == "LargestVariantFits"
         serving = condition(tier, "ServingAvailable")
@@ -120,10 +122,7 @@ def test_empty_pool_is_reported_then_placed_when_a_node_joins(
     node = f"{pool}-0"
     cluster.create_node(cp, cluster.pool_node(node, pool, "2Gi", taint=False))
     try:
-        tier = api.wait(
-            lambda: (t := api.get(api.tiers(ns, "spare"))) and t["status"].get("nodes") and t,
-            "the spare tier placed on the new node",
-        )
+        tier = api.wait_placed(ns, "spare", "the spare tier placed on the new node")
         assert tier["status"]["nodes"] == [node]
         assert condition(tier, "PoolAvailable")["status"] == "True"
         assert tier["status"]["variant"] == "mpnet-base"

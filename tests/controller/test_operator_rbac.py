@@ -22,10 +22,7 @@ def exercise(api: Api, ns: str) -> None:
         "spec": {"tiers": [{"tierClass": "Device"}]},
     }
     api.create(api.cascades(ns), cascade)
-    tier = api.wait(
-        lambda: (t := api.get(api.tiers(ns, "scoped"))) and t.get("status", {}).get("nodes") and t,
-        "the tier reconciled by the restricted operator",
-    )
+    tier = api.wait_placed(ns, "scoped", "the tier reconciled by the restricted operator")
     assert condition(tier, "ModelPlaced")["status"] == "True"
     api.wait(
         lambda: api.get(f"/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/scoped"),

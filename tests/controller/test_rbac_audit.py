@@ -248,10 +248,7 @@ def realistic_sequence(api: Api, ns: str, operator: OperatorProcess) -> None:
 
     # A tier placed: Deployment, Service, PodDisruptionBudget (two replicas), status, Events.
     api.create(api.tiers(ns), tier_body("edge", "Edge", replicas=2))
-    api.wait(
-        lambda: (t := api.get(api.tiers(ns, "edge"))) and t.get("status", {}).get("nodes"),
-        "tier edge placed",
-    )
+    api.wait_placed(ns, "edge", "tier edge placed")
     api.wait(lambda: api.get(_pdbs(ns, "edge")), "tier edge's PodDisruptionBudget")
     api.wait(lambda: _events(api, ns, "edge", "Placed"), "a Placed event")
 
@@ -379,10 +376,7 @@ def test_managed_webhook_configurations_are_created_and_patched_by_name(api: Api
             "both webhook configurations patched",
         )
         api.create(api.tiers(ns), tier_body("hooked", "Cloud"))
-        api.wait(
-            lambda: (t := api.get(api.tiers(ns, "hooked"))) and t.get("status", {}).get("nodes"),
-            "tier hooked placed",
-        )
+        api.wait_placed(ns, "hooked", "tier hooked placed")
     events = audited(api, since)
     rules = rbac.rules(manage_webhooks=True)
     used = assert_allowed_and_in_scope(events, rules, ns, scoped=False)
