@@ -13,9 +13,28 @@ import pytest
 
 from tierplace import paths
 from tierplace.api.variants import VARIANTS
+from tierplace.local import ports
 from tierplace.local.triton import TritonServer
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _worker_port_range() -> None:
+    """Under xdist, each worker (and every process it starts) picks ports from its own slice:
+    a pick is known only to its own process until the server binds it, and two workers once
+    picked the same port, one for a tritonserver's HTTP and the other for a gRPC server."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or ports.PORT_RANGE_ENV in os.environ:
+        return
+    whole = ports.port_range()
+    assert whole is not None, "too few ports below the ephemeral range to share out"
+    count = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    span = (whole[1] - whole[0]) // count
+    low = whole[0] + int(worker.removeprefix("gw")) * span
+    os.environ[ports.PORT_RANGE_ENV] = f"{low}-{low + span}"
+
+
+_worker_port_range()
 
 REPO = Path(__file__).resolve().parents[1]
 #: Groups of tests that share one resource too costly to start on every worker, longest

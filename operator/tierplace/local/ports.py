@@ -6,15 +6,21 @@ keep-alive connection (a scrape, a pooled tier call) can take that port and hold
 minutes: a router restarted by the supervisor then fails on the same port every time. A port
 below the ephemeral range is never handed to an outgoing connection, so once it is free it
 stays free until something listens on it on purpose.
+
+A pick is known only to the process that made it, until its server binds it. Processes that
+start servers side by side without knowing of each other (parallel test workers, two stacks on
+one machine) each take a range of their own: ``TIERPLACE_PORT_RANGE=LOW-HIGH``.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
 from pathlib import Path
 
+PORT_RANGE_ENV = "TIERPLACE_PORT_RANGE"
 _LOW = 10_000
 _FALLBACK_EPHEMERAL_START = 32_768
 _given: set[int] = set()
@@ -38,14 +44,32 @@ def _bindable(port: int, host: str) -> bool:
     return True
 
 
+def port_range() -> tuple[int, int] | None:
+    """The ports [low, high) to pick from: ``TIERPLACE_PORT_RANGE`` when set, else from 10000
+    up to the ephemeral range; None when that leaves too little room (the kernel picks)."""
+    text = os.environ.get(PORT_RANGE_ENV)
+    if not text:
+        low, high = _LOW, _ephemeral_start()
+        return (low, high) if high - low >= 1000 else None
+    try:
+        low, high = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise ValueError(f"{PORT_RANGE_ENV}={text!r}: write LOW-HIGH, e.g. 10000-20000") from None
+    if not 1024 <= low < high <= 65536:
+        raise ValueError(
+            f"{PORT_RANGE_ENV}={text!r}: LOW must be below HIGH, both from 1024 to 65536"
+        )
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on, not handed out before by this process, below the
-    ephemeral range when there is room there (else the kernel's pick)."""
-    high = _ephemeral_start()
+    """A port nothing listens on, not handed out before by this process, from
+    :func:`port_range` (the kernel's pick when it has none left)."""
+    picks = port_range()
     with _lock:
-        if high - _LOW >= 1000:
+        if picks is not None:
             for _ in range(200):
-                port = _rng.randrange(_LOW, high)
+                port = _rng.randrange(*picks)
                 if port not in _given and _bindable(port, host):
                     _given.add(port)
                     return port

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
@@ -42,8 +43,8 @@ def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
             return int(r.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return False  # HTTPException: something that is not an HTTP server holds the port
 
 
 def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> int:
