@@ -81,13 +81,23 @@ def _harness_missing(command: str) -> Callable[[argparse.Namespace], int]:
     return refuse
 
 
+def _terminate(*_: object) -> None:
+    """SIGTERM as Ctrl-C: through SIGINT's handler (asyncio's cancels the running task), or
+    at once when SIGINT is ignored. A command started in the background by a script (or under
+    nohup) inherits an ignored SIGINT, and re-raising it there made `kill` do nothing: a
+    training run and the router bench both ran on."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Tiers, training and the router share few cores: OpenMP threads that spin while they
     # wait steal them from the other processes. Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # A terminated command cleans up like an interrupted one (its `finally` blocks stop the
     # servers it started); commands with their own SIGTERM handling install it later.
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     # A missing harness's stubs take any arguments, to say what is missing instead.
     args, extra = parser.parse_known_args(argv)

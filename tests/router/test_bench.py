@@ -67,10 +67,13 @@ def test_phase_lines_show_cpu_per_request_when_measured() -> None:
     assert "CPU/req hop 0.412 triton 2.500 ms, others 12%" in line
 
 
-#: The CLI as a user runs it, with faulthandler set to dump every thread's stack on SIGUSR1:
-#: if the bench ever outlives its interrupt, the failure says where it was stuck.
+#: The CLI as a user at a terminal runs it: Ctrl-C at Python's default, whatever this worker
+#: inherited (a suite started in the background by a script ignores SIGINT, and its children
+#: with it: the bench then never saw the test's Ctrl-C). faulthandler dumps every thread's
+#: stack on SIGUSR1: if the bench ever outlives its interrupt, the failure says where.
 _CLI_WITH_STACKS = (
     "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
     "from tierplace.cli import main; sys.exit(main())"
 )
 
