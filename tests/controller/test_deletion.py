@@ -1,13 +1,21 @@
 """Deletion never waits for the operator: no finalizer on tiers or cascades, so a delete
-completes with the operator stopped and garbage collection removes the children."""
+completes with the operator stopped and garbage collection removes the children; and an
+orphaning delete keeps the children it released."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
+import kubernetes
 import pytest
+from kubernetes.dynamic import DynamicClient
 
+from tierplace.api import names
+from tierplace.controller.kube import MERGE_PATCH, Kube, OwnerGoing
 from tierplace_harness.cluster import Api, tier_body
+from tierplace_harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 
@@ -79,3 +87,76 @@ def test_a_deleted_tiers_timer_stops_and_never_recreates_its_children(api: Api, 
     while time.monotonic() < deadline:
         assert api.get(deployment) is None, "recreated by a timer of the deleted tier"
         time.sleep(0.1)
+
+
+def _adoption(cp: ControlPlane, ns: str, owner_held: bool) -> tuple[str | None, Any]:
+    """An owner ConfigMap and an orphan the operator made for it; the owner deleted (and held
+    by a finalizer) if ``owner_held``. Returns what ``ensure`` raised (its class name) and
+    the orphan afterwards."""
+    base = f"/api/v1/namespaces/{ns}/configmaps"
+    hold = "test.tierplace.io/hold"
+    code, owner = cp.request(
+        "POST", base, {"metadata": {"name": "owner", "finalizers": [hold]}, "data": {}}
+    )
+    assert code == 201, owner
+    mark = {names.CREATED_FOR_ANNOTATION: "ConfigMap/owner"}
+    code, out = cp.request(
+        "POST", base, {"metadata": {"name": "child", "annotations": mark}, "data": {"a": "1"}}
+    )
+    assert code == 201, out
+    if owner_held:
+        code, out = cp.request("DELETE", f"{base}/owner")
+        assert code == 200 and out["metadata"].get("deletionTimestamp"), out
+    desired = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "child",
+            "namespace": ns,
+            "annotations": mark,
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": "owner",
+                    "uid": owner["metadata"]["uid"],
+                    "controller": True,
+                }
+            ],
+        },
+        "data": {"a": "2"},
+    }
+
+    async def ensure() -> str | None:
+        api = kubernetes.config.new_client_from_config(config_file=str(cp.kubeconfig))
+        kube = Kube(DynamicClient(api))  # type: ignore[no-untyped-call]
+        try:
+            await kube.ensure(desired)
+        except OwnerGoing:
+            return "OwnerGoing"
+        finally:
+            await kube.close()
+        return None
+
+    raised = asyncio.run(ensure())
+    _, child = cp.request("GET", f"{base}/child")
+    cp.request("PATCH", f"{base}/owner", {"metadata": {"finalizers": []}}, MERGE_PATCH)
+    return raised, child
+
+
+def test_an_orphan_is_not_taken_back_for_an_owner_being_deleted(cp: ControlPlane, ns: str) -> None:
+    """A ``--cascade=orphan`` delete releases the Deployment; a reconcile that ran from a view
+    older than the deletion must not adopt it again, or the garbage collector deletes it as
+    soon as the owner is gone (the object the user meant to keep). The owner here is held in
+    deletion by a finalizer, so the window stays open; with a live owner the same call adopts."""
+    raised, child = _adoption(cp, ns, owner_held=True)
+    assert raised == "OwnerGoing"
+    assert not child["metadata"].get("ownerReferences"), child
+    assert child["data"] == {"a": "1"}
+
+
+def test_an_orphan_is_taken_back_by_its_live_owner(cp: ControlPlane, ns: str) -> None:
+    raised, child = _adoption(cp, ns, owner_held=False)
+    assert raised is None
+    assert [r["name"] for r in child["metadata"]["ownerReferences"]] == ["owner"]
+    assert child["data"] == {"a": "2"}

@@ -35,7 +35,14 @@ import kopf
 
 from tierplace.api import names
 from tierplace.controller import admission, config, observed, sync
-from tierplace.controller.kube import ApiError, Conflict, Kube, OwnedElsewhere, describe
+from tierplace.controller.kube import (
+    ApiError,
+    Conflict,
+    Kube,
+    OwnedElsewhere,
+    OwnerGoing,
+    describe,
+)
 from tierplace.controller.metrics import OPERATOR as METRICS
 from tierplace.controller.metrics import serve as serve_metrics
 from tierplace.controller.placement import NodeInfo, node_info
@@ -176,13 +183,19 @@ async def _reconcile(
 
     An object being deleted is not reconciled: its children go with it, or are being orphaned
     on purpose (``--cascade=orphan``), and a pass would take them back for an owner about to
-    vanish (the garbage collector would then delete them after all)."""
+    vanish (the garbage collector would then delete them after all). ``body`` may predate
+    the deletion (the watches of tiers and of their children do not keep step); then the
+    adoption itself finds the owner going (:class:`OwnerGoing`)."""
     if body["metadata"].get("deletionTimestamp"):
         return None
     queue = _state(memo)
     async with queue.lock(key_of(body)), queue.slots:
         latest = queue.latest(body)
-        status = await _guarded(memo.kube, body, run(latest))
+        try:
+            status = await _guarded(memo.kube, body, run(latest))
+        except OwnerGoing as exc:  # our view was older than the deletion: nothing to do
+            log.info("%s: %s", key_of(body), exc)
+            return None
         if not changed(latest.get("status"), status):
             return None
         queue.remember(body, status)

@@ -63,6 +63,12 @@ class OwnedElsewhere(Exception):
     nobody does and we did not create it (a user's object). Either way it is left untouched."""
 
 
+class OwnerGoing(Exception):
+    """An orphan of ours was not taken back: the owner that would adopt it is being deleted,
+    or is gone. Adopting it then would hand it to the garbage collector, which deletes a
+    child whose owner is gone: the object a ``--cascade=orphan`` delete meant to keep."""
+
+
 def describe(exc: BaseException) -> str:
     """What went wrong, in one line: for an API error the server's own message (its Status
     ``message``), not the library's dump of headers, body and traceback."""
@@ -289,10 +295,33 @@ class Kube:
             raise OwnedElsewhere(reason)
         if up_to_date(desired, live):
             return live
+        if controller_uid(live) is None and not await self._owner_current(desired):
+            raise OwnerGoing(
+                f"{kind} {name}: not adopted, its owner is being deleted or was replaced"
+            )
         replaced: dict[str, Any] = await self._call(
             "replace", version, kind, name=name, namespace=namespace, body=merged(desired, live)
         )
         return replaced
+
+    async def _owner_current(self, desired: Mapping[str, Any]) -> bool:
+        """Whether ``desired``'s controlling owner is live and not being deleted, read from the
+        API, not the watch: the reconcile adopting an orphan may have run from a cache that had
+        not yet seen the owner's deletion (its watch is not the child's), and the garbage
+        collector then deleted the orphan that ``--cascade=orphan`` had just released. Only an
+        adoption pays this read."""
+        meta = desired["metadata"]
+        for ref in meta.get("ownerReferences") or ():
+            if ref.get("controller"):
+                owner = await self.get(
+                    str(ref["apiVersion"]), str(ref["kind"]), meta["namespace"], str(ref["name"])
+                )
+                return (
+                    owner is not None
+                    and owner["metadata"].get("uid") == ref.get("uid")
+                    and not owner["metadata"].get("deletionTimestamp")
+                )
+        return True
 
     async def delete_owned(
         self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
