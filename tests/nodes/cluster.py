@@ -1,6 +1,6 @@
 """A real cluster on one machine: the control plane, kube-proxy and one kubelet per node, all
 inside the sealed network namespace (sealed.py), with the images built by
-scripts/build-images.sh imported into each node's containerd.
+scripts/build-images.sh imported once and planted into each node's containerd (seed.py).
 
 Nodes: ``system-0`` (untainted, labelled like kind's control-plane node: the operator and the
 routers run there) and the pool nodes of ``NODES``, the same pools as the kind suite and the
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.nodes import sealed
+from tests.nodes import sealed, seed
 from tests.nodes.dns import ClusterDNS, cluster_dns
 from tests.nodes.node import Node
 from tierplace_harness.controlplane import ControlPlane, Network, bin_dir, control_plane
@@ -176,6 +176,20 @@ def _ready_nodes(cp: ControlPlane) -> set[str]:
     return ready
 
 
+def _plant_stores(nodes: list[Node]) -> None:
+    """Give each stale node's containerd its images from one import per image set (seed.py),
+    instead of every node importing them itself; drop the seeds of older builds."""
+    seeds = CACHE / "node-seeds"
+    seed.prune(seeds, [node.images for node in nodes])
+    roots: dict[str, Path] = {}
+    for node in nodes:
+        if node.stale():
+            key = seed.key_of(node.images)
+            if key not in roots:
+                roots[key] = seed.seed(seeds, node.images)
+            node.plant(roots[key])
+
+
 @contextlib.contextmanager
 def real_cluster(workdir: Path, images: Images | None = None) -> Iterator[RealCluster]:
     """Bring everything up, yield, and always tear everything down (nodes, pods, namespace)."""
@@ -212,6 +226,7 @@ def real_cluster(workdir: Path, images: Images | None = None) -> Iterator[RealCl
                     node_images, reserved,
                 )  # fmt: skip
             cluster = RealCluster(cp, net, nodes, images, workdir, dns, proxy)
+            _plant_stores(list(nodes.values()))
             for node in nodes.values():
                 node.start(bin_dir())
             _wait(

@@ -1,11 +1,11 @@
-"""One real Kubernetes node: its own containerd and kubelet, in the sealed network namespace
-and in a mount namespace of its own (what real-nodes.md verified by hand).
+"""One real Kubernetes node: its own containerd and kubelet, in the sealed network namespace and
+in a mount namespace of its own (what real-nodes.md verified by hand).
 
-Per node: containerd root (kept under the cache, so images are imported once per image
-version), state, socket and CNI config with its own range of pod addresses on the shared
-bridge; kubelet root, certificates, ports and cgroup root. Inside the node's mount namespace
-/etc/hosts maps the node name to 127.0.0.1 (the kubelet never asks a resolver) and
-/var/log/pods and /var/log/containers are the node's own (kubelets sharing them delete each
+Per node: containerd root (kept under the cache, planted from the seed store of its images once
+per image version: seed.py), state, socket and CNI config with its own range of pod addresses
+on the shared bridge; kubelet root, certificates, ports and cgroup root. Inside the node's
+mount namespace /etc/hosts maps the node name to 127.0.0.1 (the kubelet never asks a resolver)
+and /var/log/pods and /var/log/containers are the node's own (kubelets sharing them delete each
 other's logs). Every process of the node (launcher, containerd, shims, kubelet) runs in one
 cgroup per hierarchy, and its pods under the kubelet's cgroup root, so that stopping a node
 kills exactly what it started and nothing survives a crash of the test.
@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.nodes import dns
+from tests.nodes import dns, seed
 from tests.nodes.sealed import BRIDGE, POD_CIDR, POD_GATEWAY, SealedNetwork
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -52,8 +51,8 @@ ctr() { command ctr --address "$d/containerd.sock" -n k8s.io "$@"; }
 # stores grow by gigabytes a run until the disk fills and the kubelet's eviction deletes the
 # new images.
 for c in $(ctr containers ls -q); do ctr containers rm "$c" >/dev/null 2>&1 || true; done
-# Earlier builds' images of ours are never needed again: drop them before importing (containerd
-# then collects their content and snapshots; seven nodes hold a copy each).
+# Earlier builds' images of ours are never needed again: drop them before importing (a store
+# planted from a seed, seed.py, holds only its own build; this covers one that was not).
 for old in $(ctr images ls -q | grep '^docker.io/tierplace/' || true); do
   grep -qE "^$old | $old( |$)" "$d/images" || ctr images rm --sync "$old" >/dev/null
 done
@@ -287,27 +286,31 @@ imageGCLowThresholdPercent: 99
         )
         (d / "launch.sh").write_text(_LAUNCHER)
 
-    def _one_build_only(self) -> None:
-        """Empty the node's containerd store when the images differ from the ones it holds.
+    @property
+    def _store(self) -> Path:
+        return self.cache / self.name
 
-        Removing the old images inside containerd (the launcher does) does not free their
-        content: a run measured 6 GB per node after two builds, 44 GB across the pool, and a
-        third build filled the disk mid-import. A store keyed by the image set holds one build,
-        whatever containerd's collector keeps; a new build re-imports what it needs anyway."""
-        store = self.cache / self.name
-        stamp = store / "images.key"
-        want = "".join(f"{ref}\n" for ref, _ in sorted(self.images))
+    def stale(self) -> bool:
+        """Whether the node's containerd store holds other images than it needs (or none)."""
+        stamp = self._store / "images.key"
         have = stamp.read_text() if stamp.exists() else None
-        if have != want and (store / "containerd").exists():
-            shutil.rmtree(store / "containerd")
-        store.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(want)
+        return have != seed.key_of(self.images) or not (self._store / "containerd").exists()
+
+    def plant(self, seed_root: Path) -> None:
+        """Replace the node's store by a copy of ``seed_root`` (seed.py), which holds exactly
+        its images: one build per store, whatever containerd's collector would keep (removing
+        old images inside containerd does not free their content: a run measured 6 GB per node
+        after two builds, and a third build filled the disk mid-import)."""
+        self._store.mkdir(parents=True, exist_ok=True)
+        stamp = self._store / "images.key"
+        stamp.unlink(missing_ok=True)  # an interrupted copy leaves the store stale
+        seed.plant(seed_root, self._store / "containerd")
+        stamp.write_text(seed.key_of(self.images))
 
     def start(self, kube_bin: Path) -> None:
         # Leftovers of a killed run would keep the cgroups (and their pods) alive.
         _kill_group(self.launcher_group)
         _kill_group(self.pods_group)
-        self._one_build_only()
         self._write_config()
         groups = []
         for h in _hierarchies():
