@@ -19,6 +19,7 @@ from tierplace.controller.config import SpecDefaults
 from tierplace.controller.manifests import Owner, PlacedTier
 from tierplace.router import commands as router_commands
 from tierplace.router import config as router_config
+from tierplace.router import policy
 from tierplace.router import tracing as router_tracing
 
 OWNER = Owner("tierplace.io/v1alpha1", "InferenceTier", "edge", "uid-1", "ns")
@@ -174,6 +175,66 @@ def test_online_calibration_waits_for_a_second_placed_tier() -> None:
     assert router_config.parse(one).cascade("sentiment") is not None
     two = manifests.router_config("sentiment", spec, PLACED)
     assert two["cascades"][0]["online_calibration"]["enabled"] is True
+
+
+def adapting_spec(**adaptation: Any) -> InferenceCascadeSpec:
+    body = cascade_spec().model_dump(by_alias=True)
+    return InferenceCascadeSpec.model_validate({**body, "latencyAdaptation": adaptation})
+
+
+def _thresholds(rendered: dict[str, Any], cloud_call_s: float | None) -> tuple[float, ...]:
+    """The thresholds the router that loads ``rendered`` applies when the cloud tier's calls
+    take ``cloud_call_s`` (None: no metrics yet, the priors)."""
+    cascade = router_config.parse(rendered).cascade("sentiment")
+    assert cascade is not None
+    tiers = [t.policy() for t in cascade.tiers]
+    if cloud_call_s is None:
+        return policy.effective_thresholds(tiers, policy.STATIC)
+    live = {"sentiment-cloud": policy.TierLatency(call_s=cloud_call_s)}
+    return policy.effective_thresholds(tiers, policy.MetricsSnapshot(tiers=live, stale=False))
+
+
+def test_latency_adaptation_reaches_the_router_and_moves_its_thresholds() -> None:
+    """With latencyAdaptation the operator's router follows the cloud tier's live latency as
+    the embedded stack's does: a cloud faster than its catalogue latency makes the device
+    offload more; a slower one never takes the device below its own (certified) threshold."""
+    rendered = manifests.router_config("sentiment", adapting_spec(sensitivity="0.2"), PLACED)
+    device = rendered["cascades"][0]["tiers"][0]
+    assert device["latency_sensitivity"] == 0.2
+    assert device["threshold_bounds"] == [0.5, 0.99]
+    cloud_prior_s = VARIANTS["mpnet-base"].latency_ms / 1000
+    assert rendered["cascades"][0]["tiers"][1]["expected_latency"] == (
+        f"{VARIANTS['mpnet-base'].latency_ms}ms"
+    )
+    assert _thresholds(rendered, None)[0] == 0.7
+    faster = _thresholds(rendered, cloud_prior_s / 2)[0]
+    assert faster == pytest.approx(0.7 + 0.2 * 0.5)
+    assert _thresholds(rendered, cloud_prior_s * 3)[0] == 0.7
+
+
+def test_without_latency_adaptation_thresholds_stay_static_and_the_config_is_unchanged() -> None:
+    """Routers made before the field existed are not rolled by an operator upgrade."""
+    rendered = manifests.router_config("sentiment", cascade_spec(), PLACED)
+    assert not {"latency_sensitivity", "threshold_bounds"} & set(
+        rendered["cascades"][0]["tiers"][0]
+    )
+    prior_s = VARIANTS["mpnet-base"].latency_ms / 1000
+    assert _thresholds(rendered, prior_s / 2)[0] == 0.7
+    default = manifests.router_config("sentiment", adapting_spec(), PLACED)
+    assert default["cascades"][0]["tiers"][0]["latency_sensitivity"] == 0.1
+
+
+def test_latency_adaptation_bounds_hold_a_threshold_outside_the_usual_ones() -> None:
+    """A tier certified at 0.3 (or 1.0) keeps its threshold: the router refuses a threshold
+    outside its bounds, so the bounds widen to hold it."""
+    placed = [
+        PlacedTier("sentiment-device", "ns", "minilm-l2", "0.9", "0.3"),
+        PlacedTier("sentiment-cloud", "ns", "mpnet-base", "0.95", "1.0"),
+    ]
+    rendered = manifests.router_config("sentiment", adapting_spec(), placed)
+    bounds = [t["threshold_bounds"] for t in rendered["cascades"][0]["tiers"]]
+    assert bounds == [[0.3, 0.99], [0.5, 1.0]]
+    assert router_config.parse(rendered).cascade("sentiment") is not None
 
 
 def test_router_rolls_when_its_config_changes() -> None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
+from tierplace.api.variants import VARIANTS
 from tierplace.controller import reconcile, sync
 from tierplace.controller.compare import up_to_date
 from tierplace.controller.config import SpecDefaults
@@ -230,6 +231,38 @@ def test_schema_rejects_bad_tiers_with_its_message(api: Api, ns: str) -> None:
     assert code == 422
     assert 'spec.tierClass: Unsupported value: "Fog"' in body["message"]
     assert api.get(api.tiers(ns, "bad")) is None
+
+
+def test_latency_adaptation_reaches_the_router_config_with_its_default(api: Api, ns: str) -> None:
+    """``latencyAdaptation: {}`` gets the schema's default sensitivity, and the operator gives
+    the router each tier's latency feedback; a sensitivity above 1 is refused by the schema."""
+    body = {
+        "apiVersion": "tierplace.io/v1alpha1",
+        "kind": "InferenceCascade",
+        "metadata": {"name": "adapting"},
+        "spec": {"tiers": [{"tierClass": "Device"}, {"tierClass": "Cloud"}]},
+    }
+    code, out = api.cp.request(
+        "POST",
+        api.cascades(ns),
+        {**body, "spec": {**body["spec"], "latencyAdaptation": {"sensitivity": "1.5"}}},
+    )
+    assert code == 422 and "spec.latencyAdaptation.sensitivity" in out["message"], out
+    body["spec"]["latencyAdaptation"] = {}
+    created = api.create(api.cascades(ns), body)
+    assert created["spec"]["latencyAdaptation"] == {"sensitivity": "0.1"}
+
+    def tiers() -> Any:
+        cm = api.get(f"/api/v1/namespaces/{ns}/configmaps/adapting-router")
+        if cm is None:
+            return None
+        placed = router_config.parse(yaml.safe_load(cm["data"]["router.yaml"])).cascades[0].tiers
+        return placed if len(placed) == 2 else None
+
+    device, cloud = api.wait(tiers, "a router config over both placed tiers")
+    assert device.latency_sensitivity == cloud.latency_sensitivity == 0.1
+    assert device.threshold_bounds == (0.5, 0.99)
+    assert cloud.expected_latency == pytest.approx(VARIANTS[cloud.model].latency_ms / 1000)
 
 
 def test_conflicting_writes_are_refused_and_drift_is_reverted(api: Api, ns: str) -> None:

@@ -254,6 +254,31 @@ class OnlineCalibration(_Wire):
         return value
 
 
+#: Where latency adaptation may move an offload threshold when the spec names no other bounds:
+#: never below 0.5 (a two-class model's answer is always at least that confident, so every
+#: answer would stay low) and never to 1 (nothing would be answered below the top). The
+#: embedded stack and the operator's routers use the same.
+ADAPTIVE_THRESHOLD_BOUNDS = (0.5, 0.99)
+DEFAULT_LATENCY_SENSITIVITY = "0.1"
+
+
+class LatencyAdaptation(_Wire):
+    """Offload thresholds that follow the live latency the router reads from Prometheus.
+
+    When the tier above is slower than its catalogue latency, the tier below it offloads less
+    (its threshold falls by ``sensitivity`` per unit of relative excess); when it is faster, it
+    offloads more. A threshold never falls below the tier's own offloadThreshold, which
+    calibration certified, and stays within ``ADAPTIVE_THRESHOLD_BOUNDS``."""
+
+    sensitivity: str = DEFAULT_LATENCY_SENSITIVITY
+
+    @field_validator("sensitivity")
+    @classmethod
+    def _sensitivity(cls, value: str) -> str:
+        quantities.parse_unit_decimal(value)
+        return value
+
+
 class InferenceCascadeSpec(_Wire):
     """The ordered device -> edge -> cloud ladder for one model, and how requests climb it."""
 
@@ -269,6 +294,9 @@ class InferenceCascadeSpec(_Wire):
     #: None when the spec has no onlineCalibration: the router config then carries none, so
     #: routers made before the field existed keep their config (and are not rolled).
     online_calibration: OnlineCalibration | None = None
+    #: None when the spec has no latencyAdaptation: thresholds then stay static, and routers
+    #: made before the field existed keep their config.
+    latency_adaptation: LatencyAdaptation | None = None
 
     _prometheus_url = field_validator("prometheus_url", mode="before")(_unset_if_empty)
 

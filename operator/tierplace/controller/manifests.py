@@ -26,8 +26,13 @@ from typing import Any
 import yaml
 
 from tierplace.api import names
-from tierplace.api.models import InferenceCascadeSpec, InferenceTierSpec
-from tierplace.api.variants import VariantProfile
+from tierplace.api.models import (
+    ADAPTIVE_THRESHOLD_BOUNDS,
+    InferenceCascadeSpec,
+    InferenceTierSpec,
+    LatencyAdaptation,
+)
+from tierplace.api.variants import VARIANTS, VariantProfile
 from tierplace.controller.config import SpecDefaults
 from tierplace.controller.placement import GPU_RESOURCE, tier_tolerations
 
@@ -329,17 +334,18 @@ def router_config(
     weights = list(spec.fusion_weights)
     rendered = []
     for i, tier in enumerate(tiers):
-        rendered.append(
-            {
-                "name": tier.name,
-                "endpoint": tier_endpoint(tier.name, tier.namespace, tier.service_ip),
-                "model": tier.variant,
-                "offload_threshold": float(tier.offload_threshold),
-                "exit_threshold": float(tier.exit_threshold),
-                "keep_ratio": float(spec.keep_ratio),
-                "fusion_weight": float(weights[i]) if i < len(weights) else 1.0,
-            }
-        )
+        entry = {
+            "name": tier.name,
+            "endpoint": tier_endpoint(tier.name, tier.namespace, tier.service_ip),
+            "model": tier.variant,
+            "offload_threshold": float(tier.offload_threshold),
+            "exit_threshold": float(tier.exit_threshold),
+            "keep_ratio": float(spec.keep_ratio),
+            "fusion_weight": float(weights[i]) if i < len(weights) else 1.0,
+        }
+        if spec.latency_adaptation is not None:
+            entry.update(latency_adaptation(spec.latency_adaptation, tier))
+        rendered.append(entry)
     config: dict[str, Any] = {
         "cascades": [
             {
@@ -357,6 +363,22 @@ def router_config(
     if prometheus_url:
         config["prometheus"] = {"url": prometheus_url}
     return config
+
+
+def latency_adaptation(adaptation: LatencyAdaptation, tier: PlacedTier) -> dict[str, Any]:
+    """A tier's latency-feedback keys of the router config: the sensitivity, the bounds (wide
+    enough to hold the tier's own threshold, which the router requires), and the catalogue's
+    CPU latency of the placed variant as the prior the live latency is compared with."""
+    threshold = float(tier.offload_threshold)
+    low, high = ADAPTIVE_THRESHOLD_BOUNDS
+    out: dict[str, Any] = {
+        "latency_sensitivity": float(adaptation.sensitivity),
+        "threshold_bounds": [min(low, threshold), max(high, threshold)],
+    }
+    variant = VARIANTS.get(tier.variant)
+    if variant is not None:
+        out["expected_latency"] = f"{variant.latency_ms}ms"
+    return out
 
 
 def online_calibration(spec: InferenceCascadeSpec, placed: int) -> dict[str, Any] | None:

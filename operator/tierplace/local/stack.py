@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from tierplace import paths
+from tierplace.api.models import ADAPTIVE_THRESHOLD_BOUNDS, DEFAULT_LATENCY_SENSITIVITY
 from tierplace.api.variants import VARIANTS
 from tierplace.local.links import Link, LinkSpec, parse_rate
 from tierplace.local.ports import free_port
@@ -121,8 +122,8 @@ def router_config(spec: StackSpec, endpoints: list[str], prometheus_url: str) ->
             "endpoint": endpoint,
             "model": tier.model,
             "offload_threshold": tier.offload_threshold,
-            "threshold_bounds": [0.5, 0.99],
-            "latency_sensitivity": 0.1,
+            "threshold_bounds": list(ADAPTIVE_THRESHOLD_BOUNDS),
+            "latency_sensitivity": float(DEFAULT_LATENCY_SENSITIVITY),
             "exit_threshold": tier.exit_threshold,
             "keep_ratio": tier.keep_ratio,
             "expected_latency": f"{prior_ms:.0f}ms",
