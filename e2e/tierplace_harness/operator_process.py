@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from tierplace.local.ports import free_port
+from tierplace_harness.proc import wait_http_ok
 
 
 @dataclass
@@ -48,17 +47,8 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._popen.poll() is not None:
-                raise RuntimeError(f"operator exited with {self._popen.returncode}:\n{self.tail()}")
-            with contextlib.suppress(OSError):
-                url = f"http://127.0.0.1:{self._port}/healthz"
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            time.sleep(0.2)
-        raise RuntimeError(f"operator not healthy after {timeout:.0f}s:\n{self.tail()}")
+        url = f"http://127.0.0.1:{self._port}/healthz"
+        wait_http_ok(url, self._popen, timeout, "the operator", self.tail, interval=0.2)
 
     @property
     def pid(self) -> int | None:

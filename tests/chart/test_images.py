@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +21,7 @@ from tierplace.api.variants import VARIANTS, TierClass
 from tierplace.controller import manifests
 from tierplace.local.ports import free_port
 from tierplace.local.triton import server_tree
+from tierplace_harness.proc import wait_http_ok
 
 IMAGES = REPO / "images"
 DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))
@@ -82,22 +82,10 @@ def test_shell_script_passes_shellcheck(script: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _get(url: str, timeout: float = 2) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status)
-    except (urllib.error.URLError, OSError):
-        return 0
-
-
 def _wait_until_ok(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
-    """Triton opens its endpoints one after another, and on a loaded machine one GET can
-    outlast a short timeout, so each endpoint is polled until it answers or the time is up."""
-    deadline = time.monotonic() + seconds
-    while _get(url, timeout=10) != 200:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{url} did not answer 200\n" + log.read_text()[-3000:]
-        time.sleep(0.5)
+    wait_http_ok(
+        url, proc, seconds, "tritonserver", lambda: log.read_text()[-3000:], request_timeout=10
+    )
 
 
 @pytest.mark.triton

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from tierplace import paths
 from tierplace.local.ports import free_port
 from tierplace.model.data import load_reviews
 from tierplace_harness import proc
+from tierplace_harness.proc import wait_http_ok
 
 #: Requests per second: with the cascade's mix of tiers about half of these two cores goes
 #: to serving, so the operator and its API server share the machine with real work but are
@@ -102,18 +102,8 @@ class StackLoad:
         ]  # fmt: skip
         with self.log.open("wb") as out:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"tierplace up exited ({self._proc.returncode}): {self.tail()}")
-            with contextlib.suppress(OSError):
-                url = f"http://127.0.0.1:{self.port}/v2/health/ready"
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            time.sleep(1.0)
-        else:
-            raise RuntimeError(f"the embedded stack not ready in {timeout:.0f} s: {self.tail()}")
+        url = f"http://127.0.0.1:{self.port}/v2/health/ready"
+        wait_http_ok(url, self._proc, timeout, "tierplace up", self.tail, interval=1.0)
         self._thread = threading.Thread(target=self._stream, name="stack-load", daemon=True)
         self._thread.start()
 
