@@ -285,6 +285,44 @@ def test_the_bundled_prometheus_feeds_the_routers_and_the_cascade_status(
 
 
 @pytest.mark.timeout(600)
+def test_latency_adaptation_lets_the_edge_offload_more_to_a_faster_cloud(
+    applied: E2ECluster,
+) -> None:
+    """latencyAdaptation turned on for a running cascade (the two-tier example): the operator
+    rolls its router with each tier's prior, the catalogue latency of the full model, and with
+    traffic the edge's threshold follows the cloud's live latency read from the bundled
+    Prometheus. The pods serve tiny variants, far faster than the full mpnet-base's prior, so
+    the edge offloads more: its effective threshold, in the cascade's status, rises above its
+    offloadThreshold (0.8). The example keeps the field for the rest of the session."""
+    applied.require_running_pods()
+    k = applied.kubectl
+    wait_cascade_ready(k, "two-tier")
+    adaptation = {"spec": {"latencyAdaptation": {"sensitivity": "0.5"}}}
+    k.run("patch", "inferencecascade", "two-tier", "--type=merge", "-p", json.dumps(adaptation))
+    prior_ms = VARIANTS["mpnet-base"].latency_ms
+    last: dict[str, Any] = {}
+
+    def raised() -> float | None:
+        status = (k.get("inferencecascade", "two-tier") or {}).get("status", {})
+        last.update(status)
+        edge = status.get("effectiveThresholds", {}).get("two-tier-edge")
+        return float(edge) if edge is not None and float(edge) > 0.8 else None
+
+    with (
+        applied.service_url("two-tier-router", 8080) as router,
+        RequestStream(router, "two-tier", REVIEWS, interval=0.2, limit=3000, headers=BUDGET),
+    ):
+        try:
+            edge = k.wait(raised, "the edge's effective threshold above 0.8", 300)
+        except Exception as exc:
+            seen = last.get("observedLatency", {}).get("two-tier-cloud")
+            raise AssertionError(
+                f"{exc}; the cloud's observed latency {seen} (prior {prior_ms} ms), status {last}"
+            ) from None
+    assert edge <= 0.99, edge  # never past the bounds
+
+
+@pytest.mark.timeout(600)
 def test_pods_answer_as_the_embedded_stack_does_with_the_same_weights_and_config(
     applied: E2ECluster, triton_all: TritonServer, tmp_path: Path
 ) -> None:
