@@ -9,6 +9,7 @@ tiny models happen to predict.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tierplace.local.triton import TritonServer
 from tierplace.router.app import CascadeService
 from tierplace.router.config import TierConfig
 from tierplace.router.tiers import TierClient, TierInput
+from tierplace_harness import proc
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -202,6 +204,8 @@ async def test_killed_upper_tier_gives_degraded_answers_and_no_5xx(
         )
         async with running_router(CascadeService(cfg)) as client:
             assert (await _classify(client))["parameters"]["tier"] == "cloud"
+            regions = _shm_regions(doomed)
+            assert regions, "the Python backend maps its shared memory"
             doomed.kill()
             bodies = [await _classify(client) for _ in range(5)]
             ready = await client.get("/v2/health/ready")
@@ -216,6 +220,21 @@ async def test_killed_upper_tier_gives_degraded_answers_and_no_5xx(
         assert body["parameters"]["degraded"] is True
         assert body["parameters"]["reason"] == "UpperTierFailed"
     assert ready.status == 200  # the device still answers: degraded service is service
+    # Killed, the server could not unlink its shared memory; stopping it removed what it left.
+    assert not [r for r in regions if (Path("/dev/shm") / r).exists()]
+
+
+def _shm_regions(server: TritonServer) -> set[str]:
+    """The Python-backend regions the server's processes (its stubs among them) map."""
+    assert server.process is not None
+    names: set[str] = set()
+    for pid in proc.tree(server.process.pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                path = line.split(maxsplit=5)[5:]
+                if path and "/triton_python_backend_shm_region_" in path[0]:
+                    names.add(Path(path[0].split(" ")[0]).name)
+    return names
 
 
 async def test_slow_upper_tier_gives_a_degraded_answer_within_budget(

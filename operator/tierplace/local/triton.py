@@ -14,13 +14,14 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -77,18 +78,38 @@ _SHM_DIR = Path("/dev/shm")
 _SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
-def remove_leaked_shm(min_age_s: float = 1.0) -> list[str]:
+def mapped_regions(pgid: int) -> set[str]:
+    """The Python-backend regions the processes of group ``pgid`` map: a tritonserver started
+    in a group of its own, and its backend stubs."""
+    names: set[str] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            text = (stat.parent / "maps").read_text()
+        except (OSError, ValueError, IndexError):
+            continue
+        names.update(re.findall(rf"{_SHM_PREFIX}[\w-]+", text))
+    return names
+
+
+def remove_leaked_shm(
+    min_age_s: float = 1.0, prefix: str = _SHM_PREFIX, only: Collection[str] | None = None
+) -> list[str]:
     """Delete Python-backend shared-memory regions no live process maps any more.
 
     A tritonserver killed with SIGKILL never unlinks its regions (1 MiB or more each, in RAM),
     so a crash loop would fill /dev/shm. Only regions of this user, older than ``min_age_s``
-    (a server that just created one maps it at once), are candidates.
+    (a server that just created one maps it at once), are candidates; ``only`` narrows them to
+    the named ones (a server's own, whatever their age: its last write may be a moment old).
     """
     try:
         regions = {
             p.name: p
-            for p in _SHM_DIR.glob(f"{_SHM_PREFIX}*")
-            if p.stat().st_uid == os.getuid() and time.time() - p.stat().st_ctime > min_age_s
+            for p in _SHM_DIR.glob(f"{prefix}*")
+            if p.stat().st_uid == os.getuid()
+            and time.time() - p.stat().st_ctime > min_age_s
+            and (only is None or p.name in only)
         }
     except OSError:
         return []
@@ -129,6 +150,7 @@ class TritonServer:
     exit_timeout_s: int = 5
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _regions: set[str] = field(default_factory=set, init=False, repr=False)
 
     @property
     def http_url(self) -> str:
@@ -226,11 +248,16 @@ class TritonServer:
         if proc is None:
             return None
         self.process = None
-        return stop_group(proc, timeout or self.exit_timeout_s + 10)
+        regions = self._regions | mapped_regions(proc.pid)
+        code = stop_group(proc, timeout or self.exit_timeout_s + 10)
+        if code < 0:  # killed (here after the timeout, or by kill()): it unlinked nothing
+            remove_leaked_shm(min_age_s=0, only=regions)
+        return code
 
     def kill(self) -> None:
         """An abrupt crash (SIGKILL of the whole process group): for fault tests."""
         if self.process is not None and self.process.poll() is None:
+            self._regions = mapped_regions(self.process.pid)  # for stop() to remove
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
