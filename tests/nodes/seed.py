@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tierplace.local.processes import stop_group
+
 #: Under a containerd root: what never changes once written, so nodes may share it.
 SHARED = (
     Path("io.containerd.content.v1.content") / "blobs",
@@ -63,7 +65,7 @@ def _containerd(root: Path) -> Iterator[Path]:
     proc = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private",
          "containerd", "--config", str(run / "containerd.toml")],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -73,12 +75,7 @@ def _containerd(root: Path) -> Iterator[Path]:
             time.sleep(0.1)
         yield run / "sock"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc, 30)
         log.close()
         shutil.rmtree(run, ignore_errors=True)
 

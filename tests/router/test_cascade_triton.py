@@ -9,7 +9,6 @@ tiny models happen to predict.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +22,10 @@ from tests.router.routerkit import cascade_config, metric_value, running_router,
 from tierplace import paths
 from tierplace.local.links import Link, LinkSpec
 from tierplace.local.prometheus import PrometheusServer, ScrapeTarget
-from tierplace.local.triton import TritonServer
+from tierplace.local.triton import TritonServer, mapped_regions
 from tierplace.router.app import CascadeService
 from tierplace.router.config import TierConfig
 from tierplace.router.tiers import TierClient, TierInput
-from tierplace_harness import proc
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -204,7 +202,8 @@ async def test_killed_upper_tier_gives_degraded_answers_and_no_5xx(
         )
         async with running_router(CascadeService(cfg)) as client:
             assert (await _classify(client))["parameters"]["tier"] == "cloud"
-            regions = _shm_regions(doomed)
+            assert doomed.process is not None
+            regions = mapped_regions(doomed.process.pid)
             assert regions, "the Python backend maps its shared memory"
             doomed.kill()
             bodies = [await _classify(client) for _ in range(5)]
@@ -222,19 +221,6 @@ async def test_killed_upper_tier_gives_degraded_answers_and_no_5xx(
     assert ready.status == 200  # the device still answers: degraded service is service
     # Killed, the server could not unlink its shared memory; stopping it removed what it left.
     assert not [r for r in regions if (Path("/dev/shm") / r).exists()]
-
-
-def _shm_regions(server: TritonServer) -> set[str]:
-    """The Python-backend regions the server's processes (its stubs among them) map."""
-    assert server.process is not None
-    names: set[str] = set()
-    for pid in proc.tree(server.process.pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-                path = line.split(maxsplit=5)[5:]
-                if path and "/triton_python_backend_shm_region_" in path[0]:
-                    names.add(Path(path[0].split(" ")[0]).name)
-    return names
 
 
 async def test_slow_upper_tier_gives_a_degraded_answer_within_budget(
