@@ -249,6 +249,9 @@ def test_a_device_rung_on_a_cloud_tier_is_refused_then_reported_if_it_appears_la
     api: Api, ns: str
 ) -> None:
     api.create(api.tiers(ns), tier_body("big", "Cloud"))
+    # The webhook checks a tierRef against the operator's tier index, and leaves a tier it has
+    # not seen yet to the status (below): a status written means the index holds the tier.
+    api.wait(lambda: (api.get(api.tiers(ns, "big")) or {}).get("status"), "tier big seen")
     tiers = [{"tierClass": "Device", "tierRef": {"name": "big"}}]
     code, out = api.cp.request("POST", api.cascades(ns), cascade_body("mixed", tiers))
     assert code == 422, out
