@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tierplace-setup
 
-.PHONY: setup system-deps test lint typecheck pytest run train bench bench-router bench-cascade bench-shift calibrate clean controlplane helm images e2e-kind
+.PHONY: setup system-deps test lint typecheck pytest run train bench bench-router bench-cascade bench-shift bench-fronts calibrate clean controlplane helm images e2e-kind
 
 setup: $(STAMP)
 
@@ -93,6 +93,9 @@ bench-cascade: setup
 # (~5 min once the tables are cached, ~8 min more the first time), then checked live on the
 # embedded stack (~10 min): docs/results/shift.json and shift-live.json, the generated section
 # of docs/online-calibration.md and docs/img/shift.png.
+bench-fronts: setup
+	$(BIN)/tierplace bench-fronts
+
 bench-shift: setup
 	$(BIN)/tierplace bench-shift
 	$(BIN)/tierplace bench-shift --live

@@ -1,5 +1,5 @@
 """``tierplace bench``, ``bench-router``, ``bench-models``, ``bench-operator``,
-``bench-first-answer`` and ``bench-shift``.
+``bench-first-answer``, ``bench-shift`` and ``bench-fronts``.
 
 The ``tierplace`` command imports this module by name when it can (tierplace/cli.py): the
 benchmarks are commands of a source checkout, not of the product. Each handler imports its
@@ -25,6 +25,7 @@ COMMANDS = (
     "bench-operator",
     "bench-first-answer",
     "bench-shift",
+    "bench-fronts",
 )
 
 
@@ -35,6 +36,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_operator(sub)
     _register_first_answer(sub)
     _register_shift(sub)
+    _register_fronts(sub)
+
+
+def _register_fronts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser(
+        "bench-fronts",
+        help="(harness) replay each family of settings (three tiers, two tiers, a learned "
+        "deferral, a text router, the baselines), certify each, and draw their fronts "
+        "(JSON, docs section, plot)",
+    )
+    b.add_argument("--limit", type=int, default=None, help="rows of each split (default all)")
+    b.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default docs/results/fronts.json, which also regenerates the section "
+        "of docs/benchmarks.md and docs/benchmarks/fronts.png)",
+    )
+    b.add_argument("--no-progress", action="store_true")
+    b.add_argument(
+        "--render-only",
+        action="store_true",
+        help="only regenerate the docs section and plot from docs/results/fronts.json",
+    )
+    b.set_defaults(func=_bench_fronts)
+
+
+def _bench_fronts(args: argparse.Namespace) -> int:
+    from tierplace_harness.bench import fronts
+
+    if args.render_only:
+        fronts.render()
+        return 0
+    result = fronts.run(fronts.FrontsOptions(limit=args.limit, progress=not args.no_progress))
+    out = args.out or fronts.RESULTS
+    fronts.write(result, out)
+    if out.resolve() == fronts.RESULTS.resolve():
+        fronts.render()
+    for name, d in result["comparisons"].items():
+        print(f"{name}: worst shortfall {d['worst_points']:.2f} points")
+    print(f"wrote {out}")
+    return 0
 
 
 def _register_shift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

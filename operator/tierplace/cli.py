@@ -35,6 +35,7 @@ _HARNESS_COMMANDS = (
     "bench-operator",
     "bench-first-answer",
     "bench-shift",
+    "bench-fronts",
 )
 _NO_HARNESS = (
     "tierplace {command}: this is a benchmark of a source checkout, and its harness package "

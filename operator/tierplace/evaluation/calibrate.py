@@ -199,7 +199,7 @@ class Calibration:
 
 
 @dataclass(frozen=True)
-class _Scored:
+class Scored:
     """One candidate's replay, reduced to what choosing needs (thousands are kept)."""
 
     value: Any
@@ -216,23 +216,22 @@ def _score(
     costs: Mapping[str, TierCost],
     reference: Outcome,
     learn_rows: npt.NDArray[np.int64],
-) -> list[_Scored]:
-    out = []
-    for v in values:
-        o = simulate(build(v), tables, costs)
-        out.append(
-            _Scored(
-                v,
-                o.accuracy,
-                o.mean_latency_s,
-                risk.harm(o.correct, reference.correct),
-                float(o.latency_s[learn_rows].mean()) if len(learn_rows) else o.mean_latency_s,
-            )
-        )
-    return out
+) -> list[Scored]:
+    return [scored(v, simulate(build(v), tables, costs), reference, learn_rows) for v in values]
 
 
-def _certify(rows: Sequence[_Scored], target: Target, n: int) -> risk.Test:
+def scored(value: Any, o: Outcome, reference: Outcome, learn_rows: npt.NDArray[np.int64]) -> Scored:
+    """One candidate's outcome on the calibration rows, as ``choose`` needs it."""
+    return Scored(
+        value,
+        o.accuracy,
+        o.mean_latency_s,
+        risk.harm(o.correct, reference.correct),
+        float(o.latency_s[learn_rows].mean()) if len(learn_rows) else o.mean_latency_s,
+    )
+
+
+def _certify(rows: Sequence[Scored], target: Target, n: int) -> risk.Test:
     """Learn-then-Test over ``rows``, every system alike: the order (the harm/latency front,
     safest first) is learned on the same share of the rows, the p-values come from the rest.
     A one-threshold baseline has a natural order and could test on every row; giving it the
@@ -246,8 +245,8 @@ def _certify(rows: Sequence[_Scored], target: Target, n: int) -> risk.Test:
     return replace(t, n_order=len(learn))
 
 
-def _certificate(
-    test: risk.Test, chosen: int, rows: Sequence[_Scored], disagreement: float
+def certificate(
+    test: risk.Test, chosen: int, rows: Sequence[Scored], disagreement: float
 ) -> Certificate:
     where = np.flatnonzero(test.order == chosen)
     certified = bool(np.isin(chosen, test.certified))
@@ -265,7 +264,7 @@ def _certificate(
     )
 
 
-def _choose(rows: Sequence[_Scored], target: Target, n: int) -> tuple[int, bool, risk.Test | None]:
+def choose(rows: Sequence[Scored], target: Target, n: int) -> tuple[int, bool, risk.Test | None]:
     """Index of the best candidate for the target and whether it met it. Under a harm target:
     the fastest certified candidate; when none is certified, the first tested (the safest)."""
     if target.harm_rate is not None:
@@ -332,14 +331,14 @@ def calibrate(
         lambda s: full(s, net, costs), settings or grid(keep_ratios), tables, costs, reference,
         learn,
     )  # fmt: skip
-    chosen, met, test = _choose(rows, target, n)
+    chosen, met, test = choose(rows, target, n)
     best: Setting = rows[chosen].value
     three = [i for i, r in enumerate(rows) if len(r.value.tiers) == 3]
     three_tier = best if len(best.tiers) == 3 else _best_of(rows, three, test, target)
     baselines, baseline_certs = _baselines(tables, costs, target, net, reference, learn)
     out = simulate(full(best, net, costs), tables, costs)
-    certificate = (
-        _certificate(test, chosen, rows, float((out.label != reference.label).mean()))
+    cert = (
+        certificate(test, chosen, rows, float((out.label != reference.label).mean()))
         if test is not None
         else None
     )
@@ -350,7 +349,7 @@ def calibrate(
         threshold_floors=_floors(best) if met else {},
         setting=best,
         accuracy=out.accuracy,
-        certificate=certificate,
+        certificate=cert,
         baseline_certificates=baseline_certs,
         three_tier_setting=three_tier,
         mean_latency_s=out.mean_latency_s,
@@ -381,17 +380,17 @@ def _baselines(
     )
     for name, build, values in builders:
         rows = _score(build, values, tables, costs, reference, learn)
-        chosen, _, test = _choose(rows, target, n)
+        chosen, _, test = choose(rows, target, n)
         thresholds[name] = float(rows[chosen].value)
         if test is not None:
             out = simulate(build(rows[chosen].value), tables, costs)
             disagreement = float((out.label != reference.label).mean())
-            certificates[name] = _certificate(test, chosen, rows, disagreement)
+            certificates[name] = certificate(test, chosen, rows, disagreement)
     return thresholds, certificates
 
 
 def _best_of(
-    rows: Sequence[_Scored], among: Sequence[int], test: risk.Test | None, target: Target
+    rows: Sequence[Scored], among: Sequence[int], test: risk.Test | None, target: Target
 ) -> Setting | None:
     """The fastest of ``among`` that the same test certified (or that fits the budget)."""
     if test is not None:

@@ -205,8 +205,36 @@ def _offloads(
     return out
 
 
-def simulate(system: System, tables: TableSet, costs: Mapping[str, TierCost]) -> Outcome:
-    """The whole split through ``system`` with static thresholds (stale metrics)."""
+_Costs = Mapping[str, TierCost]
+_Scores = Mapping[int, FloatArray]
+
+
+def _check_scored(system: System, scores: Mapping[int, FloatArray]) -> None:
+    """A learned score describes a lower tier's whole run: refuse it on a tier that exits."""
+    for i in scores:
+        if i + 1 >= len(system.tiers) or system.tiers[i].exit_threshold <= 1.0:
+            raise ValueError(f"tier {i}: a learned deferral needs a lower tier without exits")
+
+
+def simulate(
+    system: System,
+    tables: TableSet,
+    costs: Mapping[str, TierCost],
+    offload_confidence: Mapping[int, FloatArray] | None = None,
+) -> Outcome:
+    """The whole split through ``system`` with static thresholds (stale metrics).
+
+    ``offload_confidence`` replaces, per tier index, the confidence its offload decision
+    compares with the threshold (a learned deferral, ``evaluation.deferral``); such a tier
+    must run to its last layer, since the score describes the whole run.
+    """
+    scores = dict(offload_confidence or {})
+    _check_scored(system, scores)
+    return _simulate(system, tables, costs, scores)
+
+
+def _simulate(system: System, tables: TableSet, costs: _Costs, scores: _Scores) -> Outcome:
+    """``simulate``'s vectorised pass: one step per tier over every request still active."""
     n = len(tables.labels)
     tiers = system.tiers
     sources = tier_sources(system)
@@ -215,11 +243,10 @@ def simulate(system: System, tables: TableSet, costs: Mapping[str, TierCost]) ->
     active = np.ones(n, dtype=bool)
     answer_tier = np.full(n, -1, dtype=np.int64)
     answer_exit = np.zeros(n, dtype=np.int64)
-    wsum = np.zeros(n)
+    wsum, gflops = np.zeros(n), np.zeros(n)
     fused = np.zeros((n, 2))
     last_probs = np.zeros((n, 2))
     bytes_up = np.zeros(n, dtype=np.int64)
-    gflops = np.zeros(n)
     layers = np.zeros(n, dtype=np.int64)
     for i, (tier, pol) in enumerate(zip(tiers, policies, strict=True)):
         table = tables.get(tier.variant, sources[i])
@@ -242,6 +269,7 @@ def simulate(system: System, tables: TableSet, costs: Mapping[str, TierCost]) ->
         fused = np.where(active[:, None], fused + w * probs, fused)
         wsum = np.where(active, wsum + w, wsum)
         last_probs = np.where(active[:, None], probs, last_probs)
+        conf = np.asarray(scores.get(i, conf), dtype=np.float64)
         offload = (
             _offloads(system, i, pol, conf, active, elapsed)
             if i + 1 < len(tiers)
