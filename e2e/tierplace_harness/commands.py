@@ -56,6 +56,14 @@ def _register_fronts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     b.add_argument("--no-progress", action="store_true")
     b.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=HOME",
+        help="also replay the variants trained in HOME/models (a TIERPLACE_HOME) under NAME, "
+        "in the confidence rule's families; repeatable",
+    )
+    b.add_argument(
         "--render-only",
         action="store_true",
         help="only regenerate the docs section and plot from docs/results/fronts.json",
@@ -69,7 +77,16 @@ def _bench_fronts(args: argparse.Namespace) -> int:
     if args.render_only:
         fronts.render()
         return 0
-    result = fronts.run(fronts.FrontsOptions(limit=args.limit, progress=not args.no_progress))
+    also = []
+    for item in args.also:
+        name, sep, home = item.partition("=")
+        if not sep or not name or not (Path(home) / "models").is_dir():
+            raise SystemExit(f"--also {item!r}: give NAME=HOME, HOME holding a models/ folder")
+        also.append((name, Path(home)))
+    opts = fronts.FrontsOptions(
+        limit=args.limit, progress=not args.no_progress, alternatives=tuple(also)
+    )
+    result = fronts.run(opts)
     out = args.out or fronts.RESULTS
     fronts.write(result, out)
     if out.resolve() == fronts.RESULTS.resolve():

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.slow]
 def result(eval_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("fronts") / "fronts.json"
     args = ["bench-fronts", "--limit", "160", "--no-progress", "--out", str(out)]
+    args += ["--also", f"same={eval_home}"]  # the same variants again: must replay the same
     assert cli.main(args) == 0
     data: dict[str, Any] = json.loads(out.read_text())
     return data
@@ -46,6 +47,20 @@ def test_the_router_never_loses_to_its_own_base_settings(result: dict[str, Any])
     assert result["comparisons"]["text router vs none"]["worst_points"] == 0.0
 
 
+def test_an_alternative_set_of_variants_is_replayed_the_same_way(result: dict[str, Any]) -> None:
+    alt = result["alternatives"]["same"]
+    assert list(alt["families"]) == list(fronts.CONFIDENCE_FAMILIES)
+    for name in fronts.CONFIDENCE_FAMILIES:
+        assert alt["families"][name] == result["families"][name]
+    assert alt["comparisons"]["three-tier vs main three-tier"]["worst_points"] == 0.0
+    assert alt["comparisons"]["main three-tier vs this"]["worst_points"] == 0.0
+
+
+def test_also_refuses_a_folder_without_models(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="NAME=HOME"):
+        cli.main(["bench-fronts", "--also", f"x={tmp_path}"])
+
+
 def test_dominance_reads_the_shortfall_at_each_point() -> None:
     mine = [[10.0, 0.80], [20.0, 0.85]]
     other = [[5.0, 0.70], [12.0, 0.83], [25.0, 0.84]]
@@ -69,4 +84,5 @@ def test_the_docs_section_and_plot_render_from_the_json(
     assert "stale" not in text
     for name in fronts.FAMILIES:
         assert f"| {name} |" in text
+    assert "Variants trained as **same**" in text
     assert (tmp_path / "fronts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -40,6 +40,22 @@ def test_a_step_on_the_distillation_loss_moves_the_student_toward_the_teacher() 
     assert torch.softmax(moved, -1)[0, 1] > before
 
 
+def test_cascade_aware_training_weighs_down_rows_the_teacher_gets_wrong() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.3, 0.1]])
+    labels = torch.tensor([0, 1])
+    teacher = torch.tensor([[3.0, -3.0], [3.0, -3.0]])  # right on row 0, wrong on row 1
+    per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    cfg = TrainConfig(distill_weight=0.0, cascade_weight=0.25)
+    expected = (per_row[0] + 0.25 * per_row[1]) / 1.25
+    assert torch.allclose(Loss(cfg)(logits, labels, teacher), expected)
+    # Without a teacher there is nothing to weigh by: plain cross-entropy.
+    assert torch.allclose(Loss(cfg)(logits, labels, None), per_row.mean())
+    # Weight 1 is plain distillation, exactly.
+    plain = Loss(TrainConfig(distill_weight=0.5))(logits, labels, teacher)
+    same = Loss(TrainConfig(distill_weight=0.5, cascade_weight=1.0))(logits, labels, teacher)
+    assert torch.allclose(plain, same)
+
+
 @pytest.mark.slow
 def test_a_student_distils_across_vocabularies_and_says_so(
     tiny_model_home: Path, tmp_path: Path

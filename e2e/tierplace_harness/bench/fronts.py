@@ -22,6 +22,7 @@ of it is a replay (``evaluation.simulate``), so latencies are modelled; pruning 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -89,6 +90,8 @@ DEFERRAL_THRESHOLDS: tuple[float, ...] = (
     0.99,
     NO_EXIT,
 )
+#: The families an alternative set of trained variants is replayed in: the confidence rule's.
+CONFIDENCE_FAMILIES = ("three-tier", "edge+cloud", "device+cloud")
 #: The share of requests the text router sends straight to the edge: those with the lowest
 #: P(device agrees with the top); each share becomes a cut on that probability at the learn
 #: rows' quantile (0: the router sends nothing past the device, the base setting itself).
@@ -111,6 +114,9 @@ class FrontsOptions:
     results: Path = paths.repo_root() / "docs" / "results" / "cascade.json"
     limit: int | None = None  # rows of each split (tests); None: all
     progress: bool = True
+    #: Other trained variants to set beside these, by name: a TIERPLACE_HOME each whose
+    #: models/ holds them (e.g. lower tiers trained with ``tierplace train --cascade-weight``).
+    alternatives: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,13 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
 
     with tqdm(total=total, desc="bench-fronts", unit="setting", disable=not enabled) as bar:
         yield lambda k: bar.update(k)
+
+
+_TIERS = {
+    "three-tier": (DEVICE, EDGE, CLOUD),
+    "edge+cloud": (EDGE, CLOUD),
+    "device+cloud": (DEVICE, CLOUD),
+}
 
 
 def _settings(tiers: tuple[str, ...]) -> list[Setting]:
@@ -216,6 +229,63 @@ def run(opts: FrontsOptions) -> dict[str, Any]:
         "text_router": _router_record(models.p_device, models.cuts, test),
         "families": families,
         "comparisons": _comparisons(families, _base_front(fams["three-tier, text router"])),
+        "alternatives": {
+            name: _alternative(home, costs, target, learn, families["three-tier"], opts)
+            for name, home in opts.alternatives
+        },
+    }
+
+
+@contextmanager
+def _home(home: Path) -> Iterator[None]:
+    """Point ``paths.home()`` (the variants, the table cache) at ``home`` for a while."""
+    before = os.environ.get("TIERPLACE_HOME")
+    os.environ["TIERPLACE_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TIERPLACE_HOME"]
+        else:
+            os.environ["TIERPLACE_HOME"] = before
+
+
+def _alternative(
+    home: Path,
+    costs: Mapping[str, TierCost],
+    target: cal.Target,
+    learn: IntArray,
+    main_three: Mapping[str, Any],
+    opts: FrontsOptions,
+) -> dict[str, Any]:
+    """Another set of trained variants in the confidence rule's families, certified the same
+    way, and its three-tier front against the main one's."""
+    with _home(home):
+        val = build_tables(VARIANTS, "validation", (1.0,), limit=opts.limit)
+        test = build_tables(VARIANTS, "test", (1.0,), limit=opts.limit)
+        models = {v: fingerprint(v) for v in VARIANTS}
+    fams: dict[str, list[_Candidate]] = {}
+    with _progress(
+        sum(len(_settings(_TIERS[f])) for f in CONFIDENCE_FAMILIES), opts.progress
+    ) as step:
+        for family in CONFIDENCE_FAMILIES:
+            fams[family] = []
+            for st in _settings(_TIERS[family]):
+                system = full(st, NOMINAL, costs)
+                v, t = (simulate(system, tb, costs) for tb in (val, test))
+                fams[family].append(_Candidate(_describe(st), v, t))
+                step(1)
+    ref_val = simulate(cloud_only(NOMINAL, costs), val, costs)
+    ref_test = simulate(cloud_only(NOMINAL, costs), test, costs)
+    families = {n: _family(c, ref_val, ref_test, target, learn) for n, c in fams.items()}
+    mine, theirs = families["three-tier"]["front"], main_three["front"]
+    return {
+        "models": models,
+        "families": families,
+        "comparisons": {
+            "three-tier vs main three-tier": dominance(mine, theirs),
+            "main three-tier vs this": dominance(theirs, mine),
+        },
     }
 
 
@@ -228,11 +298,7 @@ def _replay(
     progress: bool,
 ) -> dict[str, list[_Candidate]]:
     """Every setting of every family on both splits."""
-    confidence = {
-        "three-tier": _settings((DEVICE, EDGE, CLOUD)),
-        "edge+cloud": _settings((EDGE, CLOUD)),
-        "device+cloud": _settings((DEVICE, CLOUD)),
-    }
+    confidence = {family: _settings(_TIERS[family]) for family in CONFIDENCE_FAMILIES}
     learned = [
         Setting(d, e, c, 1.0, f, lower_early_exit=False)
         for d in DEFERRAL_THRESHOLDS
@@ -548,18 +614,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"accuracy {result['cloud_only']['accuracy']:.4f}, {result['cloud_only']['mean_ms']:.1f} "
         "ms.",
         "",
-        "| family | settings | certified | chosen on validation | test accuracy | gap, points "
-        "(95 % CI) | mean ms | answered at |",
-        "|---|---:|---:|---|---:|---:|---:|---|",
+        *_family_table(result["families"]),
     ]
-    for name in FAMILIES:
-        f = result["families"][name]
-        c = f["chosen"]
-        lines.append(
-            f"| {name} | {f['settings']:,} | {f['certified']} | {_chosen(c)} | "
-            f"{c['test_accuracy']:.4f} | {_pts(c['test_gap_points'])} | {c['test_mean_ms']:.1f} "
-            f"| {_shares(c['answered_at'])} |"
-        )
     comp = result["comparisons"]
     lines += [
         "",
@@ -586,11 +642,50 @@ def markdown(result: Mapping[str, Any]) -> str:
         + ", ".join(f"{float(k):.0%} → {v:.0%}" for k, v in tr["skipped_test"].items())
         + ".",
         "",
+        *_alternative_lines(result),
         "![Each family's front on test](benchmarks/fronts.png)",
         "",
         END,
     ]
     return "\n".join(lines)
+
+
+def _family_table(families: Mapping[str, Any]) -> list[str]:
+    """One row per family: its certified setting as measured on test."""
+    lines = [
+        "| family | settings | certified | chosen on validation | test accuracy | gap, points "
+        "(95 % CI) | mean ms | answered at |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for name, f in families.items():
+        c = f["chosen"]
+        lines.append(
+            f"| {name} | {f['settings']:,} | {f['certified']} | {_chosen(c)} | "
+            f"{c['test_accuracy']:.4f} | {_pts(c['test_gap_points'])} | {c['test_mean_ms']:.1f} "
+            f"| {_shares(c['answered_at'])} |"
+        )
+    return lines
+
+
+def _alternative_lines(result: Mapping[str, Any]) -> list[str]:
+    """Each alternative set of trained variants: its families, and its three-tier front set
+    against the main one."""
+    lines: list[str] = []
+    for name, alt in result.get("alternatives", {}).items():
+        comp = alt["comparisons"]
+        lines += [
+            f"Variants trained as **{name}** (models "
+            + ", ".join(f"{v} {fp}" for v, fp in alt["models"].items())
+            + "), in the confidence rule's families:",
+            "",
+            *_family_table(alt["families"]),
+            "",
+            "- its three-tier front against the one above: "
+            f"{_cmp(comp['three-tier vs main three-tier'])}; the one above against it: "
+            f"{_cmp(comp['main three-tier vs this'])}.",
+            "",
+        ]
+    return lines
 
 
 def _deferral_lines(result: Mapping[str, Any]) -> list[str]:

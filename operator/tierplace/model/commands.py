@@ -36,6 +36,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     train.add_argument("--distill-weight", type=float, default=None, help="0 turns it off")
     train.add_argument(
+        "--cascade-weight",
+        type=float,
+        default=None,
+        help="cascade-aware training: weight of the label loss on rows the teacher gets wrong "
+        "(default 1, plain distillation; needs a teacher)",
+    )
+    train.add_argument(
         "--profile",
         choices=["full", "quick"],
         default="full",
@@ -78,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
             "schedule": args.schedule,
             "limit": args.limit,
             "distill_weight": args.distill_weight,
+            "cascade_weight": args.cascade_weight,
         }
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         meta = train_variant(name, target, cfg, encoder=args.encoder)

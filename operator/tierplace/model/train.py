@@ -58,6 +58,11 @@ class TrainConfig:
     teacher: str | None = None  # a trained variant whose final exit every exit learns from
     distill_weight: float = 0.5  # share of the loss that follows the teacher
     distill_temperature: float = 2.0
+    # Cascade-aware training: the weight of the label loss on rows the teacher gets wrong
+    # (1: plain distillation). A lower tier's wrong answer harms only where the cloud is
+    # right, so rows the cloud gets wrong spend the small model's capacity on nothing the
+    # cascade can gain (after Wang et al., "Cascade-aware training of language models", 2024).
+    cascade_weight: float = 1.0
 
     @property
     def profile(self) -> Profile:
@@ -169,17 +174,25 @@ def batches(data: Encoded, size: int, pad_id: int, rng: random.Random | None) ->
 
 
 class Loss:
-    """Cross-entropy on the labels, mixed with distillation when the data has a teacher."""
+    """Cross-entropy on the labels, mixed with distillation when the data has a teacher; with
+    ``cascade_weight`` below 1, rows the teacher gets wrong weigh less in the label part."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.weight = cfg.distill_weight
         self.t = cfg.distill_temperature
-        self.ce = nn.CrossEntropyLoss()
+        self.cascade_weight = cfg.cascade_weight
+        self.ce = nn.CrossEntropyLoss(reduction="none")
 
     def __call__(
         self, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None
     ) -> torch.Tensor:
-        hard: torch.Tensor = self.ce(logits, labels)
+        per_row: torch.Tensor = self.ce(logits, labels)
+        if teacher is not None and self.cascade_weight != 1.0:
+            right = teacher.argmax(dim=-1) == labels
+            w = torch.where(right, 1.0, self.cascade_weight).to(per_row.dtype)
+            hard = (w * per_row).sum() / w.sum().clamp_min(1e-12)
+        else:
+            hard = per_row.mean()
         if teacher is None or self.weight <= 0:
             return hard
         soft: torch.Tensor = nn.functional.kl_div(
