@@ -89,13 +89,16 @@ bench-cascade: setup
 	$(BIN)/tierplace bench --out-dir bench-results --docs-dir docs/benchmarks \
 		--results docs/results/cascade.json
 
+# Decision rules and tier subsets side by side, replayed with the latency model of
+# docs/results/cascade.json (~1 min once the tables are cached): docs/results/fronts.json, the
+# generated section of docs/benchmarks.md and docs/benchmarks/fronts.png.
+bench-fronts: setup
+	$(BIN)/tierplace bench-fronts
+
 # Online calibration on streams that shift from movie sentences to other text, replayed
 # (~5 min once the tables are cached, ~8 min more the first time), then checked live on the
 # embedded stack (~10 min): docs/results/shift.json and shift-live.json, the generated section
 # of docs/online-calibration.md and docs/img/shift.png.
-bench-fronts: setup
-	$(BIN)/tierplace bench-fronts
-
 bench-shift: setup
 	$(BIN)/tierplace bench-shift
 	$(BIN)/tierplace bench-shift --live
