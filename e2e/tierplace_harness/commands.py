@@ -410,10 +410,10 @@ def _bench_cascade(args: argparse.Namespace) -> int:
     result = run(opts)
     g = result["goals"]
     print(
-        f"accuracy gap {g['accuracy_gap_points']:.2f} points; latency "
-        f"-{g['latency_cut_vs_cloud'] * 100:.1f}% vs cloud only, "
-        f"-{g['latency_cut_vs_cloud_ee'] * 100:.1f}% vs cloud with early exit, "
-        f"-{g.get('latency_cut_vs_sedna', float('nan')) * 100:.1f}% vs Sedna-style\n"
+        f"accuracy gap {g['accuracy_gap_points']:.2f} points; mean latency "
+        f"{-g['latency_cut_vs_cloud'] * 100:+.1f}% vs cloud only, "
+        f"{-g['latency_cut_vs_cloud_ee'] * 100:+.1f}% vs cloud with early exit, "
+        f"{-g.get('latency_cut_vs_sedna', float('nan')) * 100:+.1f}% vs Sedna-style\n"
         f"wrote {args.out_dir}/cascade.json, cascade.md and plots"
     )
     return 0
