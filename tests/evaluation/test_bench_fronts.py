@@ -47,6 +47,18 @@ def test_the_router_never_loses_to_its_own_base_settings(result: dict[str, Any])
     assert result["comparisons"]["text router vs none"]["worst_points"] == 0.0
 
 
+def test_the_whole_validation_split_certifies_what_the_family_chose(
+    result: dict[str, Any],
+) -> None:
+    curve = result["calibration_rows"]
+    assert [c["fraction"] for c in curve] == list(fronts.ROW_FRACTIONS)
+    whole = curve[-1]
+    chosen = result["families"]["three-tier"]["chosen"]
+    assert whole["runs"] == 1 and whole["rows"] == result["rows"]["validation"]
+    assert whole["test_mean_ms_median"] == pytest.approx(chosen["test_mean_ms"])
+    assert whole["certified_median"] == result["families"]["three-tier"]["certified"]
+
+
 def test_an_alternative_set_of_variants_is_replayed_the_same_way(result: dict[str, Any]) -> None:
     alt = result["alternatives"]["same"]
     assert list(alt["families"]) == list(fronts.CONFIDENCE_FAMILIES)

@@ -90,6 +90,10 @@ DEFERRAL_THRESHOLDS: tuple[float, ...] = (
     0.99,
     NO_EXIT,
 )
+#: Shares of the validation split the three-tier family is certified on, and seeded draws
+#: of each below the whole: what a larger calibration split would buy.
+ROW_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+ROW_SEEDS = 5
 #: The families an alternative set of trained variants is replayed in: the confidence rule's.
 CONFIDENCE_FAMILIES = ("three-tier", "edge+cloud", "device+cloud")
 #: The share of requests the text router sends straight to the edge: those with the lowest
@@ -229,6 +233,7 @@ def run(opts: FrontsOptions) -> dict[str, Any]:
         "text_router": _router_record(models.p_device, models.cuts, test),
         "families": families,
         "comparisons": _comparisons(families, _base_front(fams["three-tier, text router"])),
+        "calibration_rows": _rows_curve(fams["three-tier"], ref_val, ref_test, target),
         "alternatives": {
             name: _alternative(home, costs, target, learn, families["three-tier"], opts)
             for name, home in opts.alternatives
@@ -457,6 +462,55 @@ def _family(
     }
 
 
+def _rows_curve(
+    cands: Sequence[_Candidate], ref_val: Outcome, ref_test: Outcome, target: cal.Target
+) -> list[dict[str, Any]]:
+    """What more calibration rows would buy (issue 14 §1): the family certified on seeded
+    subsets of the validation split, its chosen setting measured on the whole test split.
+    Moving training rows to calibration means retraining; this curve says whether the
+    certificate is still short of rows where the split stands."""
+    n = len(ref_val.correct)
+    harm = np.stack([risk.harm(c.val.correct, ref_val.correct) for c in cands])
+    lat = np.stack([c.val.latency_s for c in cands])
+    right = np.stack([c.val.correct for c in cands])
+    test_ms = np.asarray([1000 * c.test.mean_latency_s for c in cands])
+    test_gap = np.asarray([ref_test.accuracy - c.test.accuracy for c in cands])
+    out = []
+    for frac in ROW_FRACTIONS:
+        runs = []
+        for seed in range(ROW_SEEDS if frac < 1.0 else 1):
+            rows = np.arange(n)
+            if frac < 1.0:
+                rows = np.sort(np.random.default_rng(seed).permutation(n)[: round(frac * n)])
+            learn = rows[risk.split_rows(len(rows), target.order_share)[0]]
+            scored = [
+                cal.Scored(
+                    i,
+                    float(right[i, rows].mean()),
+                    float(lat[i, rows].mean()),
+                    harm[i, rows],
+                    float(lat[i, learn].mean()),
+                )
+                for i in range(len(cands))
+            ]
+            chosen, met, test = cal.choose(scored, target, len(rows))
+            assert test is not None
+            runs.append((len(test.certified), test_ms[chosen], 100 * test_gap[chosen], met))
+        certified, ms, gap, ok = zip(*runs, strict=True)
+        out.append(
+            {
+                "fraction": frac,
+                "rows": round(frac * n),
+                "runs": len(runs),
+                "certified_median": float(np.median(certified)),
+                "test_mean_ms_median": float(np.median(ms)),
+                "test_gap_points_median": float(np.median(gap)),
+                "met": sum(ok),
+            }
+        )
+    return out
+
+
 def _deferral_record(d: LearnedDeferral, test: TableSet, tier: str) -> dict[str, Any]:
     """How the learned deferral ranks the requests the top tier would answer differently, set
     beside the confidence it replaces (AUROC on test), and what temperature scaling did to the
@@ -642,6 +696,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         + ", ".join(f"{float(k):.0%} → {v:.0%}" for k, v in tr["skipped_test"].items())
         + ".",
         "",
+        *_rows_lines(result),
         *_alternative_lines(result),
         "![Each family's front on test](benchmarks/fronts.png)",
         "",
@@ -665,6 +720,29 @@ def _family_table(families: Mapping[str, Any]) -> list[str]:
             f"| {_shares(c['answered_at'])} |"
         )
     return lines
+
+
+def _rows_lines(result: Mapping[str, Any]) -> list[str]:
+    """The three-tier family certified on fewer validation rows (medians over seeded draws)."""
+    curve = result.get("calibration_rows")
+    if not curve:
+        return []
+    lines = [
+        "The three-tier family certified on part of the validation split (medians over "
+        f"{curve[0]['runs']} seeded draws below the whole; the chosen setting measured on the "
+        "whole test split):",
+        "",
+        "| validation rows | certified settings | test mean ms | test gap, points | draws "
+        "certifying any |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for c in curve:
+        lines.append(
+            f"| {c['rows']:,} ({c['fraction']:.0%}) | {c['certified_median']:g} | "
+            f"{c['test_mean_ms_median']:.1f} | {c['test_gap_points_median']:+.2f} | "
+            f"{c['met']} of {c['runs']} |"
+        )
+    return [*lines, ""]
 
 
 def _alternative_lines(result: Mapping[str, Any]) -> list[str]:
@@ -786,6 +864,9 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
             color=line.get_color(),
             markeredgecolor="black",
         )
+    for name, alt in result.get("alternatives", {}).items():
+        pts = np.asarray(alt["families"]["three-tier"]["front"])
+        ax.step(pts[:, 0], 100 * pts[:, 1], "--", where="post", label=f"three-tier, {name}")
     ref = result["cloud_only"]
     ax.plot(ref["mean_ms"], 100 * ref["accuracy"], "k*", markersize=12, label="cloud only")
     ax.set_xlabel("mean latency, ms (modelled)")
