@@ -1,5 +1,5 @@
 """``tierplace bench-fronts``: does each of the cascade's mechanisms earn its place?
-(issue 14 §2 and §3; docs/benchmarks.md, "Decision rules and tier subsets", shows the
+(issue 14 §1–§3; docs/benchmarks.md, "Decision rules and tier subsets", shows the
 committed run.)
 
 Families of settings are compared on the same tables, with the same latency model (the one
@@ -10,7 +10,11 @@ the committed ``make bench-cascade`` run fitted) and the same Learn-then-Test ce
 - the three-tier cascade with a learned deferral in place of the confidence rule;
 - the three-tier cascade behind a text router that sends a request straight to the edge when
   the device would likely pass it up;
-- Sedna's edge + cloud filter and the cloud's own early exit, as in the main benchmark.
+- Sedna's edge + cloud filter and the cloud's own early exit, as in the main benchmark;
+- the three-tier family certified on seeded parts of the validation split (what a larger
+  calibration split would buy, issue 14 §1);
+- on request (``--also``), the confidence rule's families with other trained variants, such as
+  lower tiers trained cascade-aware (``tierplace train --cascade-weight``).
 
 Each family's fastest certified setting is measured on the test split, and each family's
 Pareto front is drawn over the test split. The learned models are fitted on the validation
@@ -214,7 +218,8 @@ def run(opts: FrontsOptions) -> dict[str, Any]:
     ref_val = simulate(cloud_only(NOMINAL, costs), val, costs)
     ref_test = simulate(cloud_only(NOMINAL, costs), test, costs)
     families = {
-        name: _family(cands, ref_val, ref_test, target, learn) for name, cands in fams.items()
+        name: _family(cands, ref_val, ref_test, target, learn, name in CONFIDENCE_FAMILIES)
+        for name, cands in fams.items()
     }
     return {
         "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
@@ -436,8 +441,11 @@ def _family(
     ref_test: Outcome,
     target: cal.Target,
     learn: np.ndarray[Any, Any],
+    explain: bool = False,
 ) -> dict[str, Any]:
-    """The family's certified setting on validation, measured on test, and its test front."""
+    """The family's certified setting on validation, measured on test, and its test front;
+    with ``explain``, also the setting behind each front point (the docs' three-tier against
+    two-tier comparison names them)."""
     n = len(ref_val.correct)
     rows = [cal.scored(i, c.val, ref_val, learn) for i, c in enumerate(cands)]
     chosen, met, test = cal.choose(rows, target, n)
@@ -458,7 +466,7 @@ def _family(
             "answered_at": c.test.answered_at(),
         },
         "front": front,
-        "front_settings": _front_settings(cands, front),
+        **({"front_settings": _front_settings(cands, front)} if explain else {}),
     }
 
 
