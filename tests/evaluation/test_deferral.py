@@ -13,6 +13,7 @@ from tierplace.evaluation.deferral import (
     fit_deferral,
     fit_temperature,
     fit_text_router,
+    temperature_scaled,
 )
 from tierplace.evaluation.simulate import TierCost, simulate
 from tierplace.evaluation.systems import NO_EXIT, NOMINAL, Setting, full
@@ -31,7 +32,8 @@ def test_temperature_scaling_undoes_a_known_overconfidence() -> None:
     overconfident = _two_class(1 / (1 + np.exp(-3 * z)))  # logits three times too large
     t = fit_temperature(overconfident, labels)
     assert 2.6 < t < 3.4
-    scaled = _two_class(1 / (1 + np.exp(-3 * z / t)))
+    scaled = temperature_scaled(overconfident, t)
+    np.testing.assert_allclose(scaled, _two_class(1 / (1 + np.exp(-3 * z / t))), atol=1e-5)
     assert expected_calibration_error(scaled, labels) < expected_calibration_error(
         overconfident, labels
     )

@@ -45,6 +45,7 @@ from tierplace.evaluation.deferral import (
     expected_calibration_error,
     fit_deferral,
     fit_text_router,
+    temperature_scaled,
 )
 from tierplace.evaluation.simulate import (
     FloatArray,
@@ -182,15 +183,15 @@ class _Models:
     cuts: dict[float, float]  # share routed past the device -> cut on p_device
 
 
-def _fit(val: TableSet, test: TableSet, learn: IntArray, limit: int | None) -> _Models:
+def _fit(val: TableSet, test: TableSet, learn: IntArray) -> _Models:
     deferrals = {
         tier: fit_deferral(val.get(VARIANT_OF[tier], "text"), val.labels, _top_label(val), learn)
         for tier in (DEVICE, EDGE)
     }
-    router = _fit_router(val, learn, limit)
+    router = _fit_router(val, learn)
     p_device = {
-        "validation": _device_p(router, val, "validation", limit),
-        "test": _device_p(router, test, "test", limit),
+        "validation": _device_p(router, val),
+        "test": _device_p(router, test),
     }
     cuts = {
         share: float(np.quantile(p_device["validation"][learn], share)) if share > 0 else 0.0
@@ -213,7 +214,7 @@ def run(opts: FrontsOptions) -> dict[str, Any]:
     test = build_tables(VARIANTS, "test", (1.0,), limit=opts.limit)
     n = len(val.labels)
     learn, _ = risk.split_rows(n, target.order_share)
-    models = _fit(val, test, learn, opts.limit)
+    models = _fit(val, test, learn)
     fams = _replay(val, test, costs, models, learn, opts.progress)
     ref_val = simulate(cloud_only(NOMINAL, costs), val, costs)
     ref_test = simulate(cloud_only(NOMINAL, costs), test, costs)
@@ -360,18 +361,22 @@ def _describe(s: Setting) -> dict[str, Any]:
     return d
 
 
-def _fit_router(val: TableSet, learn: np.ndarray[Any, Any], limit: int | None) -> TextRouter:
-    texts, _ = read_split("validation")
-    texts = texts[: len(val.labels)] if limit is not None else texts
+def _texts(tables: TableSet) -> list[str]:
+    """The sentences behind ``tables``' rows (the first rows of its split, as the tables were
+    built with a limit or without)."""
+    texts, _ = read_split(tables.split)  # type: ignore[arg-type]
+    return texts[: len(tables.labels)]
+
+
+def _fit_router(val: TableSet, learn: np.ndarray[Any, Any]) -> TextRouter:
+    texts = _texts(val)
     device = val.get(VARIANT_OF[DEVICE], "text")
     agrees = device.probs[:, -1].argmax(axis=-1) == _top_label(val)
     return fit_text_router([texts[i] for i in learn], device.num_tokens[learn], agrees[learn])
 
 
-def _device_p(router: TextRouter, tables: TableSet, split: str, limit: int | None) -> FloatArray:
-    texts, _ = read_split(split)  # type: ignore[arg-type]
-    texts = texts[: len(tables.labels)] if limit is not None else texts
-    return router.p_device(texts, tables.get(VARIANT_OF[DEVICE], "text").num_tokens)
+def _device_p(router: TextRouter, tables: TableSet) -> FloatArray:
+    return router.p_device(_texts(tables), tables.get(VARIANT_OF[DEVICE], "text").num_tokens)
 
 
 def _merge(three: Outcome, two: Outcome, skip: np.ndarray[Any, Any]) -> Outcome:
@@ -528,8 +533,7 @@ def _deferral_record(d: LearnedDeferral, test: TableSet, tier: str) -> dict[str,
     table = test.get(VARIANT_OF[tier], "text")
     differs = table.probs[:, -1].argmax(axis=-1) != _top_label(test)
     last = table.probs[:, -1].astype(np.float64)
-    scaled = np.exp(np.log(np.clip(last, 1e-12, None)) / d.temperatures[-1])
-    scaled /= scaled.sum(axis=1, keepdims=True)
+    scaled = temperature_scaled(last, d.temperatures[-1])
     both_classes = 0 < differs.sum() < len(differs)
     return {
         "temperatures": list(d.temperatures),

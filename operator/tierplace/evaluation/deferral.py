@@ -47,6 +47,12 @@ def _log_probs(probs: npt.NDArray[np.floating[Any]], temperature: float = 1.0) -
     return out
 
 
+def temperature_scaled(probs: npt.NDArray[np.floating[Any]], temperature: float) -> FloatArray:
+    """The class probabilities after dividing their logits by ``temperature``."""
+    out: FloatArray = np.exp(_log_probs(probs, temperature))
+    return out
+
+
 def fit_temperature(probs: npt.NDArray[np.floating[Any]], labels: IntArray) -> float:
     """The temperature that minimises the negative log-likelihood of ``labels`` (Guo et al.,
     2017): one number per exit, so the exit's ranking of requests is unchanged and only its

@@ -209,7 +209,7 @@ _Costs = Mapping[str, TierCost]
 _Scores = Mapping[int, FloatArray]
 
 
-def _check_scored(system: System, scores: Mapping[int, FloatArray]) -> None:
+def _check_scored(system: System, scores: _Scores) -> None:
     """A learned score describes a lower tier's whole run: refuse it on a tier that exits."""
     for i in scores:
         if i + 1 >= len(system.tiers) or system.tiers[i].exit_threshold <= 1.0:
