@@ -21,10 +21,10 @@ def test_calibrate_writes_thresholds_and_never_reads_the_test_split(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def guarded(split: Split) -> object:
+    def guarded(split: Split, validation_tenths: int) -> object:
         if split == "test":
             raise AssertionError("calibration read the test split")
-        return load_reviews(split)
+        return load_reviews(split, validation_tenths)
 
     monkeypatch.setattr(tables, "load_reviews", guarded)
     tables.SPLIT_READS.clear()

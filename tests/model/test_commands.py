@@ -99,3 +99,28 @@ def test_bench_models_writes_json_table_and_plot(tiny_model_home: Path, tmp_path
             assert all(v > 0 for v in entry[source][batch].values())
     assert "| `minilm-l2` | 2 |" in (out / "models.md").read_text()
     assert (out / "models.png").stat().st_size > 1000
+
+
+def test_train_passes_the_calibration_share_and_weights_on_to_every_variant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The flags reach the training config (training itself is exercised in test_distill)."""
+    from types import SimpleNamespace
+
+    from tierplace import cli
+    from tierplace.model import train
+
+    seen: dict[str, train.TrainConfig] = {}
+
+    def record(variant: str, out: Path, cfg: train.TrainConfig, **_: object) -> object:
+        seen[variant] = cfg
+        return SimpleNamespace(exit_accuracy=[0.5])
+
+    monkeypatch.setattr(train, "train_variant", record)
+    args = ["train", "--out", str(tmp_path), "--validation-tenths", "2", "--cascade-weight", "0.5"]
+    assert cli.main(args) == 0
+    assert list(seen) == ["mpnet-base", "minilm-l2", "minilm-l6"]  # the teacher first
+    assert {c.validation_tenths for c in seen.values()} == {2}
+    assert {c.cascade_weight for c in seen.values()} == {0.5}
+    assert seen["minilm-l2"].teacher == "mpnet-base"
+    assert capsys.readouterr().out.count("exit_accuracy") == 3

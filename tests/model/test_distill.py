@@ -71,6 +71,20 @@ def test_a_student_distils_across_vocabularies_and_says_so(
     assert artifacts.load(models / "minilm-l6").meta.training["distill_weight"] == 0.5
 
 
+@pytest.mark.slow
+def test_a_student_is_refused_a_teacher_that_trained_on_its_validation_rows(
+    tiny_model_home: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "mpnet-base").symlink_to(tiny_model_home / "models" / "mpnet-base")
+    encoder = str(tiny_model_home / "tiny-encoders" / "minilm-l6")
+    cfg = replace(DEFAULTS["minilm-l6"], epochs=1, limit=50, validation_tenths=2)
+    with pytest.raises(ValueError, match="held out 1 validation tenths, this variant 2"):
+        train_variant("minilm-l6", models / "minilm-l6", cfg, encoder, False)
+    assert not (models / "minilm-l6").exists()
+
+
 def test_teachers_train_before_their_students() -> None:
     from tierplace.model.train import training_order, with_teacher
 

@@ -241,7 +241,7 @@ def run(opts: FrontsOptions) -> dict[str, Any]:
         "comparisons": _comparisons(families, _base_front(fams["three-tier, text router"])),
         "calibration_rows": _rows_curve(fams["three-tier"], ref_val, ref_test, target),
         "alternatives": {
-            name: _alternative(home, costs, target, learn, families["three-tier"], opts)
+            name: _alternative(home, costs, target, families["three-tier"], opts)
             for name, home in opts.alternatives
         },
     }
@@ -265,16 +265,17 @@ def _alternative(
     home: Path,
     costs: Mapping[str, TierCost],
     target: cal.Target,
-    learn: IntArray,
     main_three: Mapping[str, Any],
     opts: FrontsOptions,
 ) -> dict[str, Any]:
     """Another set of trained variants in the confidence rule's families, certified the same
-    way, and its three-tier front against the main one's."""
+    way on its own validation split (variants trained with another ``--validation-tenths``
+    calibrate on more rows), and its three-tier front against the main one's."""
     with _home(home):
         val = build_tables(VARIANTS, "validation", (1.0,), limit=opts.limit)
         test = build_tables(VARIANTS, "test", (1.0,), limit=opts.limit)
         models = {v: fingerprint(v) for v in VARIANTS}
+    learn, _ = risk.split_rows(len(val.labels), target.order_share)
     fams: dict[str, list[_Candidate]] = {}
     with _progress(
         sum(len(_settings(_TIERS[f])) for f in CONFIDENCE_FAMILIES), opts.progress
@@ -292,6 +293,7 @@ def _alternative(
     mine, theirs = families["three-tier"]["front"], main_three["front"]
     return {
         "models": models,
+        "rows": {"validation": len(val.labels), "test": len(test.labels), "learn": len(learn)},
         "families": families,
         "comparisons": {
             "three-tier vs main three-tier": dominance(mine, theirs),

@@ -32,7 +32,7 @@ import numpy.typing as npt
 from tierplace import paths
 from tierplace.api.variants import VARIANTS
 from tierplace.evaluation.table_set import FloatArray, IntArray, TableSet, TierTable, source_key
-from tierplace.model.data import Split, load_reviews
+from tierplace.model.data import VALIDATION_TENTHS, Split, load_reviews
 from tierplace.model.domains import SOURCE, Domain, load_domain
 from tierplace.router.policy import TierInput, prune, sent_up
 
@@ -48,10 +48,29 @@ TABLE_FORMAT = 1
 SPLIT_READS: list[Split] = []
 
 
+def trained_validation_tenths(variants: Sequence[str] = tuple(VARIANTS)) -> int:
+    """The calibration share (``model.data``) the trained variants in ``paths.models_dir()``
+    held out. They must agree: rows one tier trained on would make its answers there look
+    better than they are, and a threshold certified on them would promise what test misses."""
+    shares: dict[str, int] = {}
+    for variant in variants:
+        meta = paths.models_dir() / variant / "tierplace.json"
+        if meta.exists():
+            training = json.loads(meta.read_text()).get("training", {})
+            shares[variant] = int(training.get("validation_tenths", VALIDATION_TENTHS))
+    if len(set(shares.values())) > 1:
+        raise ValueError(
+            f"the variants in {paths.models_dir()} were trained on different splits "
+            f"(validation tenths {shares}); retrain them with one --validation-tenths"
+        )
+    return next(iter(shares.values()), VALIDATION_TENTHS)
+
+
 def read_split(split: Split) -> tuple[list[str], IntArray]:
-    """Texts and labels of one split; every read is recorded in ``SPLIT_READS``."""
+    """Texts and labels of one split, as the trained variants split the corpus
+    (``trained_validation_tenths``); every read is recorded in ``SPLIT_READS``."""
     SPLIT_READS.append(split)
-    rows = load_reviews(split)
+    rows = load_reviews(split, trained_validation_tenths())
     return [r.text for r in rows], np.asarray([r.label for r in rows], dtype=np.int64)
 
 

@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(default 1, plain distillation; needs a teacher)",
     )
     train.add_argument(
+        "--validation-tenths",
+        type=int,
+        default=None,
+        help="tenths of the corpus held out to calibrate on instead of training (default 1; "
+        "every variant of a cascade must use the same)",
+    )
+    train.add_argument(
         "--profile",
         choices=["full", "quick"],
         default="full",
@@ -86,6 +93,7 @@ def _train(args: argparse.Namespace) -> int:
             "limit": args.limit,
             "distill_weight": args.distill_weight,
             "cascade_weight": args.cascade_weight,
+            "validation_tenths": args.validation_tenths,
         }
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         meta = train_variant(name, target, cfg, encoder=args.encoder)

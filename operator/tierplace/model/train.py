@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tierplace.api.variants import LABELS, VARIANTS
 from tierplace.model import artifacts, encoders
-from tierplace.model.data import Example, load_reviews
+from tierplace.model.data import VALIDATION_TENTHS, Example, load_reviews
 from tierplace.model.early_exit import EarlyExitClassifier
 from tierplace.model.profiles import FULL, QUICK, Profile
 
@@ -63,6 +63,9 @@ class TrainConfig:
     # right, so rows the cloud gets wrong spend the small model's capacity on nothing the
     # cascade can gain (after Wang et al., "Cascade-aware training of language models", 2024).
     cascade_weight: float = 1.0
+    # Tenths of the corpus held out to calibrate on (``model.data``); recorded in the metadata
+    # so that calibration reads the rows this variant never trained on.
+    validation_tenths: int = VALIDATION_TENTHS
 
     @property
     def profile(self) -> Profile:
@@ -385,12 +388,26 @@ def _distillation(
         )
         cfg, teacher_dir = replace(cfg, teacher=None), None
     if teacher_dir is not None:
+        _check_same_split(variant, cfg, teacher_dir)
         log.info("%s: distilling from %s (%s)", variant, cfg.teacher, teacher_dir)
         key = (str(teacher_dir.resolve()), len(train_rows))
         if key not in _TEACHER_MEMO:  # `train --variant all` distils two students from one
             _TEACHER_MEMO[key] = teacher_logits(teacher_dir, train_rows)
         train.teacher_logits = _TEACHER_MEMO[key]
     return cfg
+
+
+def _check_same_split(variant: str, cfg: TrainConfig, teacher_dir: Path) -> None:
+    """A teacher trained on this variant's validation rows would carry them into the cascade
+    that is calibrated there: refuse before an hour of training, not at calibration."""
+    training = artifacts.VariantMetadata.read(teacher_dir).training
+    theirs = int(training.get("validation_tenths", VALIDATION_TENTHS))
+    if theirs != cfg.validation_tenths:
+        raise ValueError(
+            f"{variant}: teacher {cfg.teacher} in {teacher_dir} held out {theirs} validation "
+            f"tenths, this variant {cfg.validation_tenths}; retrain the teacher with "
+            f"--validation-tenths {cfg.validation_tenths}, or pass --teacher none"
+        )
 
 
 def _fit(
@@ -438,11 +455,11 @@ def train_variant(
     model.to(device)
     pad_id = int(tokenizer.pad_token_id or 0)
 
-    train_rows = load_reviews("train")
+    train_rows = load_reviews("train", cfg.validation_tenths)
     if cfg.limit:
         train_rows = train_rows[: cfg.limit]
     train = encode(tokenizer, train_rows, cfg.max_length)
-    val = encode(tokenizer, load_reviews("validation"), cfg.max_length)
+    val = encode(tokenizer, load_reviews("validation", cfg.validation_tenths), cfg.max_length)
     log.info(
         "%s: %d train / %d validation rows on %s", variant, len(train.ids), len(val.ids), device
     )
