@@ -69,6 +69,7 @@ def test_an_alternative_set_of_variants_is_replayed_the_same_way(result: dict[st
         assert alt["families"][name] == main
     assert alt["comparisons"]["three-tier vs main three-tier"]["worst_points"] == 0.0
     assert alt["comparisons"]["main three-tier vs this"]["worst_points"] == 0.0
+    assert alt["rows"] == result["rows"] and alt["cloud_only"] == result["cloud_only"]
 
 
 def test_also_refuses_a_folder_without_models(tmp_path: Path) -> None:

@@ -294,6 +294,7 @@ def _alternative(
     return {
         "models": models,
         "rows": {"validation": len(val.labels), "test": len(test.labels), "learn": len(learn)},
+        "cloud_only": {"accuracy": ref_test.accuracy, "mean_ms": 1000 * ref_test.mean_latency_s},
         "families": families,
         "comparisons": {
             "three-tier vs main three-tier": dominance(mine, theirs),
@@ -770,6 +771,7 @@ def _alternative_lines(result: Mapping[str, Any]) -> list[str]:
             + ", ".join(f"{v} {fp}" for v, fp in alt["models"].items())
             + "), in the confidence rule's families:",
             "",
+            *_alternative_rows(alt),
             *_family_table(alt["families"]),
             "",
             "- its three-tier front against the one above: "
@@ -778,6 +780,19 @@ def _alternative_lines(result: Mapping[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _alternative_rows(alt: Mapping[str, Any]) -> list[str]:
+    """What an alternative calibrated on and its own cloud's test accuracy (recorded since
+    --validation-tenths; older results lack it)."""
+    rows, cloud = alt.get("rows"), alt.get("cloud_only")
+    if not rows or not cloud:
+        return []
+    return [
+        f"Calibrated on {rows['validation']:,} validation rows ({rows['learn']:,} learn the "
+        f"order); its cloud alone on test: accuracy {cloud['accuracy']:.4f}.",
+        "",
+    ]
 
 
 def _deferral_lines(result: Mapping[str, Any]) -> list[str]:
