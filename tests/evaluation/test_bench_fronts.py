@@ -70,6 +70,8 @@ def test_an_alternative_set_of_variants_is_replayed_the_same_way(result: dict[st
     assert alt["comparisons"]["three-tier vs main three-tier"]["worst_points"] == 0.0
     assert alt["comparisons"]["main three-tier vs this"]["worst_points"] == 0.0
     assert alt["rows"] == result["rows"] and alt["cloud_only"] == result["cloud_only"]
+    assert alt["last_exit_test_accuracy"] == result["last_exit_test_accuracy"]
+    assert set(alt["last_exit_test_accuracy"]) == set(fronts.VARIANTS)
 
 
 def test_also_refuses_a_folder_without_models(tmp_path: Path) -> None:

@@ -235,6 +235,7 @@ def run(opts: FrontsOptions) -> dict[str, Any]:
         },
         "guarantee": str(target.guarantee()),
         "cloud_only": {"accuracy": ref_test.accuracy, "mean_ms": 1000 * ref_test.mean_latency_s},
+        "last_exit_test_accuracy": _last_exit_accuracy(test),
         "deferral": {tier: _deferral_record(d, test, tier) for tier, d in models.deferrals.items()},
         "text_router": _router_record(models.p_device, models.cuts, test),
         "families": families,
@@ -244,6 +245,14 @@ def run(opts: FrontsOptions) -> dict[str, Any]:
             name: _alternative(home, costs, target, families["three-tier"], opts)
             for name, home in opts.alternatives
         },
+    }
+
+
+def _last_exit_accuracy(test: TableSet) -> dict[str, float]:
+    """Each variant alone, at its last exit, on test: what a set's training rows bought."""
+    return {
+        v: float((test.get(v, "text").probs[:, -1].argmax(-1) == test.labels).mean())
+        for v in VARIANTS
     }
 
 
@@ -295,6 +304,7 @@ def _alternative(
         "models": models,
         "rows": {"validation": len(val.labels), "test": len(test.labels), "learn": len(learn)},
         "cloud_only": {"accuracy": ref_test.accuracy, "mean_ms": 1000 * ref_test.mean_latency_s},
+        "last_exit_test_accuracy": _last_exit_accuracy(test),
         "families": families,
         "comparisons": {
             "three-tier vs main three-tier": dominance(mine, theirs),
@@ -771,7 +781,7 @@ def _alternative_lines(result: Mapping[str, Any]) -> list[str]:
             + ", ".join(f"{v} {fp}" for v, fp in alt["models"].items())
             + "), in the confidence rule's families:",
             "",
-            *_alternative_rows(alt),
+            *_alternative_rows(result, alt),
             *_family_table(alt["families"]),
             "",
             "- its three-tier front against the one above: "
@@ -782,15 +792,21 @@ def _alternative_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _alternative_rows(alt: Mapping[str, Any]) -> list[str]:
-    """What an alternative calibrated on and its own cloud's test accuracy (recorded since
-    --validation-tenths; older results lack it)."""
-    rows, cloud = alt.get("rows"), alt.get("cloud_only")
-    if not rows or not cloud:
+def _alternative_rows(result: Mapping[str, Any], alt: Mapping[str, Any]) -> list[str]:
+    """What an alternative calibrated on, and what its variants score alone on test beside
+    the main set's (recorded since --validation-tenths; older results lack it)."""
+    rows, mine = alt.get("rows"), alt.get("last_exit_test_accuracy")
+    if not rows or not mine:
         return []
+    main = result.get("last_exit_test_accuracy", {})
     return [
         f"Calibrated on {rows['validation']:,} validation rows ({rows['learn']:,} learn the "
-        f"order); its cloud alone on test: accuracy {cloud['accuracy']:.4f}.",
+        "order). Each variant alone at its last exit on test: "
+        + ", ".join(
+            f"{v} {a:.4f}" + (f" (above: {main[v]:.4f})" if v in main else "")
+            for v, a in mine.items()
+        )
+        + ".",
         "",
     ]
 
