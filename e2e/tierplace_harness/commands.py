@@ -110,7 +110,11 @@ def _register_shift(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     b.add_argument("--movie-passes", type=int, default=2, help="passes over the movie test split")
     b.add_argument("--limit", type=int, default=None, help="rows of each set (default all)")
     b.add_argument(
-        "--target", type=float, default=None, help="online target disagreement (default 0.04)"
+        "--target",
+        type=float,
+        default=None,
+        help="online target disagreement (default: the harm rate the committed calibration "
+        "certifies, docs/results/cascade.json)",
     )
     b.add_argument("--confidence", type=float, default=0.9)
     b.add_argument("--shadow-share", type=float, default=None, help="default 0.05")
@@ -153,8 +157,10 @@ def _shift_online(args: argparse.Namespace) -> OnlineSettings:
             return value
         return live if args.live else replay
 
+    from tierplace_harness.bench.shift import offline_harm_rate
+
     return OnlineSettings(
-        target=given(args.target, 0.05, 0.04),
+        target=given(args.target, 0.05, offline_harm_rate()),
         confidence=args.confidence,
         shadow_share=given(args.shadow_share, 0.5, 0.05),
         window=int(given(args.window, 1200, 16000)),

@@ -61,6 +61,13 @@ def test_the_fixed_cascade_never_shadows_and_the_online_one_within_its_share(
             assert len(online["thresholds_at_end"]) == lower
 
 
+def test_the_online_target_defaults_to_the_harm_rate_offline_calibration_certified(
+    result: dict[str, Any],
+) -> None:
+    harm_rate = result["calibration"]["target"]["harm_rate"]
+    assert result["online"]["target"] == harm_rate == shift.offline_harm_rate()
+
+
 def test_the_docs_section_and_plot_render_from_the_json(
     result: dict[str, Any], tmp_path: Path
 ) -> None:

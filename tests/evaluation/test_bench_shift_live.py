@@ -34,3 +34,11 @@ def test_the_live_router_calibrates_online_as_the_replay_does(
     )
     cpu = result["cpu"]
     assert cpu["online"]["top_ms_per_request"] > 0 and cpu["fixed"]["router_ms_per_request"] > 0
+    # The top tier served the requests that climbed, and online the shadow calls as well.
+    calls = result["top_calls"]
+    assert 0 < calls["fixed"] <= result["requests"]
+    assert (
+        result["shadowed_unwatched"]
+        <= calls["online"]
+        <= result["requests"] + result["shadowed_unwatched"]
+    )
