@@ -91,7 +91,9 @@ bench-cascade: setup
 
 # Decision rules and tier subsets side by side, replayed with the latency model of
 # docs/results/cascade.json (~1 min once the tables are cached): docs/results/fronts.json, the
-# generated section of docs/benchmarks.md and docs/benchmarks/fronts.png.
+# generated section of docs/benchmarks.md and docs/benchmarks/fronts.png. The committed run
+# also replays variants trained in other homes (cascade-aware, re-split) with --also; without
+# them their rows drop out (docs/benchmarks.md has the training and --also commands).
 bench-fronts: setup
 	$(BIN)/tierplace bench-fronts
 
