@@ -124,3 +124,16 @@ def test_train_passes_the_calibration_share_and_weights_on_to_every_variant(
     assert {c.cascade_weight for c in seen.values()} == {0.5}
     assert seen["minilm-l2"].teacher == "mpnet-base"
     assert capsys.readouterr().out.count("exit_accuracy") == 3
+
+
+def test_train_refuses_a_calibration_share_before_loading_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tierplace import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "--validation-tenths", "5"])
+    assert exited.value.code == 2
+    assert (
+        "--validation-tenths: invalid choice: 5 (choose from 1, 2, 3, 4)" in capsys.readouterr().err
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tierplace import paths
 from tierplace.api.variants import VARIANTS
+from tierplace.model.data import MAX_VALIDATION_TENTHS
 from tierplace.model.profiles import FULL, QUICK, trained_profile
 
 
@@ -46,6 +47,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--validation-tenths",
         type=int,
         default=None,
+        choices=range(1, MAX_VALIDATION_TENTHS + 1),
+        metavar=f"1..{MAX_VALIDATION_TENTHS}",
         help="tenths of the corpus held out to calibrate on instead of training (default 1; "
         "every variant of a cascade must use the same)",
     )
