@@ -40,6 +40,9 @@ def test_calibrate_writes_thresholds_and_never_reads_the_test_split(
     assert result["certificate"]["p_value"] <= 0.2
     frag = yaml.safe_load((out / "inference-cascade.yaml").read_text())
     assert frag["kind"] == "InferenceCascade"
+    # Online calibration is written off, with the certificate as its target.
+    online = {"enabled": False, "targetDisagreement": "0.3", "confidence": "0.8"}
+    assert frag["spec"]["onlineCalibration"] == online
     chosen = result["setting"]
     # whichever tiers calibration kept (all three, or a pair ending in the cloud)
     assert chosen["tiers"][-1] == "cloud"

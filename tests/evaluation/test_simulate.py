@@ -144,6 +144,22 @@ def test_the_cascade_fragment_is_valid_for_the_crd(val: TableSet) -> None:
     assert float(spec.tiers[0].offload_threshold) == pytest.approx(
         min(threshold[chosen[0]], 1.0), abs=1e-3
     )
+    # Online calibration comes off, aimed at the same certificate: harm 30 % at 80 %.
+    online = spec.online_calibration
+    assert online is not None and not online.enabled
+    assert (online.target_disagreement, online.confidence) == ("0.3", "0.8")
+
+
+def test_the_online_target_is_never_looser_than_the_certificate_nor_set_without_one() -> None:
+    fragment = cal._online_fragment
+    assert fragment(cal.Target(harm_rate=0.0259, delta=0.1)) == {
+        "enabled": False,
+        "targetDisagreement": "0.025",
+        "confidence": "0.9",
+    }
+    assert fragment(cal.Target(harm_rate=0.0004)) is None  # below the CRD's three digits
+    assert fragment(cal.Target(harm_rate=0.05, delta=0.6)) is None  # confidence below 0.5
+    assert fragment(cal.Target(latency_budget_s=0.06)) is None  # a budget certifies nothing
 
 
 def test_a_two_tier_choice_renders_two_tiers_for_the_crd(val: TableSet) -> None:

@@ -16,6 +16,7 @@ luck, and a setting chosen that way held on validation and missed on test.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -451,7 +452,7 @@ def cascade_fragment(cal: Calibration) -> dict[str, Any]:
         EDGE: _dec(s.edge_threshold if s.lower_early_exit else NO_EXIT),
         CLOUD: _dec(s.cloud_exit_threshold),
     }
-    return {
+    fragment: dict[str, Any] = {
         "apiVersion": "tierplace.io/v1alpha1",
         "kind": "InferenceCascade",
         "spec": {
@@ -466,4 +467,26 @@ def cascade_fragment(cal: Calibration) -> dict[str, Any]:
             ],
         },
         "tierExitThresholds": {t.capitalize(): exits[t] for t in s.tiers},
+    }
+    online = _online_fragment(cal.target)
+    if online is not None:
+        fragment["spec"]["onlineCalibration"] = online
+    return fragment
+
+
+def _online_fragment(target: Target) -> dict[str, Any] | None:
+    """Online calibration, off, aimed at this certificate: its harm rate as the target
+    disagreement (disagreement with the top tier bounds harm) at its confidence. Turned on,
+    a threshold it certifies on live traffic keeps the offline promise there
+    (docs/online-calibration.md). None for
+    a latency budget, which certifies nothing, or a certificate the CRD cannot express."""
+    if target.harm_rate is None or target.delta > 0.5:
+        return None
+    rate = math.floor(target.harm_rate * 1000 + 1e-9) / 1000  # never looser than certified
+    if rate <= 0:
+        return None
+    return {
+        "enabled": False,
+        "targetDisagreement": _dec(rate),
+        "confidence": _dec(1 - target.delta),
     }

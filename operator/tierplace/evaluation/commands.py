@@ -104,6 +104,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         "# Thresholds chosen by `tierplace calibrate` on the validation split.\n"
         "# spec.* goes into the InferenceCascade; tierExitThresholds into each InferenceTier's\n"
         "# spec.exitThreshold (a lower tier's exit threshold equals its offload threshold).\n"
+        "# spec.onlineCalibration is off; turned on, it certifies thresholds on live traffic\n"
+        "# at this certificate's harm rate and confidence (docs/online-calibration.md).\n"
         + yaml.safe_dump(cal.cascade_fragment(result), sort_keys=False)
     )
     (out / "router.yaml").write_text(
