@@ -194,7 +194,34 @@ class Api:
             found = self.get(self.tiers(ns, tier))
             return found if found and found.get("status", {}).get("nodes") else None
 
-        return self.wait(placed, what, SCHEDULED_S)
+        try:
+            return self.wait(placed, what, SCHEDULED_S)
+        except Timeout as exc:
+            raise Timeout(f"{exc}\n--- pods ---\n{self._pods_report(ns, tier)}") from None
+
+    def _pods_report(self, ns: str, tier: str) -> str:
+        """Why a tier is not placed: its pods' scheduling state, and every pod still holding
+        a node (with no kubelet, a pod nobody force-deleted keeps its memory booked)."""
+        lines = []
+        mine = self.get(f"/api/v1/namespaces/{ns}/pods?labelSelector=tierplace.io/tier={tier}")
+        for pod in (mine or {}).get("items", []):
+            cond: dict[str, Any] = next(
+                (c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"),
+                {},
+            )
+            lines.append(
+                f"{pod['metadata']['name']}: node {pod['spec'].get('nodeName')}, "
+                f"{cond.get('reason', '')} {cond.get('message', '')}".rstrip()
+            )
+        every = self.get("/api/v1/pods")
+        for pod in (every or {}).get("items", []):
+            if pod["spec"].get("nodeName"):
+                meta = pod["metadata"]
+                gone = " (terminating)" if meta.get("deletionTimestamp") else ""
+                lines.append(
+                    f"on {pod['spec']['nodeName']}: {meta['namespace']}/{meta['name']}{gone}"
+                )
+        return "\n".join(lines) or "no pods"
 
     def wait(self, probe: Callable[[], T | None], what: str, timeout: float = 60) -> T:
         try:
