@@ -56,15 +56,21 @@ def test_cascade_aware_training_weighs_down_rows_the_teacher_gets_wrong() -> Non
     assert torch.allclose(plain, same)
 
 
-@pytest.mark.slow
-def test_a_student_distils_across_vocabularies_and_says_so(
-    tiny_model_home: Path, tmp_path: Path
-) -> None:
-    """A BERT-vocabulary edge learns from the MPNet-vocabulary cloud through `train_variant`."""
+@pytest.fixture
+def student_home(tiny_model_home: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A models folder holding only the tiny cloud (the teacher), and the tiny edge encoder."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "mpnet-base").symlink_to(tiny_model_home / "models" / "mpnet-base")
-    encoder = str(tiny_model_home / "tiny-encoders" / "minilm-l6")
+    return models, str(tiny_model_home / "tiny-encoders" / "minilm-l6")
+
+
+@pytest.mark.slow
+def test_a_student_distils_across_vocabularies_and_says_so(
+    student_home: tuple[Path, str],
+) -> None:
+    """A BERT-vocabulary edge learns from the MPNet-vocabulary cloud through `train_variant`."""
+    models, encoder = student_home
     cfg = replace(DEFAULTS["minilm-l6"], epochs=1, lr=2e-3, head_epochs=2, limit=500, max_length=48)
     meta = train_variant("minilm-l6", models / "minilm-l6", cfg, encoder, False)
     assert meta.training["teacher"] == "mpnet-base"
@@ -73,12 +79,9 @@ def test_a_student_distils_across_vocabularies_and_says_so(
 
 @pytest.mark.slow
 def test_a_student_is_refused_a_teacher_that_trained_on_its_validation_rows(
-    tiny_model_home: Path, tmp_path: Path
+    student_home: tuple[Path, str],
 ) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "mpnet-base").symlink_to(tiny_model_home / "models" / "mpnet-base")
-    encoder = str(tiny_model_home / "tiny-encoders" / "minilm-l6")
+    models, encoder = student_home
     cfg = replace(DEFAULTS["minilm-l6"], epochs=1, limit=50, validation_tenths=2)
     with pytest.raises(ValueError, match="held out 1 validation tenths, this variant 2"):
         train_variant("minilm-l6", models / "minilm-l6", cfg, encoder, False)

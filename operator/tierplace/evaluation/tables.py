@@ -32,7 +32,7 @@ import numpy.typing as npt
 from tierplace import paths
 from tierplace.api.variants import VARIANTS
 from tierplace.evaluation.table_set import FloatArray, IntArray, TableSet, TierTable, source_key
-from tierplace.model.data import VALIDATION_TENTHS, Split, load_reviews
+from tierplace.model.data import VALIDATION_TENTHS, Split, load_reviews, recorded_tenths
 from tierplace.model.domains import SOURCE, Domain, load_domain
 from tierplace.router.policy import TierInput, prune, sent_up
 
@@ -56,8 +56,7 @@ def trained_validation_tenths(variants: Sequence[str] = tuple(VARIANTS)) -> int:
     for variant in variants:
         meta = paths.models_dir() / variant / "tierplace.json"
         if meta.exists():
-            training = json.loads(meta.read_text()).get("training", {})
-            shares[variant] = int(training.get("validation_tenths", VALIDATION_TENTHS))
+            shares[variant] = recorded_tenths(json.loads(meta.read_text()).get("training", {}))
     if len(set(shares.values())) > 1:
         raise ValueError(
             f"the variants in {paths.models_dir()} were trained on different splits "

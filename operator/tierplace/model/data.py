@@ -18,9 +18,10 @@ import csv
 import hashlib
 import importlib.util
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Split = Literal["train", "validation", "test"]
 
@@ -51,6 +52,12 @@ VALIDATION_TENTHS = 1
 
 #: The most buckets calibration may take; the tiers keep at least half the rows to train on.
 MAX_VALIDATION_TENTHS = 4
+
+
+def recorded_tenths(training: Mapping[str, Any]) -> int:
+    """The share a variant's training record says it held out; records from before the share
+    was recorded are the default split, which was the only one."""
+    return int(training.get("validation_tenths", VALIDATION_TENTHS))
 
 
 def _check(validation_tenths: int) -> None:

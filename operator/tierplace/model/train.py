@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tierplace.api.variants import LABELS, VARIANTS
 from tierplace.model import artifacts, encoders
-from tierplace.model.data import VALIDATION_TENTHS, Example, load_reviews
+from tierplace.model.data import VALIDATION_TENTHS, Example, load_reviews, recorded_tenths
 from tierplace.model.early_exit import EarlyExitClassifier
 from tierplace.model.profiles import FULL, QUICK, Profile
 
@@ -400,8 +400,7 @@ def _distillation(
 def _check_same_split(variant: str, cfg: TrainConfig, teacher_dir: Path) -> None:
     """A teacher trained on this variant's validation rows would carry them into the cascade
     that is calibrated there: refuse before an hour of training, not at calibration."""
-    training = artifacts.VariantMetadata.read(teacher_dir).training
-    theirs = int(training.get("validation_tenths", VALIDATION_TENTHS))
+    theirs = recorded_tenths(artifacts.VariantMetadata.read(teacher_dir).training)
     if theirs != cfg.validation_tenths:
         raise ValueError(
             f"{variant}: teacher {cfg.teacher} in {teacher_dir} held out {theirs} validation "
