@@ -115,6 +115,30 @@ def test_online_calibration_on_a_one_tier_cascade_is_refused_unless_off() -> Non
     assert admission.cascade_problems({"tiers": one, "onlineCalibration": {}}, "ns") == []
 
 
+def _exit_share(tier_class: str, share: str = "0.52") -> dict[str, Any]:
+    return {"tierClass": tier_class, "share": share, "requests": 1272}
+
+
+@pytest.mark.parametrize(
+    ("shares", "says"),
+    [
+        ([_exit_share("Cloud")], "names Cloud, which is not a tier below the top of spec.tiers"),
+        ([_exit_share("Device")], "names Device, which is not a tier below the top"),
+        ([_exit_share("Edge"), _exit_share("Edge", "0.6")], "names Edge twice"),
+        ([_exit_share("Edge", "1.5")], "'1.5'"),
+    ],
+)
+def test_exit_shares_must_name_each_lower_tier_once(shares: list[Any], says: str) -> None:
+    spec = {"tiers": TWO_TIERS, "onlineCalibration": {"exitShares": shares}}
+    (problem,) = admission.cascade_problems(spec, "ns")
+    assert problem.startswith("spec.onlineCalibration") and says in problem
+
+
+def test_an_exit_share_of_the_lower_tier_is_accepted() -> None:
+    spec = {"tiers": TWO_TIERS, "onlineCalibration": {"exitShares": [_exit_share("Edge")]}}
+    assert admission.cascade_problems(spec, "ns") == []
+
+
 def test_one_tier_on_two_rungs_and_class_mismatch_are_refused() -> None:
     spec = {
         "tiers": [

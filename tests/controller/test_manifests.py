@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -164,6 +165,33 @@ def test_no_online_calibration_in_the_spec_leaves_the_router_config_as_it_was() 
     assert off["cascades"][0]["online_calibration"]["enabled"] is False
     cm = [manifests.router_configmap(CASCADE_OWNER, c) for c in (rendered, off)]
     assert cm[0]["data"] != cm[1]["data"]
+
+
+def test_calibrated_exit_shares_reach_the_router_by_tier_name() -> None:
+    """The spec names tiers by class; the router knows them by InferenceTier name."""
+    share = {"tierClass": "Device", "share": "0.512", "requests": 1272}
+    spec = online_spec(enabled=True, exitShares=[share])
+    placed = [replace(PLACED[0], tier_class="Device"), replace(PLACED[1], tier_class="Cloud")]
+    rendered = manifests.router_config("sentiment", spec, placed)
+    block = rendered["cascades"][0]["online_calibration"]
+    assert block["reference"] == {"sentiment-device": {"share": 0.512, "requests": 1272}}
+    cascade = router_config.parse(rendered).cascade("sentiment")
+    assert cascade is not None
+    loaded = cascade.online_calibration.reference["sentiment-device"]
+    assert (loaded.share, loaded.requests) == (0.512, 1272)
+    # The device alone is placed: it is the top of the router's ladder, with nothing to test.
+    one = manifests.router_config("sentiment", spec, placed[:1])
+    assert "reference" not in one["cascades"][0]["online_calibration"]
+    assert router_config.parse(one).cascade("sentiment") is not None
+
+
+def test_a_router_config_naming_an_unknown_tier_in_its_reference_is_refused() -> None:
+    rendered = manifests.router_config("sentiment", online_spec(enabled=True), PLACED)
+    rendered["cascades"][0]["online_calibration"]["reference"] = {
+        "sentiment-cloud": {"share": 0.5, "requests": 10}
+    }
+    with pytest.raises(ValueError, match=r"reference names \['sentiment-cloud'\]"):
+        router_config.parse(rendered)
 
 
 def test_online_calibration_waits_for_a_second_placed_tier() -> None:

@@ -61,6 +61,25 @@ def test_the_fixed_cascade_never_shadows_and_the_online_one_within_its_share(
             assert len(online["thresholds_at_end"]) == lower
 
 
+def test_the_shift_test_reads_the_calibrated_exit_shares_and_changes_nothing_until_it_fires(
+    result: dict[str, Any],
+) -> None:
+    lower = result["calibration"]["setting"]["tiers"][:-1]
+    shares = result["online"]["exit_shares"]
+    assert list(shares) == lower
+    assert shares[lower[0]]["requests"] == 80  # every validation row reaches the lowest tier
+    assert all(0.0 <= r["share"] <= 1.0 and 0 < r["requests"] <= 80 for r in shares.values())
+    for s in result["streams"]:
+        fired = False
+        for seg in s["segments"]:
+            online, untested = seg["online"], seg["online_without_shift_test"]
+            assert untested["shifted_share"] == 0.0 and untested["first_shifted_after"] is None
+            fired = fired or online["first_shifted_after"] is not None
+            if not fired:  # the same calibrator and shadow draws until the test fires
+                for key in ("saving_vs_cloud_only", "thresholds_at_end", "shadow_share"):
+                    assert online[key] == untested[key]
+
+
 def test_the_online_target_defaults_to_the_harm_rate_offline_calibration_certified(
     result: dict[str, Any],
 ) -> None:

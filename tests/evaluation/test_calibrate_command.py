@@ -40,9 +40,17 @@ def test_calibrate_writes_thresholds_and_never_reads_the_test_split(
     assert result["certificate"]["p_value"] <= 0.2
     frag = yaml.safe_load((out / "inference-cascade.yaml").read_text())
     assert frag["kind"] == "InferenceCascade"
-    # Online calibration is written off, with the certificate as its target.
-    online = {"enabled": False, "targetDisagreement": "0.3", "confidence": "0.8"}
-    assert frag["spec"]["onlineCalibration"] == online
+    # Online calibration is written off, with the certificate as its target and the lower
+    # tiers' exit shares on the 80 validation rows as the reference of its shift test.
+    online = frag["spec"]["onlineCalibration"]
+    assert {k: online[k] for k in ("enabled", "targetDisagreement", "confidence")} == {
+        "enabled": False,
+        "targetDisagreement": "0.3",
+        "confidence": "0.8",
+    }
+    shares = result["exit_shares"]
+    assert [s["tierClass"] for s in online["exitShares"]] == [t.capitalize() for t in shares]
+    assert online["exitShares"][0]["requests"] == 80
     chosen = result["setting"]
     # whichever tiers calibration kept (all three, or a pair ending in the cloud)
     assert chosen["tiers"][-1] == "cloud"

@@ -148,15 +148,38 @@ def test_the_cascade_fragment_is_valid_for_the_crd(val: TableSet) -> None:
     online = spec.online_calibration
     assert online is not None and not online.enabled
     assert (online.target_disagreement, online.confidence) == ("0.3", "0.8")
+    # With the exit share of each tier below the top on the calibration rows, for the shift
+    # test: what the chosen setting answers there, at three digits.
+    out = simulate(full(result.setting, NOMINAL, COSTS), val, COSTS)
+    shares = online.exit_shares
+    assert [s.tier_class for s in shares] == [t.capitalize() for t in chosen[:-1]]
+    assert shares[0].requests == len(val.labels)
+    assert float(shares[0].share) == pytest.approx(float((out.tier == 0).mean()), abs=5e-4)
+
+
+def test_exit_shares_count_the_requests_that_reach_each_lower_tier(val: TableSet) -> None:
+    s = Setting(0.9, 0.8, 0.9, 1.0, (0.2, 0.3, 0.5))
+    out = simulate(full(s, NOMINAL, COSTS), val, COSTS)
+    shares = cal.exit_shares(out, s.tiers)
+    assert list(shares) == ["device", "edge"]
+    reached_edge = int((out.tier >= 1).sum())
+    assert shares["device"] == (pytest.approx(float((out.tier == 0).mean())), len(val.labels))
+    edge_share = float((out.tier == 1).sum()) / reached_edge
+    assert shares["edge"] == (pytest.approx(edge_share), reached_edge)
 
 
 def test_the_online_target_is_never_looser_than_the_certificate_nor_set_without_one() -> None:
-    fragment = cal._online_fragment
-    assert fragment(cal.Target(harm_rate=0.0259, delta=0.1)) == {
+    shares = {"device": (0.5124, 1272)}
+    assert cal._online_fragment(cal.Target(harm_rate=0.0259, delta=0.1), shares) == {
         "enabled": False,
         "targetDisagreement": "0.025",
         "confidence": "0.9",
+        "exitShares": [{"tierClass": "Device", "share": "0.512", "requests": 1272}],
     }
+
+    def fragment(target: cal.Target) -> object:
+        return cal._online_fragment(target, shares)
+
     assert fragment(cal.Target(harm_rate=0.0004)) is None  # below the CRD's three digits
     assert fragment(cal.Target(harm_rate=0.05, delta=0.6)) is None  # confidence below 0.5
     assert fragment(cal.Target(latency_budget_s=0.06)) is None  # a budget certifies nothing

@@ -12,6 +12,7 @@ from scipy.stats import beta, gamma
 from tierplace.router.online import (
     UPDATE_EVERY,
     Basis,
+    ExitShare,
     OnlineCalibrator,
     OnlineSettings,
     clopper_pearson,
@@ -111,6 +112,58 @@ def test_a_tier_that_disagrees_above_its_offline_threshold_is_tightened_at_once(
     assert verdict.basis is Basis.REFUTED
     assert verdict.threshold > OFFLINE
     assert cal.policies()[0].offload_threshold == verdict.threshold
+
+
+#: Offline calibration's exit share at 0.9 for confidences uniform over [0.5, 1): 20 %.
+IN_DOMAIN = ExitShare(share=0.2, requests=1300)
+
+
+def _shifted_run(reference: tuple[ExitShare | None, ...]) -> tuple[OnlineCalibrator, int | None]:
+    """A stream off the calibration domain: the lower tier is more confident (uniform over
+    [0.8, 1), so it answers half the requests at 0.9, not a fifth) and disagrees with the top
+    on 2.2 % of all requests at 0.9, a tenth above the 2 % target: too little for the
+    shadowed pairs to refute. Returns the calibrator and the request at which it first saw
+    the shift."""
+    settings = OnlineSettings(target=0.02, shadow_share=0.05, window=4000, reference=reference)
+    cal = OnlineCalibrator(_tiers(), settings, random.Random(4))
+    rng = np.random.default_rng(4)
+    first = None
+    for r in range(8000):
+        _feed(cal, rng, 1, disagree_at=0.44, low=0.8)
+        if first is None and cal.verdicts[0].shifted:
+            first = r
+            assert cal.verdicts[0].basis is Basis.SHIFTED
+            assert cal.policies()[0].offload_threshold == 1.0  # offload all until certified
+    return cal, first
+
+
+def test_a_shifted_exit_share_voids_the_offline_threshold_until_the_window_certifies_one() -> None:
+    cal, first = _shifted_run((IN_DOMAIN,))
+    assert first is not None and first < 500
+    verdict = cal.verdicts[0]
+    assert verdict.shifted
+    assert verdict.basis is Basis.SHIFTED
+    assert verdict.threshold > OFFLINE  # true disagreement 2 % at about 0.905
+    assert verdict.bound <= 0.02
+
+
+def test_without_a_reference_the_same_small_excess_goes_unseen() -> None:
+    cal, first = _shifted_run((None,))
+    assert first is None
+    assert cal.verdicts[0].basis is Basis.OFFLINE
+    assert cal.verdicts[0].threshold == OFFLINE
+
+
+def test_traffic_like_the_calibration_data_raises_no_shift() -> None:
+    """The exit-share test runs every UPDATE_EVERY requests on overlapping windows; on the
+    calibration domain it must stay quiet, or it would give up the offline saving."""
+    settings = OnlineSettings(target=0.02, shadow_share=0.05, window=4000, reference=(IN_DOMAIN,))
+    cal = OnlineCalibrator(_tiers(), settings, random.Random(5))
+    rng = np.random.default_rng(5)
+    for _ in range(12000 // UPDATE_EVERY):
+        _feed(cal, rng, UPDATE_EVERY, disagree_at=0.01)
+        assert not cal.verdicts[0].shifted
+    assert cal.verdicts[0].basis is not Basis.SHIFTED
 
 
 def test_evidence_leaves_with_the_window() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from tierplace.evaluation.systems import (
 )
 from tierplace.evaluation.tables import build_domain_tables, build_tables
 from tierplace.model.domains import DOMAINS, Domain
-from tierplace.router.online import OnlineSettings
+from tierplace.router.online import ExitShare, OnlineSettings
 from tierplace_harness import generated
 
 RESULTS = paths.repo_root() / "docs" / "results" / "shift.json"
@@ -78,6 +78,8 @@ def run(opts: ShiftOptions) -> dict[str, Any]:
     c, setting, target, keeps = _committed(opts.results)
     costs = measure_costs({VARIANT_OF[t]: n for t, n in THREADS.items()})
     with _progress(1 + 2 * len(opts.domains), opts.progress) as step:
+        reference = calibrated_exit_shares(setting, costs, keeps, opts.limit)
+        online = replace(opts.online, reference=reference)
         movies = build_tables(VARIANTS, "test", keeps, limit=opts.limit)
         movie_oracle = report(movies, setting, costs, NOMINAL, target, keeps).oracle.setting
         step()
@@ -94,7 +96,7 @@ def run(opts: ShiftOptions) -> dict[str, Any]:
                 opts.seed,
             )
             oracles = ((movie_oracle, len(movies.labels)), (oracle, len(other.labels)))
-            streams.append(_replay(domain, s, setting, oracles, costs, opts.online, opts.seed))
+            streams.append(_replay(domain, s, setting, oracles, costs, online, opts.seed))
             step()
     return {
         "calibration": {"setting": c["setting"], "target": c["target"]},
@@ -104,6 +106,7 @@ def run(opts: ShiftOptions) -> dict[str, Any]:
             "shadow_share": opts.online.shadow_share,
             "window": opts.online.window,
             "bands": opts.online.bands,
+            "exit_shares": _exit_shares_dict(setting, reference),
         },
         "movie_passes": opts.movie_passes,
         "passes": opts.passes,
@@ -111,6 +114,33 @@ def run(opts: ShiftOptions) -> dict[str, Any]:
         "seed": opts.seed,
         "goals": GOALS,
         "streams": streams,
+    }
+
+
+def calibrated_exit_shares(
+    setting: Setting,
+    costs: Mapping[str, TierCost],
+    keeps: Sequence[float],
+    limit: int | None = None,
+) -> tuple[ExitShare | None, ...]:
+    """The shift test's reference, as ``tierplace calibrate`` writes it for this setting:
+    each lower tier's exit share on the validation split, at three digits."""
+    validation = build_tables(VARIANTS, "validation", tuple(keeps), limit=limit)
+    out = simulate(full(setting, NOMINAL, costs), validation, costs)
+    shares = cal.exit_shares(out, setting.tiers)
+    return tuple(
+        ExitShare(round(shares[t][0], 3), shares[t][1]) if t in shares else None
+        for t in setting.tiers[:-1]
+    )
+
+
+def _exit_shares_dict(
+    setting: Setting, reference: Sequence[ExitShare | None]
+) -> dict[str, dict[str, float]]:
+    return {
+        t: {"share": r.share, "requests": r.requests}
+        for t, r in zip(setting.tiers, reference, strict=False)
+        if r is not None
     }
 
 
@@ -161,7 +191,9 @@ def _replay(
     system = full(setting, NOMINAL, costs)
     reference = simulate(cloud_only(NOMINAL, costs), s.tables, costs)
     fixed = replay_stream(system, s.tables, costs)
-    live = replay_stream(with_bounds(system, (0.5, 1.0)), s.tables, costs, online, seed)
+    movable = with_bounds(system, (0.5, 1.0))
+    live = replay_stream(movable, s.tables, costs, online, seed)
+    untested = replay_stream(movable, s.tables, costs, replace(online, reference=()), seed)
     segments = []
     labels = s.tables.labels
     for index, (oracle_setting, size) in enumerate(oracles):
@@ -177,6 +209,10 @@ def _replay(
                 "online": {
                     **_summary(live, labels, reference, rows, last_pass),
                     **_online_extras(live, rows, reference),
+                },
+                "online_without_shift_test": {
+                    **_summary(untested, labels, reference, rows, last_pass),
+                    **_online_extras(untested, rows, reference),
                 },
                 "oracle": {
                     **_outcome_summary(oracle, reference, rows, last_pass),
@@ -256,6 +292,7 @@ def _online_extras(
     moved = np.flatnonzero((t != t[0]).any(axis=1))
     unsettled = np.flatnonzero((t != t[-1]).any(axis=1))
     quarter = rows[-max(len(rows) // 4, 1) :]
+    shifted = np.flatnonzero(live.shifted[rows])
     return {
         "shadow_share": float(live.shadowed[rows].mean()),
         "shadow_ms_per_request": 1000 * float(live.shadow_s[rows].mean()),
@@ -268,6 +305,8 @@ def _online_extras(
         "settled_after": int(unsettled[-1]) + 1 if len(unsettled) else 0,
         "saving_last_quarter": _saving(live.latency_s[quarter], reference.latency_s[quarter]),
         "refuted_share": float(live.refuted[rows].mean()),
+        "shifted_share": float(live.shifted[rows].mean()),
+        "first_shifted_after": int(shifted[0]) if len(shifted) else None,
     }
 
 
@@ -328,19 +367,28 @@ def _thresholds(values: Sequence[float]) -> str:
     return " / ".join(f"{v:.3f}" for v in values)
 
 
+#: The systems of the per-stream tables, as the JSON and the docs name them.
+SYSTEMS = (
+    ("fixed", "fixed"),
+    ("online", "online"),
+    ("online_without_shift_test", "online, no shift test"),
+    ("oracle", "oracle"),
+)
+
+
 def _rows(s: Mapping[str, Any]) -> list[str]:
     lines = []
     for seg in s["segments"]:
-        for name in ("fixed", "online", "oracle"):
+        for name, label in SYSTEMS:
             m = seg[name]
             low, high = m["gap_points_last_pass_95"]
             extra = (
                 f"{_pct(m['shadow_share'])} | {_thresholds(m['thresholds_at_end'])}"
-                if name == "online"
+                if "shadow_share" in m
                 else "– | –"
             )
             lines.append(
-                f"| {seg['name']} ({seg['requests']:,}) | {name} | "
+                f"| {seg['name']} ({seg['requests']:,}) | {label} | "
                 f"{_pct(m['saving_vs_cloud_only'])} | {m['gap_points']:+.2f} "
                 f"[{low:+.2f}, {high:+.2f}] | {_pct(m['harm_rate'])} | "
                 f"{_pct(m['disagreement_with_cloud_only'])} | {extra} |"
@@ -369,7 +417,10 @@ def markdown(result: Mapping[str, Any], live: Mapping[str, Any] | None = None) -
         "system's, in points, over the segment; the interval is over its last pass, where each "
         "row counts once. Harm: wrong where cloud only is right. The online bound is on "
         "answers given below the top tier that differ from the top tier's (as served, with its "
-        "own early exit); the last table compares that share with the target.",
+        "own early exit); the last table compares that share with the target. The shift "
+        f"test's reference: {_reference_text(o)}, on the validation split as `tierplace "
+        'calibrate` writes it. "Online, no shift test" is the same calibrator without it '
+        "(the offline threshold stands until shadow calls refute it).",
         "",
     ]
     for s in result["streams"]:
@@ -384,14 +435,16 @@ def markdown(result: Mapping[str, Any], live: Mapping[str, Any] | None = None) -
         ]
     lines += [
         "| shifted to | online / oracle saving | gap, movies / shifted | below the top, unlike "
-        "the top (movies / shifted) | shadowed (movies / shifted) | first move, settled "
-        "(requests after the shift) | saving, last quarter |",
+        "the top (movies / shifted) | shadowed (movies / shifted) | shift seen; first move, "
+        "settled (requests after the shift) | saving, last quarter |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for g, s in zip(goals(result), result["streams"], strict=True):
         movies, shifted = (seg["online"] for seg in s["segments"])
         first, settled = shifted["first_move_after"], shifted["settled_after"]
         moves = "never moved" if first is None else f"{first:,}, {settled:,}"
+        seen = shifted.get("first_shifted_after")
+        moves = f"{'not seen' if seen is None else f'{seen:,}'}; {moves}"
         lines.append(
             f"| {g['domain']} | {100 * g['recovery']:.0f} % "
             f"({'met' if g['recovery_met'] else 'missed'}) | {movies['gap_points']:+.2f} / "
@@ -407,6 +460,15 @@ def markdown(result: Mapping[str, Any], live: Mapping[str, Any] | None = None) -
         lines += [*_live_lines(live), ""]
     lines.append(END)
     return "\n".join(lines)
+
+
+def _reference_text(online: Mapping[str, Any]) -> str:
+    shares = online.get("exit_shares") or {}
+    if not shares:
+        return "none"
+    return ", ".join(
+        f"{t} answers {_pct(r['share'])} of {r['requests']:,} requests" for t, r in shares.items()
+    )
 
 
 def _live_lines(live: Mapping[str, Any]) -> list[str]:
@@ -553,9 +615,10 @@ def live_check(opts: LiveOptions) -> dict[str, Any]:
     pairs = zip(s.segment.tolist(), s.origin.tolist(), strict=True)
     texts = [sources[seg][row] for seg, row in pairs]
     system = _without_feedback(with_bounds(full(setting, NOMINAL, costs), (0.5, 1.0)))
-    replayed = replay_stream(system, s.tables, costs, opts.online, opts.seed)
-    live = asyncio.run(_live(system, texts, opts))
+    online = replace(opts.online, reference=calibrated_exit_shares(setting, costs, keeps))
+    replayed = replay_stream(system, s.tables, costs, online, opts.seed)
     names = [t.name for t in system.tiers]
+    live = asyncio.run(_live(system, texts, _online_block(online, names, opts.seed), opts))
     tier = np.asarray([names.index(t) for t in live["tier"]])
     same_tier = tier == replayed.tier
     differ = np.flatnonzero(~same_tier | (np.asarray(live["label"]) != replayed.label))
@@ -568,6 +631,7 @@ def live_check(opts: LiveOptions) -> dict[str, Any]:
             "confidence": opts.online.confidence,
             "shadow_share": opts.online.shadow_share,
             "window": opts.online.window,
+            "exit_shares": _exit_shares_dict(setting, online.reference),
         },
         "seed": opts.seed,
         "agreement": {
@@ -580,6 +644,7 @@ def live_check(opts: LiveOptions) -> dict[str, Any]:
             "replay": [float(x) for x in replayed.final],
         },
         "thresholds_moved": bool((replayed.thresholds != replayed.thresholds[0]).any()),
+        "shifted_after": _first(replayed.shifted, s.starts[1]),
         "shadowed": {"live": live["shadowed"], "replay": int(replayed.shadowed.sum())},
         "shadowed_unwatched": live["shadowed_unwatched"],
         "cpu": live["cpu"],
@@ -595,9 +660,15 @@ def _without_feedback(system: Any) -> Any:
     return replace(system, tiers=tuple(replace(t, latency_sensitivity=0.0) for t in system.tiers))
 
 
-def _online_block(opts: LiveOptions) -> dict[str, Any]:
-    """The router config's ``online_calibration`` for the live check, seeded like the replay."""
-    o = opts.online
+def _first(flags: np.ndarray[Any, Any], start: int) -> int | None:
+    """Requests after ``start`` until the first flag from there on; None if none."""
+    found = np.flatnonzero(flags[start:])
+    return int(found[0]) if len(found) else None
+
+
+def _online_block(o: OnlineSettings, tiers: Sequence[str], seed: int) -> dict[str, Any]:
+    """The router config's ``online_calibration`` for the live check, seeded like the replay,
+    with the exit shares by tier name as the operator renders them."""
     return {
         "enabled": True,
         "target": o.target,
@@ -605,11 +676,18 @@ def _online_block(opts: LiveOptions) -> dict[str, Any]:
         "shadow_share": o.shadow_share,
         "window": o.window,
         "bands": o.bands,
-        "seed": opts.seed,
+        "seed": seed,
+        "reference": {
+            t: {"share": r.share, "requests": r.requests}
+            for t, r in zip(tiers, o.reference, strict=False)
+            if r is not None
+        },
     }
 
 
-async def _live(system: Any, texts: Sequence[str], opts: LiveOptions) -> dict[str, Any]:
+async def _live(
+    system: Any, texts: Sequence[str], block: Mapping[str, Any], opts: LiveOptions
+) -> dict[str, Any]:
     """Serve ``system`` three times in one router: fixed, online, and online again for the
     CPU. Send ``texts`` to each, one at a time. For the second, after an answer from below the
     top, wait until its shadow call has ended, so that the calibrator sees the evidence in the
@@ -626,8 +704,7 @@ async def _live(system: Any, texts: Sequence[str], opts: LiveOptions) -> dict[st
     bench = LiveBench(Stack(stack_spec(NOMINAL, opts.run_dir), paths.home()))
     await bench.start()
     try:
-        block = _online_block(opts)
-        extra = {s.name: {"online_calibration": block} for s in (online, unwatched)}
+        extra = {s.name: {"online_calibration": dict(block)} for s in (online, unwatched)}
         await bench.configure([fixed, online, unwatched], extra=extra)
         names = (fixed.name, online.name, unwatched.name)
         answers, cpu = await _passes(bench, names, texts, system.tiers[-1].name, opts.progress)

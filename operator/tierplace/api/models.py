@@ -7,6 +7,7 @@ Field names are snake_case in Python and camelCase on the wire, exactly as in th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -194,6 +195,21 @@ class Router(_Wire):
 _ABOVE_ZERO_BELOW_ONE = 'use a decimal above 0 and below 1 with up to three digits, e.g. "0.02"'
 
 
+class CalibratedExitShare(_Wire):
+    """Of the calibration requests that reached a tier, the share its offline threshold let it
+    answer: the reference the router tests live traffic against for a shift."""
+
+    tier_class: TierClass
+    share: str
+    requests: int = Field(ge=1)
+
+    @field_validator("share")
+    @classmethod
+    def _share(cls, value: str) -> str:
+        quantities.parse_unit_decimal(value)
+        return value
+
+
 class OnlineCalibration(_Wire):
     """Label-free online calibration of the offload thresholds (docs/online-calibration.md):
     the router shadows ``shadow_share`` of the requests it answers below the top tier to the
@@ -207,6 +223,7 @@ class OnlineCalibration(_Wire):
     target_disagreement: str = "0.02"
     confidence: str = "0.9"
     shadow_share: str = "0.05"
+    exit_shares: tuple[CalibratedExitShare, ...] = ()
 
     @field_validator("target_disagreement")
     @classmethod
@@ -339,4 +356,26 @@ class InferenceCascadeSpec(_Wire):
                 "below the top one to compare with it; add a lower tier to spec.tiers or set "
                 "spec.onlineCalibration.enabled to false"
             )
+        if value is not None and tiers is not None:
+            _check_exit_shares(value.exit_shares, tiers)
         return value
+
+
+def _check_exit_shares(shares: Sequence[CalibratedExitShare], tiers: Sequence[CascadeTier]) -> None:
+    """Each exit share names a tier of the cascade below the top, once: the top tier answers
+    every request it gets, so it has no threshold to test."""
+    below = [t.tier_class for t in tiers[:-1]]
+    named = [s.tier_class for s in shares]
+    for tier_class in named:
+        if tier_class not in below:
+            listed = ", ".join(below) or "none"
+            raise ValueError(
+                f"spec.onlineCalibration.exitShares names {tier_class}, which is not a tier "
+                f"below the top of spec.tiers (those are: {listed}); remove it, or rerun "
+                "`tierplace calibrate` for this cascade"
+            )
+        if named.count(tier_class) > 1:
+            raise ValueError(
+                f"spec.onlineCalibration.exitShares names {tier_class} twice; keep one entry "
+                "per tier"
+            )

@@ -322,6 +322,8 @@ class PlacedTier:
     offload_threshold: str
     #: The tier Service's cluster IP, when the API shows one.
     service_ip: str | None = None
+    #: The cascade rung's class (Device, Edge, Cloud); empty where unknown.
+    tier_class: str = ""
 
 
 def router_config(
@@ -356,7 +358,7 @@ def router_config(
             }
         ]
     }
-    online = online_calibration(spec, len(rendered))
+    online = online_calibration(spec, tiers)
     if online is not None:
         config["cascades"][0]["online_calibration"] = online
     prometheus_url = defaults.cascade_prometheus_url(spec)
@@ -381,20 +383,33 @@ def latency_adaptation(adaptation: LatencyAdaptation, tier: PlacedTier) -> dict[
     return out
 
 
-def online_calibration(spec: InferenceCascadeSpec, placed: int) -> dict[str, Any] | None:
+def online_calibration(
+    spec: InferenceCascadeSpec, tiers: Sequence[PlacedTier]
+) -> dict[str, Any] | None:
     """The router's ``online_calibration`` from ``spec.onlineCalibration``, floats; None when
     the spec has none (routers made before the field keep their config hash). It is off while
     fewer than two tiers are placed: the router refuses it on a one-tier cascade, and a spec
-    of two tiers routes over one until the other is placed."""
+    of two tiers routes over one until the other is placed. A calibrated exit share is passed
+    on for a placed tier below the top of the placed ones; one for a tier now on top (the
+    tier above it is not placed) has no threshold to test and is left out."""
     online = spec.online_calibration
     if online is None:
         return None
-    return {
-        "enabled": online.enabled and placed >= 2,
+    out: dict[str, Any] = {
+        "enabled": online.enabled and len(tiers) >= 2,
         "target": float(online.target_disagreement),
         "confidence": float(online.confidence),
         "shadow_share": float(online.shadow_share),
     }
+    by_class = {s.tier_class.value: s for s in online.exit_shares}
+    reference = {
+        t.name: {"share": float(by_class[c].share), "requests": by_class[c].requests}
+        for t in tiers[:-1]
+        if (c := t.tier_class) in by_class
+    }
+    if reference:  # only when given, so that routers made before the field keep their hash
+        out["reference"] = reference
+    return out
 
 
 def router_name(cascade: str) -> str:

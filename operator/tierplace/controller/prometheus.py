@@ -22,9 +22,10 @@ WINDOW = "1m"
 
 #: The router's online bases (router/online.py ``Basis``), in the order a tier shows them when
 #: its router replicas differ: that of the highest threshold first, as ``onlineThresholds``
-#: shows the highest (a refuted threshold was raised above the offline one, a certified one is
-#: at or below it). A basis not listed here still shows, after these.
-BASIS_PRECEDENCE = ("Refuted", "Offline", "Certified")
+#: shows the highest (a shifted tier offloads everything until the window certifies one, a
+#: refuted threshold was raised above the offline one, a certified one is at or below it). A
+#: basis not listed here still shows, after these.
+BASIS_PRECEDENCE = ("Shifted", "Refuted", "Offline", "Certified")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class CascadeSamples:
     online_bound: dict[str, float] = field(default_factory=dict)
     online_pairs: dict[str, float] = field(default_factory=dict)
     online_threshold: dict[str, float] = field(default_factory=dict)
-    #: Why each tier's online threshold is what it is: Offline, Certified or Refuted.
+    #: Why each tier's online threshold is what it is: Offline, Certified, Refuted or Shifted.
     online_basis: dict[str, str] = field(default_factory=dict)
     #: Shadow calls made (agreeing, disagreeing or failed; not the skipped ones), by the tier
     #: whose answer was compared.

@@ -385,6 +385,7 @@ def plan_router(
             v.exit_threshold,
             v.offload_threshold,
             v.service_ip,
+            v.tier_class,
         )
         for v in views
         if v.variant and not v.class_mismatch

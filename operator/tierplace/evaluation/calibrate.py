@@ -171,6 +171,9 @@ class Calibration:
     # certificate that is the certified threshold itself: only the certified setting is
     # covered, so live adaptation may raise thresholds (safer) and never lower them.
     threshold_floors: Mapping[str, float] = field(default_factory=dict)
+    # Per lower tier of the chosen setting: of the requests that reached it, the share it
+    # answered, and how many reached it (``exit_shares``).
+    exit_shares: Mapping[str, tuple[float, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -191,6 +194,7 @@ class Calibration:
                 self.three_tier_setting.as_dict() if self.three_tier_setting else None
             ),
             "threshold_floors": dict(self.threshold_floors),
+            "exit_shares": {t: list(v) for t, v in self.exit_shares.items()},
             "baselines": {
                 "cloud_exit_threshold": self.cloud_exit_threshold,
                 "sedna_threshold": self.sedna_threshold,
@@ -348,6 +352,7 @@ def calibrate(
         target=target,
         reference_accuracy=reference.accuracy,
         threshold_floors=_floors(best) if met else {},
+        exit_shares=exit_shares(out, best.tiers),
         setting=best,
         accuracy=out.accuracy,
         certificate=cert,
@@ -360,6 +365,18 @@ def calibrate(
         points=tuple(Point(r.value, r.accuracy, r.mean_latency_s) for r in rows),
         certified=tuple(int(i) for i in test.certified) if test is not None else (),
     )
+
+
+def exit_shares(out: Outcome, tiers: Sequence[str]) -> dict[str, tuple[float, int]]:
+    """Per tier below the top: of the requests that reached it, the share it answered, and
+    how many reached it. Online calibration tests live traffic against these for a shift off
+    the data the certificate was made on (``router.online``)."""
+    shares = {}
+    for i, tier in enumerate(tiers[:-1]):
+        reached = int((out.tier >= i).sum())
+        if reached:
+            shares[tier] = (float((out.tier == i).sum()) / reached, reached)
+    return shares
 
 
 def _baselines(
@@ -468,18 +485,21 @@ def cascade_fragment(cal: Calibration) -> dict[str, Any]:
         },
         "tierExitThresholds": {t.capitalize(): exits[t] for t in s.tiers},
     }
-    online = _online_fragment(cal.target)
+    online = _online_fragment(cal.target, cal.exit_shares)
     if online is not None:
         fragment["spec"]["onlineCalibration"] = online
     return fragment
 
 
-def _online_fragment(target: Target) -> dict[str, Any] | None:
+def _online_fragment(
+    target: Target, shares: Mapping[str, tuple[float, int]]
+) -> dict[str, Any] | None:
     """Online calibration, off, aimed at this certificate: its harm rate as the target
-    disagreement (disagreement with the top tier bounds harm) at its confidence. Turned on,
-    a threshold it certifies on live traffic keeps the offline promise there
-    (docs/online-calibration.md). None for
-    a latency budget, which certifies nothing, or a certificate the CRD cannot express."""
+    disagreement (disagreement with the top tier bounds harm) at its confidence, and the
+    lower tiers' exit shares on the calibration data, against which the router tests live
+    traffic for a shift. Turned on, a threshold it certifies on live traffic keeps the
+    offline promise there (docs/online-calibration.md). None for a latency budget, which
+    certifies nothing, or a certificate the CRD cannot express."""
     if target.harm_rate is None or target.delta > 0.5:
         return None
     rate = math.floor(target.harm_rate * 1000 + 1e-9) / 1000  # never looser than certified
@@ -489,4 +509,8 @@ def _online_fragment(target: Target) -> dict[str, Any] | None:
         "enabled": False,
         "targetDisagreement": _dec(rate),
         "confidence": _dec(1 - target.delta),
+        "exitShares": [
+            {"tierClass": t.capitalize(), "share": _dec(share), "requests": requests}
+            for t, (share, requests) in shares.items()
+        ],
     }

@@ -44,6 +44,7 @@ class StreamRun:
     shadow_s: FloatArray  # top-tier compute a shadow call cost (0 where none)
     thresholds: FloatArray  # the offload thresholds in force when the request arrived
     refuted: npt.NDArray[np.bool_]  # some tier's offline threshold refuted at arrival
+    shifted: npt.NDArray[np.bool_]  # some tier's exit share off the reference at arrival
     disagree: npt.NDArray[np.bool_]  # answered below the top, unlike the top tier would have
     final: FloatArray  # the offload thresholds in force after the last request
 
@@ -98,14 +99,16 @@ def replay_stream(
     shadow_s = np.zeros(n)
     thresholds = np.zeros((n, top))
     refuted = np.zeros(n, dtype=bool)
+    shifted = np.zeros(n, dtype=bool)
     disagree = np.zeros(n, dtype=bool)
-    verdicts, refused = None, False
+    verdicts, refused, moved = None, False, False
     for r in range(n):
         if cal is not None and cal.verdicts is not verdicts:
             verdicts, policies = cal.verdicts, cal.policies()
             refused = any(v.basis is Basis.REFUTED for v in verdicts)
+            moved = any(v.shifted for v in verdicts)
         thresholds[r] = [p.offload_threshold for p in policies[:top]]
-        refuted[r] = cal is not None and refused
+        refuted[r], shifted[r] = refused, moved
         seen, elapsed = _walk(system, policies, pre, r)
         probs = [pre.probs[i][r] for i in seen]
         out_label[r] = _label(fuse(probs, weights[: len(seen)]))
@@ -123,6 +126,7 @@ def replay_stream(
         shadow_s,
         thresholds,
         refuted,
+        shifted,
         disagree,
         np.asarray([p.offload_threshold for p in (cal.policies() if cal else policies)[:top]]),
     )

@@ -116,6 +116,14 @@ class TierConfig(_Frozen):
         )
 
 
+class ExitShareConfig(_Frozen):
+    """Of the calibration requests that reached a tier, the share its offline threshold let it
+    answer (``spec.onlineCalibration.exitShares``)."""
+
+    share: float = Field(ge=0.0, le=1.0)
+    requests: int = Field(ge=1)
+
+
 class OnlineCalibrationConfig(_Frozen):
     """Label-free online calibration of the offload thresholds (docs/online-calibration.md).
 
@@ -152,6 +160,11 @@ class OnlineCalibrationConfig(_Frozen):
         ge=2,
         le=100,
         description="threshold candidates per tier, evenly spaced over its threshold_bounds",
+    )
+    reference: dict[str, ExitShareConfig] = Field(
+        default_factory=dict,
+        description="per tier name below the top, its exit share on the calibration data: "
+        "where the live share differs beyond chance, the offline threshold no longer counts",
     )
     max_shadow_in_flight: int = Field(
         default=4, ge=1, description="shadow calls in flight at most; past it a shadow is skipped"
@@ -199,6 +212,12 @@ class CascadeConfig(_Frozen):
             raise ValueError(
                 f"cascade {self.name}: online_calibration needs a tier below the top one; "
                 "a one-tier cascade has no threshold to calibrate"
+            )
+        unknown = set(self.online_calibration.reference) - set(names[:-1])
+        if unknown:
+            raise ValueError(
+                f"cascade {self.name}: online_calibration.reference names {sorted(unknown)}, "
+                f"not tiers below the top ({names[:-1]})"
             )
         return self
 

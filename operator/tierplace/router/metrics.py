@@ -223,7 +223,9 @@ class RouterMetrics:
             f"{PREFIX}_online_basis",
             "Why the tier's online threshold is what it is, as a state set: 1 for the current "
             "basis, 0 for the others (Offline: the offline one stands; Certified: the window "
-            "certifies it; Refuted: the window shows the offline one breaks the target).",
+            "certifies it; Refuted: the window shows the offline one breaks the target; "
+            "Shifted: the tier's exit share left the calibration data's, so the window alone "
+            "decides).",
             ["cascade", "tier", "basis"],
             registry=r,
         )

@@ -38,6 +38,19 @@ it already exceeds the tier's share of the target (evidence that it is wrong on 
 traffic): then the lowest certified threshold, or the top of the bounds (offload everything)
 when none is, applies at once.
 
+A small excess stays below what the shadowed pairs can refute (a window of 16,000 requests
+at a 5 % shadow share cannot tell 2.7 % from 2.5 %). Every request, shadowed or not, shows
+something else for free: how many of the requests reaching a tier it answers at its offline
+threshold. Offline calibration records that *exit share* (``OnlineSettings.reference``);
+where the window's share differs from it beyond chance (exact intervals at ``SHIFT_LEVEL``
+apart), the traffic is not what the offline certificate was made on, and the certificate no
+longer counts (``Basis.SHIFTED``): the tier uses the lowest threshold the window
+certifies, above or below the offline one, or offloads everything until one is certified.
+The climbed requests are compared in full, so offloading everything gathers the evidence
+fast. A false alarm costs latency only: it never loosens a threshold beyond what the window
+certifies. A shift that leaves the exit share where it was is not seen this way; the
+refutation above still applies.
+
 Pure: counts in, thresholds out; the caller supplies the randomness and the top tier's
 answers. ``scipy.special`` is imported on first use, so a router without online calibration
 never loads it.
@@ -62,6 +75,11 @@ FloatArray = npt.NDArray[np.float64]
 #: fraction of a window, rarely enough that the bound's cost (one vectorised call) is noise.
 UPDATE_EVERY = 50
 
+#: The level of the exit-share test, per side and per interval. Strict, because it runs every
+#: ``UPDATE_EVERY`` requests on overlapping windows, and a false alarm gives up the saving
+#: of the offline threshold until the window certifies it again.
+SHIFT_LEVEL = 0.001
+
 
 class Basis(StrEnum):
     """Why a tier's threshold is what it is; a label in logs and the status."""
@@ -69,6 +87,16 @@ class Basis(StrEnum):
     OFFLINE = "Offline"  # no online evidence moves it: the offline certificate stands
     CERTIFIED = "Certified"  # the window certifies a threshold at or below the offline one
     REFUTED = "Refuted"  # the window shows the offline threshold breaks the target: tightened
+    SHIFTED = "Shifted"  # the exit share left the offline one: the window alone decides
+
+
+@dataclass(frozen=True)
+class ExitShare:
+    """Of the ``requests`` of the calibration data that reached a tier, the ``share`` its
+    offline threshold let it answer."""
+
+    share: float
+    requests: int
 
 
 @dataclass(frozen=True)
@@ -80,6 +108,9 @@ class OnlineSettings:
     shadow_share: float = 0.05
     window: int = 4000
     bands: int = 20
+    #: Per tier below the top, the exit share offline calibration measured at the offline
+    #: threshold (None: unknown, so no shift test for that tier).
+    reference: tuple[ExitShare | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +122,7 @@ class TierVerdict:
     estimate: float  # D_i at the threshold, point estimate
     bound: float  # D_i at the threshold, upper confidence bound
     pairs: int  # comparisons with the top tier in the window
+    shifted: bool = False  # the window's exit share at the offline threshold left the reference
 
 
 @dataclass
@@ -105,9 +137,18 @@ class _Tier:
     below: npt.NDArray[np.int64]
     below_pairs: npt.NDArray[np.int64]
     below_disagree: npt.NDArray[np.int64]
+    under: int = 0  # requests reaching the tier with a confidence under the bounds
 
     def count(self, band: int, climbed: bool, step: int) -> None:
+        if band < 0:
+            self.under += step
+            return
         (self.climbed if climbed else self.below)[band] += step
+
+    def exit_share(self, band: int) -> tuple[int, int]:
+        """Requests reaching the tier with a confidence in ``band`` or above, and all."""
+        above = int(self.climbed[band:].sum() + self.below[band:].sum())
+        return above, int(self.climbed.sum() + self.below.sum()) + self.under
 
     def pair(self, band: int, climbed: bool, disagree: bool, step: int) -> None:
         if climbed:
@@ -150,7 +191,8 @@ class OnlineCalibrator:
     def _new_tier(policy: TierPolicy, bands: int) -> _Tier:
         low, high = policy.threshold_bounds
         edges = np.linspace(low, high, bands + 1)
-        return _Tier(edges, *(np.zeros(bands, dtype=np.int64) for _ in range(6)))
+        c, cp, cd, b, bp, bd = (np.zeros(bands, dtype=np.int64) for _ in range(6))
+        return _Tier(edges, c, cp, cd, b, bp, bd)
 
     @property
     def top(self) -> int:
@@ -171,7 +213,7 @@ class OnlineCalibrator:
         )
         self._requests.append((self._seq, bands, climbed))
         for i, band in enumerate(bands):
-            if band is not None and band >= 0:
+            if band is not None:
                 self._tiers[i].count(band, climbed, +1)
         self._evict()
         if self._seq % UPDATE_EVERY == 0:
@@ -215,7 +257,7 @@ class OnlineCalibrator:
         while self._requests and self._requests[0][0] <= oldest:
             _, bands, climbed = self._requests.popleft()
             for i, band in enumerate(bands):
-                if band is not None and band >= 0:
+                if band is not None:
                     self._tiers[i].count(band, climbed, -1)
         while self._pairs and self._pairs[0][0] <= oldest:
             _, i, band, climbed, disagree = self._pairs.popleft()
@@ -239,18 +281,39 @@ class OnlineCalibrator:
         offline = self.offline[i].lowest_threshold
         at_offline = int(np.searchsorted(tier.edges[:-1], offline - 1e-12, side="left"))
         refuted = at_offline < len(lower) and lower[at_offline] > share
+        shifted = self._shifted(i, tier, at_offline)
         pairs = tier.pairs
+
+        def at(k: int, basis: Basis) -> TierVerdict:
+            return TierVerdict(float(tier.edges[k]), basis, point[k], upper[k], pairs, shifted)
+
+        if (refuted or shifted) and certified is None:
+            # Offload everything; the last band bounds what is left.
+            top = self.offline[i].threshold_bounds[1]
+            basis = Basis.SHIFTED if shifted else Basis.REFUTED
+            return TierVerdict(top, basis, point[-1], upper[-1], pairs, shifted)
+        if shifted and certified is not None:  # the window alone decides, either way
+            return at(certified, Basis.SHIFTED)
         if certified is not None and tier.edges[certified] <= offline:
-            k = certified
-            return TierVerdict(float(tier.edges[k]), Basis.CERTIFIED, point[k], upper[k], pairs)
-        if refuted:
-            if certified is None:  # offload everything; the last band bounds what is left
-                top = self.offline[i].threshold_bounds[1]
-                return TierVerdict(top, Basis.REFUTED, point[-1], upper[-1], pairs)
-            k = certified
-            return TierVerdict(float(tier.edges[k]), Basis.REFUTED, point[k], upper[k], pairs)
+            return at(certified, Basis.CERTIFIED)
+        if refuted and certified is not None:
+            return at(certified, Basis.REFUTED)
         k = min(at_offline, len(upper) - 1)
-        return TierVerdict(offline, Basis.OFFLINE, point[k], upper[k], pairs)
+        return TierVerdict(offline, Basis.OFFLINE, point[k], upper[k], pairs, shifted)
+
+    def _shifted(self, i: int, tier: _Tier, at_offline: int) -> bool:
+        """Whether the window's exit share at the offline threshold and the reference's lie
+        apart: their exact intervals, each at ``SHIFT_LEVEL`` per side, do not overlap."""
+        ref = self.settings.reference
+        reference = ref[i] if i < len(ref) else None
+        if reference is None or reference.requests <= 0 or at_offline >= len(tier.climbed):
+            return False
+        above, reached = tier.exit_share(at_offline)
+        rows = reference.requests
+        counts = np.asarray([above, round(reference.share * rows)], dtype=np.int64)
+        totals = np.asarray([reached, rows], dtype=np.int64)
+        low, high = clopper_pearson(counts, totals, SHIFT_LEVEL)
+        return bool(low[0] > high[1] or low[1] > high[0])
 
     def policies(self) -> tuple[TierPolicy, ...]:
         """The cascade's policies with the thresholds in force: each certified or refuted

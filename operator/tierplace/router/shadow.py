@@ -14,9 +14,15 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-from tierplace.router.config import CascadeConfig
+from tierplace.router.config import CascadeConfig, ExitShareConfig
 from tierplace.router.metrics import RouterMetrics
-from tierplace.router.online import Basis, OnlineCalibrator, OnlineSettings, TierVerdict
+from tierplace.router.online import (
+    Basis,
+    ExitShare,
+    OnlineCalibrator,
+    OnlineSettings,
+    TierVerdict,
+)
 from tierplace.router.policy import TierPolicy, fuse
 from tierplace.router.tiers import TierClient, TierError, TierInput, TierResult
 
@@ -49,6 +55,7 @@ class OnlineCalibration:
             shadow_share=online.shadow_share,
             window=online.window,
             bands=online.bands,
+            reference=tuple(_exit_share(online.reference.get(t.name)) for t in cfg.tiers[:-1]),
         )
         self.cfg = cfg
         self.calibrator = OnlineCalibrator(policies, settings, rng or random.Random(online.seed))
@@ -146,3 +153,7 @@ class OnlineCalibration:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _exit_share(config: ExitShareConfig | None) -> ExitShare | None:
+    return None if config is None else ExitShare(config.share, config.requests)
