@@ -133,6 +133,34 @@ async def test_a_device_that_disagrees_with_the_cloud_is_tightened_and_requests_
         assert climbed > 0
 
 
+async def test_a_device_answering_far_more_than_calibrated_is_shifted_without_any_shadow(
+    triton_all: TritonServer,
+) -> None:
+    """The exit share is free: with no shadow call at all, a device that answers every request
+    where calibration measured it answering a twentieth is taken off its offline threshold,
+    and requests climb to the cloud until the window certifies one."""
+    reference = {"device": {"share": 0.05, "requests": 1000}}
+    cfg = _two_tiers([triton_all.http_url] * 2, shadow_share=0.0, window=200, reference=reference)
+    service = CascadeService(cfg)
+    texts = _texts(160)
+    async with running_router(service) as client:
+        tiers = []
+        for text in texts:
+            resp = await client.post("/v2/models/sentiment/infer", json=text_request(text))
+            assert resp.status == 200, await resp.text()
+            tiers.append((await resp.json())["parameters"]["tier"])
+        metrics = await _metrics(client)
+    # The first answers are the device's (its threshold is 0.5); the test runs every 50.
+    assert tiers[:50] == ["device"] * 50
+    assert metric_value(metrics, SHADOW, tier="device", outcome="agree") in (None, 0.0)
+    gauge = "tierplace_router_online_basis"
+    assert metric_value(metrics, gauge, tier="device", basis="Shifted") == 1.0
+    assert metric_value(metrics, gauge, tier="device", basis="Offline") == 0.0
+    threshold = metric_value(metrics, "tierplace_router_online_threshold", tier="device")
+    assert threshold is not None and threshold > 0.5
+    assert "cloud" in tiers[50:]
+
+
 async def test_a_top_tier_that_is_down_costs_shadows_never_answers(
     triton_all: TritonServer, unused_tcp_port: int
 ) -> None:

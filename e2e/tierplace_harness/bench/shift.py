@@ -225,9 +225,11 @@ def _replay(
         "segments": segments,
         "shift_at": s.starts[1],
         "thresholds": _trace(live.thresholds),
+        "thresholds_without_shift_test": _trace(untested.thresholds),
         "saving_trace": {
             "fixed": _saving_trace(fixed.latency_s, reference.latency_s),
             "online": _saving_trace(live.latency_s, reference.latency_s),
+            "online_without_shift_test": _saving_trace(untested.latency_s, reference.latency_s),
         },
     }
 
@@ -471,6 +473,18 @@ def _reference_text(online: Mapping[str, Any]) -> str:
     )
 
 
+def _shift_seen(live: Mapping[str, Any]) -> str:
+    shares = live["online"].get("exit_shares")
+    if not shares:
+        return ""
+    seen = live.get("shifted_after")
+    when = "never" if seen is None else f"{seen:,} requests after the shift"
+    return (
+        f" The shift test (reference: {_reference_text(live['online'])}) fired {when}, in the "
+        "replay, whose decisions the router matched."
+    )
+
+
 def _live_lines(live: Mapping[str, Any]) -> list[str]:
     a, o, cpu = live["agreement"], live["online"], live["cpu"]
     first = a["first_difference"]
@@ -494,7 +508,7 @@ def _live_lines(live: Mapping[str, Any]) -> list[str]:
         f"{_thresholds(t['replay'])}"
         + (" (they moved during the stream)." if live["thresholds_moved"] else ".")
         + f" Shadow calls: {live['shadowed']['live']:,} live, {live['shadowed']['replay']:,} "
-        "in the replay.",
+        "in the replay." + _shift_seen(live),
         "",
         "CPU per request over the same texts, the online cascade in a pass of its own that does "
         f"not wait on its shadows ({live['shadowed_unwatched']:,} shadow calls; the matched pass "
@@ -515,8 +529,9 @@ def _live_lines(live: Mapping[str, Any]) -> list[str]:
 
 
 def plot(result: Mapping[str, Any], path: Path) -> None:
-    """Per stream: the online thresholds over the requests, and the saving of the fixed and
-    the online cascade per block of requests, the oracle's per segment dashed."""
+    """Per stream: the online thresholds over the requests, with and without the shift test,
+    and the saving of each system per block of requests, the oracle's per segment dashed and
+    the request where the shift test fired dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -525,14 +540,28 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     streams = result["streams"]
     fig, axes = plt.subplots(len(streams), 2, figsize=(11, 3.2 * len(streams)), squeeze=False)
     for (left, right), s in zip(axes, streams, strict=True):
-        trace = np.asarray(s["thresholds"])
-        for k, name in enumerate(_lower_tiers(result)):
-            left.step(trace[:, 0], trace[:, k + 1], where="post", label=name)
+        for key, suffix, style in (
+            ("thresholds", "", "-"),
+            ("thresholds_without_shift_test", ", no shift test", ":"),
+        ):
+            if key not in s:
+                continue
+            trace = np.asarray(s[key])
+            for k, name in enumerate(_lower_tiers(result)):
+                left.step(trace[:, 0], trace[:, k + 1], style, where="post", label=name + suffix)
         left.set_ylabel("offload threshold")
         left.set_title(f"movies → {s['domain']}: online thresholds")
-        for name, style in (("fixed", "-"), ("online", "-")):
-            t = np.asarray(s["saving_trace"][name])
-            right.plot(t[:, 0], 100 * t[:, 1], style, label=name)
+        for name, label, style in (
+            ("fixed", "fixed", "-"),
+            ("online", "online", "-"),
+            ("online_without_shift_test", "online, no shift test", ":"),
+        ):
+            if name in s["saving_trace"]:
+                t = np.asarray(s["saving_trace"][name])
+                right.plot(t[:, 0], 100 * t[:, 1], style, label=label)
+        seen = s["segments"][1]["online"].get("first_shifted_after")
+        if seen is not None:
+            right.axvline(s["shift_at"] + seen, color="grey", linewidth=0.8, linestyle=":")
         start = 0
         for seg in s["segments"]:
             end = start + seg["requests"]
