@@ -166,6 +166,21 @@ def test_traffic_like_the_calibration_data_raises_no_shift() -> None:
     assert cal.verdicts[0].basis is not Basis.SHIFTED
 
 
+def test_the_exit_share_is_counted_at_the_offline_threshold_not_at_a_band_edge() -> None:
+    """The router's bounds are 0.5-0.99, so 0.9 falls inside a band (edges 0.892, 0.917):
+    counted from the next edge, calibration-like traffic would answer 17 % there, not 20 %,
+    and a sharp reference would call that a shift."""
+    tiers = [TierPolicy(f"t{i}", "bert", OFFLINE, threshold_bounds=(0.5, 0.99)) for i in range(2)]
+    reference = (ExitShare(share=0.2, requests=10_000),)
+    settings = OnlineSettings(target=0.02, shadow_share=0.05, window=4000, reference=reference)
+    cal = OnlineCalibrator(tiers, settings, random.Random(6))
+    assert OFFLINE not in cal._tiers[0].edges
+    rng = np.random.default_rng(6)
+    for _ in range(8000 // UPDATE_EVERY):
+        _feed(cal, rng, UPDATE_EVERY, disagree_at=0.01)
+        assert not cal.verdicts[0].shifted
+
+
 def test_evidence_leaves_with_the_window() -> None:
     settings = OnlineSettings(target=0.02, shadow_share=0.2, window=1000)
     cal = OnlineCalibrator(_tiers(), settings, random.Random(3))

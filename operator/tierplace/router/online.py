@@ -137,18 +137,16 @@ class _Tier:
     below: npt.NDArray[np.int64]
     below_pairs: npt.NDArray[np.int64]
     below_disagree: npt.NDArray[np.int64]
-    under: int = 0  # requests reaching the tier with a confidence under the bounds
+    # The exit share's counts: requests reaching the tier, and those of them at or above its
+    # offline threshold (exactly, not at a band edge, which the offline threshold need not be).
+    reached: int = 0
+    at_offline: int = 0
 
-    def count(self, band: int, climbed: bool, step: int) -> None:
-        if band < 0:
-            self.under += step
-            return
-        (self.climbed if climbed else self.below)[band] += step
-
-    def exit_share(self, band: int) -> tuple[int, int]:
-        """Requests reaching the tier with a confidence in ``band`` or above, and all."""
-        above = int(self.climbed[band:].sum() + self.below[band:].sum())
-        return above, int(self.climbed.sum() + self.below.sum()) + self.under
+    def count(self, band: int, climbed: bool, at_offline: bool, step: int) -> None:
+        self.reached += step
+        self.at_offline += step * int(at_offline)
+        if band >= 0:
+            (self.climbed if climbed else self.below)[band] += step
 
     def pair(self, band: int, climbed: bool, disagree: bool, step: int) -> None:
         if climbed:
@@ -164,8 +162,9 @@ class _Tier:
 
 
 #: One request in the window: its number, its band at each tier below the top (-1 under the
-#: bounds, None where not reached) and whether it climbed to the top.
-_Request = tuple[int, tuple[int | None, ...], bool]
+#: bounds, None where not reached), whether it climbed to the top, and per tier whether its
+#: confidence reached the offline threshold.
+_Request = tuple[int, tuple[int | None, ...], bool, tuple[bool, ...]]
 
 
 class OnlineCalibrator:
@@ -211,10 +210,14 @@ class OnlineCalibrator:
         bands = tuple(
             self._band(i, confidences[i]) if i < len(confidences) else None for i in range(self.top)
         )
-        self._requests.append((self._seq, bands, climbed))
+        exits = tuple(
+            i < len(confidences) and confidences[i] >= self.offline[i].lowest_threshold
+            for i in range(self.top)
+        )
+        self._requests.append((self._seq, bands, climbed, exits))
         for i, band in enumerate(bands):
             if band is not None:
-                self._tiers[i].count(band, climbed, +1)
+                self._tiers[i].count(band, climbed, exits[i], +1)
         self._evict()
         if self._seq % UPDATE_EVERY == 0:
             self.certify()
@@ -228,7 +231,7 @@ class OnlineCalibrator:
         found = self._request(seq)
         if found is None:
             return
-        _, bands, climbed = found
+        _, bands, climbed, _ = found
         for i, disagree in disagreements:
             band = bands[i] if i < len(bands) else None
             if band is None or band < 0:
@@ -255,10 +258,10 @@ class OnlineCalibrator:
     def _evict(self) -> None:
         oldest = self._seq - self.settings.window
         while self._requests and self._requests[0][0] <= oldest:
-            _, bands, climbed = self._requests.popleft()
+            _, bands, climbed, exits = self._requests.popleft()
             for i, band in enumerate(bands):
                 if band is not None:
-                    self._tiers[i].count(band, climbed, -1)
+                    self._tiers[i].count(band, climbed, exits[i], -1)
         while self._pairs and self._pairs[0][0] <= oldest:
             _, i, band, climbed, disagree = self._pairs.popleft()
             self._tiers[i].pair(band, climbed, disagree, -1)
@@ -281,7 +284,7 @@ class OnlineCalibrator:
         offline = self.offline[i].lowest_threshold
         at_offline = int(np.searchsorted(tier.edges[:-1], offline - 1e-12, side="left"))
         refuted = at_offline < len(lower) and lower[at_offline] > share
-        shifted = self._shifted(i, tier, at_offline)
+        shifted = self._shifted(i, tier)
         pairs = tier.pairs
 
         def at(k: int, basis: Basis) -> TierVerdict:
@@ -301,17 +304,16 @@ class OnlineCalibrator:
         k = min(at_offline, len(upper) - 1)
         return TierVerdict(offline, Basis.OFFLINE, point[k], upper[k], pairs, shifted)
 
-    def _shifted(self, i: int, tier: _Tier, at_offline: int) -> bool:
+    def _shifted(self, i: int, tier: _Tier) -> bool:
         """Whether the window's exit share at the offline threshold and the reference's lie
         apart: their exact intervals, each at ``SHIFT_LEVEL`` per side, do not overlap."""
         ref = self.settings.reference
         reference = ref[i] if i < len(ref) else None
-        if reference is None or reference.requests <= 0 or at_offline >= len(tier.climbed):
+        if reference is None or reference.requests <= 0:
             return False
-        above, reached = tier.exit_share(at_offline)
         rows = reference.requests
-        counts = np.asarray([above, round(reference.share * rows)], dtype=np.int64)
-        totals = np.asarray([reached, rows], dtype=np.int64)
+        counts = np.asarray([tier.at_offline, round(reference.share * rows)], dtype=np.int64)
+        totals = np.asarray([tier.reached, rows], dtype=np.int64)
         low, high = clopper_pearson(counts, totals, SHIFT_LEVEL)
         return bool(low[0] > high[1] or low[1] > high[0])
 
