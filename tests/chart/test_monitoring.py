@@ -214,6 +214,7 @@ ONLINE_LABEL_VALUES = {
     "statistic": {"estimate", "bound"},
     "outcome": {"agree", "disagree", "failed", "skipped"},
     "basis": {b.value for b in Basis},
+    "source": {"window", "calibration"},
 }
 
 
@@ -249,6 +250,7 @@ def test_the_dashboard_shows_online_calibration() -> None:
         "tierplace_router_effective_threshold",
         "tierplace_router_online_basis",
         "tierplace_router_online_pairs",
+        "tierplace_router_online_exit_share",
         "tierplace_router_shadow_calls_total",
         "tierplace_router_shadow_in_flight",
         "tierplace_router_answers_total",  # the shadow share's denominator
@@ -265,6 +267,7 @@ def test_the_dashboard_shows_online_calibration() -> None:
     assert {"estimate", "bound"} <= matched["statistic"]
     assert matched["basis"] == ONLINE_LABEL_VALUES["basis"]
     assert "skipped" in matched["outcome"]
+    assert matched["source"] == ONLINE_LABEL_VALUES["source"]  # the shift test's two sides
     units = {
         t["legendFormat"]: p["fieldConfig"]["defaults"]["unit"] for p in row for t in p["targets"]
     }
@@ -354,6 +357,8 @@ def _router_registry() -> CollectorRegistry:
         m.online_disagreement.labels(cascade, tier, "estimate").set(0.004)
         m.online_disagreement.labels(cascade, tier, "bound").set(0.007)
         m.online_pairs.labels(cascade, tier).set(900)
+        for source in ONLINE_LABEL_VALUES["source"]:
+            m.online_exit_share.labels(cascade, tier, source).set(0.5)
         for each in Basis:
             m.online_basis.labels(cascade, tier, each.value).set(float(each == basis))
         for outcome in ONLINE_LABEL_VALUES["outcome"]:

@@ -159,6 +159,10 @@ async def test_a_device_answering_far_more_than_calibrated_is_shifted_without_an
     threshold = metric_value(metrics, "tierplace_router_online_threshold", tier="device")
     assert threshold is not None and threshold > 0.5
     assert "cloud" in tiers[50:]
+    # What the test compared, for the dashboard: every request clears 0.5, against 5 %.
+    share = "tierplace_router_online_exit_share"
+    assert metric_value(metrics, share, tier="device", source="window") == 1.0
+    assert metric_value(metrics, share, tier="device", source="calibration") == 0.05
 
 
 async def test_a_top_tier_that_is_down_costs_shadows_never_answers(

@@ -213,6 +213,14 @@ class RouterMetrics:
             ["cascade", "tier"],
             registry=r,
         )
+        self.online_exit_share = Gauge(
+            f"{PREFIX}_online_exit_share",
+            "Share of the requests reaching the tier that it answers at its offline threshold: "
+            "over the window (source=window), and on the calibration data (source=calibration, "
+            "spec.onlineCalibration.exitShares), which the shift test compares.",
+            ["cascade", "tier", "source"],
+            registry=r,
+        )
         self.shadow_in_flight = Gauge(
             f"{PREFIX}_shadow_in_flight",
             "Shadow calls to the top tier now in flight (at most max_shadow_in_flight).",

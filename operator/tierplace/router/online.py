@@ -123,6 +123,7 @@ class TierVerdict:
     bound: float  # D_i at the threshold, upper confidence bound
     pairs: int  # comparisons with the top tier in the window
     shifted: bool = False  # the window's exit share at the offline threshold left the reference
+    exit_share: float | None = None  # the window's exit share at the offline threshold
 
 
 @dataclass
@@ -286,15 +287,17 @@ class OnlineCalibrator:
         refuted = at_offline < len(lower) and lower[at_offline] > share
         shifted = self._shifted(i, tier)
         pairs = tier.pairs
+        exits = tier.at_offline / tier.reached if tier.reached else None
 
         def at(k: int, basis: Basis) -> TierVerdict:
-            return TierVerdict(float(tier.edges[k]), basis, point[k], upper[k], pairs, shifted)
+            t = float(tier.edges[k])
+            return TierVerdict(t, basis, point[k], upper[k], pairs, shifted, exits)
 
         if (refuted or shifted) and certified is None:
             # Offload everything; the last band bounds what is left.
             top = self.offline[i].threshold_bounds[1]
             basis = Basis.SHIFTED if shifted else Basis.REFUTED
-            return TierVerdict(top, basis, point[-1], upper[-1], pairs, shifted)
+            return TierVerdict(top, basis, point[-1], upper[-1], pairs, shifted, exits)
         if shifted and certified is not None:  # the window alone decides, either way
             return at(certified, Basis.SHIFTED)
         if certified is not None and tier.edges[certified] <= offline:
@@ -302,7 +305,7 @@ class OnlineCalibrator:
         if refuted and certified is not None:
             return at(certified, Basis.REFUTED)
         k = min(at_offline, len(upper) - 1)
-        return TierVerdict(offline, Basis.OFFLINE, point[k], upper[k], pairs, shifted)
+        return TierVerdict(offline, Basis.OFFLINE, point[k], upper[k], pairs, shifted, exits)
 
     def _shifted(self, i: int, tier: _Tier) -> bool:
         """Whether the window's exit share at the offline threshold and the reference's lie

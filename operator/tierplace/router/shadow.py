@@ -71,6 +71,10 @@ class OnlineCalibration:
         self._published: tuple[TierVerdict, ...] | None = None
         self._state: list[tuple[float, Basis]] = []
         self._publish()
+        for tier, ref in zip(cfg.tiers, settings.reference, strict=False):
+            if ref is not None:
+                m = metrics.child(metrics.online_exit_share, cfg.name, tier.name, "calibration")
+                m.set(ref.share)
 
     def record(self, text: str, seen: Seen) -> None:
         """A request answered without fault by the tiers in ``seen`` (lowest first)."""
@@ -137,6 +141,8 @@ class OnlineCalibration:
             m.child(m.online_disagreement, name, tier.name, "estimate").set(verdict.estimate)
             m.child(m.online_disagreement, name, tier.name, "bound").set(verdict.bound)
             m.child(m.online_pairs, name, tier.name).set(verdict.pairs)
+            if verdict.exit_share is not None:
+                m.child(m.online_exit_share, name, tier.name, "window").set(verdict.exit_share)
             for basis in Basis:  # a state set: 1 for the verdict's basis, 0 for the others
                 held = 1.0 if basis == verdict.basis else 0.0
                 m.child(m.online_basis, name, tier.name, basis.value).set(held)
