@@ -105,7 +105,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         "# spec.* goes into the InferenceCascade; tierExitThresholds into each InferenceTier's\n"
         "# spec.exitThreshold (a lower tier's exit threshold equals its offload threshold).\n"
         "# spec.onlineCalibration is off; turned on, it certifies thresholds on live traffic\n"
-        "# at this certificate's harm rate and confidence (docs/online-calibration.md).\n"
+        "# at this certificate's harm rate and confidence (docs/online-calibration.md). Its\n"
+        "# exitShares, measured here at these thresholds, tell the router when live traffic\n"
+        "# no longer looks like this data; keep them with the thresholds they were measured at.\n"
         + yaml.safe_dump(cal.cascade_fragment(result), sort_keys=False)
     )
     (out / "router.yaml").write_text(
