@@ -66,6 +66,18 @@ def _endpoints() -> tuple[dict[str, str], str | None]:
     return {t: f"tierplace-{t}:8000" for t in ("device", "edge", "cloud")}, None
 
 
+#: What a user reads first in the ``inference-cascade.yaml`` that ``tierplace calibrate`` writes.
+FRAGMENT_HEADER = (
+    "# Thresholds chosen by `tierplace calibrate` on the validation split.\n"
+    "# spec.* goes into the InferenceCascade; tierExitThresholds into each InferenceTier's\n"
+    "# spec.exitThreshold (a lower tier's exit threshold equals its offload threshold).\n"
+    "# spec.onlineCalibration is off; turned on, it certifies thresholds on live traffic\n"
+    "# at this certificate's harm rate and confidence (docs/online-calibration.md). Its\n"
+    "# exitShares, measured here at these thresholds, tell the router when live traffic\n"
+    "# no longer looks like this data; keep them with the thresholds they were measured at.\n"
+)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     import yaml
 
@@ -101,14 +113,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     (out / "inference-cascade.yaml").write_text(
-        "# Thresholds chosen by `tierplace calibrate` on the validation split.\n"
-        "# spec.* goes into the InferenceCascade; tierExitThresholds into each InferenceTier's\n"
-        "# spec.exitThreshold (a lower tier's exit threshold equals its offload threshold).\n"
-        "# spec.onlineCalibration is off; turned on, it certifies thresholds on live traffic\n"
-        "# at this certificate's harm rate and confidence (docs/online-calibration.md). Its\n"
-        "# exitShares, measured here at these thresholds, tell the router when live traffic\n"
-        "# no longer looks like this data; keep them with the thresholds they were measured at.\n"
-        + yaml.safe_dump(cal.cascade_fragment(result), sort_keys=False)
+        FRAGMENT_HEADER + yaml.safe_dump(cal.cascade_fragment(result), sort_keys=False)
     )
     (out / "router.yaml").write_text(
         _router_header(result) + yaml.safe_dump(router, sort_keys=False)
