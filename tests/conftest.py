@@ -104,6 +104,9 @@ def triton_all(
         ["minilm-l2", "minilm-l6", "mpnet-base"],
         tiny_model_home,
         log_file=log,
+        # Three models' stubs on two cores shared with the rest of the suite: 137 s once, on
+        # a loaded CI run (70 s on another); the default 120 s failed every test of it.
+        ready_timeout_s=400,
     )
     with server:
         yield server

@@ -149,6 +149,9 @@ class TritonServer:
     log_file: Path | None = None
     exit_timeout_s: int = 5
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: How long ``with`` waits for readiness: each model's stub loads torch and its weights,
+    #: which on two shared cores can take minutes for three models.
+    ready_timeout_s: float = 120.0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _regions: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -262,7 +265,7 @@ class TritonServer:
             self.process.wait()
 
     def __enter__(self) -> TritonServer:
-        return self.start().wait_ready()
+        return self.start().wait_ready(self.ready_timeout_s)
 
     def __exit__(
         self,
